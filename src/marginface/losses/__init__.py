@@ -1,1 +1,63 @@
-"""marginface.losses"""
+"""The margin-loss family behind one interface.
+
+``create(name, embedding_size=..., num_classes=..., **params)`` builds any loss by its registry name and
+``available()`` lists the names. Every loss is an ``nn.Module`` owning ``weight`` (num_classes, embedding_size)
+(sub-center ArcFace: (num_classes, k, embedding_size)); ``loss(embeddings, labels)`` is the mean loss and
+``loss.logits(embeddings, labels)`` the (B, C) float32 logits whose cross-entropy is that loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from marginface.losses.arcface import ArcFaceLoss
+from marginface.losses.base import MarginContext, MarginLoss
+from marginface.losses.circle import CircleLoss
+from marginface.losses.combined import CombinedMarginLoss
+from marginface.losses.cosface import AMSoftmaxLoss, CosFaceLoss
+from marginface.losses.curricularface import CurricularFaceLoss
+from marginface.losses.mv_softmax import MVSoftmaxLoss
+from marginface.losses.normface import NormFaceLoss
+from marginface.losses.softmax import SoftmaxLoss
+from marginface.losses.sphereface import SphereFaceLoss
+
+_REGISTRY: dict[str, Callable[..., MarginLoss]] = {}
+
+
+def register(name: str, factory: Callable[..., MarginLoss]) -> None:
+    """Add a loss under ``name``; ``factory(embedding_size=..., num_classes=..., **params)`` builds it."""
+    if name in _REGISTRY:
+        raise ValueError(f"a loss named {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def available() -> list[str]:
+    """The registered loss names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create(name: str, *, embedding_size: int, num_classes: int, **params) -> MarginLoss:
+    """Build the loss registered as ``name`` with its parameters (full names, units as documented per loss)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown loss {name!r}; available: {', '.join(available())}")
+    try:
+        return _REGISTRY[name](embedding_size=embedding_size, num_classes=num_classes, **params)
+    except TypeError as err:  # an unknown keyword: name the loss and its parameters
+        raise ValueError(f"bad parameters for loss {name!r}: {err}") from err
+
+
+for _name, _factory in {
+    "softmax": SoftmaxLoss,
+    "normface": NormFaceLoss,
+    "sphereface": SphereFaceLoss,
+    "am_softmax": AMSoftmaxLoss,
+    "cosface": CosFaceLoss,
+    "arcface": ArcFaceLoss,
+    "combined": CombinedMarginLoss,
+    "mv_softmax": MVSoftmaxLoss,
+    "curricularface": CurricularFaceLoss,
+    "circle": CircleLoss,
+}.items():
+    register(_name, _factory)
+
+__all__ = ["MarginContext", "MarginLoss", "available", "create", "register"]

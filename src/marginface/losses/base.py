@@ -1,0 +1,231 @@
+"""The shared pipeline of every margin loss.
+
+A margin loss turns embeddings ``x`` (B, D) and labels ``y`` (B,) into logits (B, C) in three element-wise
+steps, which is what lets a chunked or sharded head (``marginface.heads``) apply any loss to any slice of
+classes without ever seeing all of them:
+
+1. ``similarity(features, rows)``: the cosine (or, for plain softmax, the linear score) of every sample with
+   a slice of class centres, float32, (B, c). ``target_similarity`` gives the same for each sample's own class.
+2. ``make_context(embeddings, labels, target_similarity)``: per-sample quantities (feature norm, target
+   cosine, the margined target logit ...). Losses with running statistics update them here, once per call in
+   training mode, *before* they are used (CurricularFace's t, AdaFace's norm EMA, SphereFace's lambda step).
+3. ``nontarget_logits(similarity, ctx)`` (B, c) and ``ctx.target_logit`` (B,): scaled logits for the other
+   classes and for the target class. The dense logits are the non-target transform everywhere with the target
+   column replaced by ``ctx.target_logit``.
+
+The loss is ``cross_entropy(logits, y) + ctx.regularizer`` (mean over the batch); losses that are not a
+softmax cross-entropy (SphereFace2) override ``loss_from_logits``.
+
+Numerics: everything after the backbone runs in float32, with autocast disabled, whatever the input dtype.
+Angles are taken from cosines clamped to [-1, 1]; ``sqrt(1 - cos^2)`` is clamped away from 0 (so gradients at
+cos = +-1 stay finite) and the true gradient of every margin function is used (no straight-through tricks).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# 1 - cos^2 is clamped to at least this before a square root: it bounds d sin(theta)/d cos(theta) by 1/sqrt(EPS).
+SIN_EPS = 1e-6
+
+
+@dataclass
+class MarginContext:
+    """Per-sample quantities one forward pass shares between its chunks. All tensors are float32, (B,)."""
+
+    labels: Tensor
+    norms: Tensor
+    target_similarity: Tensor
+    target_logit: Tensor
+    # Extra per-sample tensors a loss needs in its non-target transform (e.g. the hard-negative threshold).
+    extras: dict[str, Tensor] = field(default_factory=dict)
+    # Per-sample term added to the cross-entropy (MagFace's magnitude regulariser), or None.
+    regularizer: Tensor | None = None
+
+
+def autocast_disabled(device_type: str) -> torch.autocast:
+    """A context that disables autocast, so the head's arithmetic stays in float32 under bf16/fp16 training."""
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def sin_from_cos(cos: Tensor) -> Tensor:
+    """``sin(theta)`` for theta in [0, pi] from ``cos(theta)``, with the square root kept off zero."""
+    return torch.sqrt(torch.clamp(1.0 - cos * cos, min=SIN_EPS))
+
+
+def angle(cos: Tensor) -> Tensor:
+    """theta in [0, pi] from a cosine; ``atan2(sin, cos)`` has a finite gradient everywhere, unlike ``acos``."""
+    return torch.atan2(sin_from_cos(cos), cos)
+
+
+def arc_margin(cos: Tensor, margin: Tensor | float) -> Tensor:
+    """ArcFace's ``cos(theta + m)``, kept monotonic past pi: where ``theta + m > pi`` it is ``cos - m sin m``.
+
+    The fallback is insightface's (the first-order expansion of cos(theta + m) at theta = pi - m); it keeps the
+    target logit decreasing in theta on [0, pi], so the margin never rewards a wrong prediction.
+    ``margin`` is in radians, a float or a per-sample tensor (ElasticFace).
+    """
+    margin = torch.as_tensor(margin, dtype=cos.dtype, device=cos.device)
+    cos_m, sin_m = torch.cos(margin), torch.sin(margin)
+    shifted = cos * cos_m - sin_from_cos(cos) * sin_m
+    past_pi = cos < -cos_m  # theta > pi - m
+    return torch.where(past_pi, cos - margin * sin_m, shifted)
+
+
+class MarginLoss(nn.Module):
+    """Base class: owns the class centres ``weight`` (num_classes, embedding_size) and the shared pipeline.
+
+    Subclasses implement ``target_transform`` (and, when non-targets are modulated, ``nontarget_logits``).
+    ``scale`` is the logit scale s; subclasses without a fixed scale document what ``scale`` means.
+    """
+
+    #: whether ``logits`` has a cross-entropy meaning (heads rely on it); SphereFace2 is one-vs-all.
+    objective: str = "softmax"
+    #: whether the embeddings are L2-normalised before the similarity (False for plain softmax).
+    normalizes_features: bool = True
+    #: whether ``make_context`` needs ``class_statistic`` summed over all classes (AdaCos's dynamic scale).
+    needs_class_statistic: bool = False
+
+    def __init__(self, embedding_size: int, num_classes: int, scale: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(embedding_size, int) or embedding_size < 1:
+            raise ValueError(f"embedding_size must be a positive int, got {embedding_size!r}")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        self.embedding_size = embedding_size
+        self.num_classes = num_classes
+        self.scale = float(scale)
+        self.weight = nn.Parameter(torch.empty(self.weight_shape()))
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ construction
+    def weight_shape(self) -> tuple[int, ...]:
+        """Shape of the class centres; dimension 0 is always the class (heads slice it)."""
+        return (self.num_classes, self.embedding_size)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=0.01)
+
+    def extra_repr(self) -> str:
+        return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, scale={self.scale}"
+
+    # ------------------------------------------------------------------ input checks
+    def check_inputs(self, embeddings: Tensor, labels: Tensor) -> None:
+        """Raise ``ValueError`` naming what is wrong with the inputs and how to fix it."""
+        if not torch.is_tensor(embeddings) or not embeddings.is_floating_point():
+            kind = embeddings.dtype if torch.is_tensor(embeddings) else type(embeddings).__name__
+            raise ValueError(f"embeddings must be a floating-point tensor (B, D), got {kind}; call .float()")
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
+            raise ValueError(
+                f"embeddings must have shape (B, {self.embedding_size}), got {tuple(embeddings.shape)}; "
+                "the loss was built with embedding_size={self.embedding_size}"
+            )
+        if not torch.is_tensor(labels) or labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError("labels must be an integer tensor (B,) of class indices (e.g. torch.long)")
+        if labels.shape != embeddings.shape[:1]:
+            raise ValueError(
+                f"labels must have shape ({embeddings.shape[0]},) to match the embeddings, "
+                f"got {tuple(labels.shape)}"
+            )
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got min {int(labels.min())} and max "
+                f"{int(labels.max())}; build the loss with num_classes covering every identity"
+            )
+        if not torch.isfinite(embeddings).all():
+            raise ValueError("embeddings contain NaN or Inf; check the backbone's output (learning rate, precision)")
+
+    # ------------------------------------------------------------------ element-wise pieces
+    def features(self, embeddings: Tensor) -> Tensor:
+        """(B, D) float32: the L2-normalised embeddings (raw for plain softmax)."""
+        x = embeddings.float()
+        return F.normalize(x, dim=1) if self.normalizes_features else x
+
+    def similarity(self, features: Tensor, rows: Tensor, classes: Tensor | None = None) -> Tensor:
+        """(B, c) float32 cosines of ``features`` (B, D) with class centres ``rows`` (c, ...).
+
+        ``classes`` (c,) are the indices of ``rows`` among all classes (None: all of them, in order); only
+        losses with per-class terms (plain softmax's bias) use it. Heads pass it for chunks and samples.
+        """
+        return features @ F.normalize(rows.float(), dim=-1).t()
+
+    def target_similarity(self, features: Tensor, labels: Tensor) -> Tensor:
+        """(B,) the similarity of each sample with its own class centre, without the (B, C) matrix."""
+        rows = F.normalize(self.weight[labels].float(), dim=-1)
+        return (features * rows).sum(dim=1)
+
+    def class_statistic(self, similarity: Tensor, target_mask: Tensor) -> Tensor:
+        """(B,) a per-sample sum over classes that a loss needs before its logits (AdaCos's B_avg term).
+
+        Only called when ``needs_class_statistic``; it must be additive over class slices, so a chunked or
+        sharded head sums it chunk by chunk (under no_grad) and passes the total to ``make_context``.
+        ``target_mask`` (B, c) marks each sample's own class within the slice.
+        """
+        raise NotImplementedError
+
+    def make_context(
+        self, embeddings: Tensor, labels: Tensor, target_similarity: Tensor, class_statistic: Tensor | None = None
+    ) -> MarginContext:
+        """Per-sample quantities; stateful losses update their running statistics here (training mode only).
+
+        ``embeddings`` (B, D) as given to the loss; ``target_similarity`` (B,) from ``similarity``;
+        ``class_statistic`` (B,) the summed ``class_statistic`` when ``needs_class_statistic``.
+        """
+        norms = embeddings.float().norm(dim=1)
+        ctx = MarginContext(labels=labels, norms=norms, target_similarity=target_similarity,
+                            target_logit=target_similarity)
+        ctx.target_logit = self.target_transform(target_similarity, ctx)
+        return ctx
+
+    def target_transform(self, cos: Tensor, ctx: MarginContext) -> Tensor:
+        """(B,) the target-class logit from the target cosine: margin and scale applied."""
+        return self.scale * cos
+
+    def nontarget_logits(self, similarity: Tensor, ctx: MarginContext) -> Tensor:
+        """(B, c) the logits of non-target classes from their cosines: scale (and any modulation) applied."""
+        return self.scale * similarity
+
+    # ------------------------------------------------------------------ dense path
+    def dense(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, MarginContext]:
+        """The (B, C) float32 logits and the per-sample context of one forward pass over all classes."""
+        self.check_inputs(embeddings, labels)
+        labels = labels.long()
+        with autocast_disabled(embeddings.device.type):
+            feats = self.features(embeddings)
+            sim = self.similarity(feats, self.weight)
+            target_sim = sim.gather(1, labels[:, None]).squeeze(1)
+            statistic = None
+            if self.needs_class_statistic:
+                target_mask = F.one_hot(labels, self.num_classes).bool()
+                statistic = self.class_statistic(sim, target_mask)
+            ctx = self.make_context(embeddings, labels, target_sim, statistic)
+            out = self.nontarget_logits(sim, ctx)
+            out = out.scatter(1, labels[:, None], ctx.target_logit[:, None].to(out.dtype))
+        return out, ctx
+
+    def logits(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """(B, C) float32 logits, margin and scale applied; their cross-entropy with ``labels`` is the loss.
+
+        In training mode this advances the loss's running state exactly as ``forward`` does.
+        """
+        return self.dense(embeddings, labels)[0]
+
+    def loss_from_logits(self, logits: Tensor, ctx: MarginContext) -> Tensor:
+        """Mean loss from dense logits (B, C); a softmax cross-entropy plus the context's regulariser."""
+        loss = F.cross_entropy(logits, ctx.labels, reduction="none")
+        if ctx.regularizer is not None:
+            loss = loss + ctx.regularizer
+        return loss.mean()
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """The mean loss (scalar, float32) of embeddings (B, D) with integer labels (B,)."""
+        logits, ctx = self.dense(embeddings, labels)
+        with autocast_disabled(embeddings.device.type):
+            return self.loss_from_logits(logits, ctx)
