@@ -53,6 +53,11 @@ def autocast_disabled(device_type: str) -> torch.autocast:
     return torch.autocast(device_type=device_type, enabled=False)
 
 
+def compute_dtype(tensor: Tensor) -> torch.dtype:
+    """float64 stays float64 (for references); every other floating dtype is computed in float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
 def sin_from_cos(cos: Tensor) -> Tensor:
     """``sin(theta)`` for theta in [0, pi] from ``cos(theta)``, with the square root kept off zero."""
     return torch.sqrt(torch.clamp(1.0 - cos * cos, min=SIN_EPS))
@@ -144,21 +149,25 @@ class MarginLoss(nn.Module):
 
     # ------------------------------------------------------------------ element-wise pieces
     def features(self, embeddings: Tensor) -> Tensor:
-        """(B, D) float32: the L2-normalised embeddings (raw for plain softmax)."""
-        x = embeddings.float()
+        """(B, D) the L2-normalised embeddings (raw for plain softmax), in the compute dtype.
+
+        The compute dtype is float32 for every input precision (bf16, fp16, float32), and float64 for float64
+        input so the family can be checked against float64 references.
+        """
+        x = embeddings.to(compute_dtype(embeddings))
         return F.normalize(x, dim=1) if self.normalizes_features else x
 
     def similarity(self, features: Tensor, rows: Tensor, classes: Tensor | None = None) -> Tensor:
-        """(B, c) float32 cosines of ``features`` (B, D) with class centres ``rows`` (c, ...).
+        """(B, c) cosines of ``features`` (B, D) with class centres ``rows`` (c, D), in ``features``' dtype.
 
         ``classes`` (c,) are the indices of ``rows`` among all classes (None: all of them, in order); only
         losses with per-class terms (plain softmax's bias) use it. Heads pass it for chunks and samples.
         """
-        return features @ F.normalize(rows.float(), dim=-1).t()
+        return features @ F.normalize(rows.to(features.dtype), dim=-1).t()
 
     def target_similarity(self, features: Tensor, labels: Tensor) -> Tensor:
         """(B,) the similarity of each sample with its own class centre, without the (B, C) matrix."""
-        rows = F.normalize(self.weight[labels].float(), dim=-1)
+        rows = F.normalize(self.weight[labels].to(features.dtype), dim=-1)
         return (features * rows).sum(dim=1)
 
     def class_statistic(self, similarity: Tensor, target_mask: Tensor) -> Tensor:
@@ -178,7 +187,7 @@ class MarginLoss(nn.Module):
         ``embeddings`` (B, D) as given to the loss; ``target_similarity`` (B,) from ``similarity``;
         ``class_statistic`` (B,) the summed ``class_statistic`` when ``needs_class_statistic``.
         """
-        norms = embeddings.float().norm(dim=1)
+        norms = embeddings.to(target_similarity.dtype).norm(dim=1)
         ctx = MarginContext(labels=labels, norms=norms, target_similarity=target_similarity,
                             target_logit=target_similarity)
         ctx.target_logit = self.target_transform(target_similarity, ctx)

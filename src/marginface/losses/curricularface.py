@@ -36,7 +36,7 @@ class CurricularFaceLoss(MarginLoss):
     def make_context(self, embeddings, labels, target_similarity, class_statistic=None) -> MarginContext:
         if self.training:
             with torch.no_grad():
-                batch_mean = target_similarity.detach().float().mean()
+                batch_mean = target_similarity.detach().mean().to(self.t.dtype)
                 self.t.copy_(self.momentum * batch_mean + (1.0 - self.momentum) * self.t)
         ctx = super().make_context(embeddings, labels, target_similarity, class_statistic)
         ctx.extras["hard_threshold"] = arc_margin(target_similarity, self.margin).detach()
@@ -47,7 +47,7 @@ class CurricularFaceLoss(MarginLoss):
 
     def nontarget_logits(self, similarity: Tensor, ctx: MarginContext) -> Tensor:
         hard = similarity > ctx.extras["hard_threshold"][:, None]
-        modulated = similarity * (self.t.float() + similarity)
+        modulated = similarity * (self.t.to(similarity.dtype) + similarity)
         return self.scale * modulated.where(hard, similarity)
 
     def extra_repr(self) -> str:

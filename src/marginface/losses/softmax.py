@@ -22,14 +22,14 @@ class SoftmaxLoss(MarginLoss):
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
 
     def similarity(self, features: Tensor, rows: Tensor, classes: Tensor | None = None) -> Tensor:
-        out = features @ rows.float().t()
+        out = features @ rows.to(features.dtype).t()
         if self.bias is not None:
             bias = self.bias if classes is None else self.bias[classes]
-            out = out + bias.float()
+            out = out + bias.to(out.dtype)
         return out
 
     def target_similarity(self, features: Tensor, labels: Tensor) -> Tensor:
-        out = (features * self.weight[labels].float()).sum(dim=1)
+        out = (features * self.weight[labels].to(features.dtype)).sum(dim=1)
         if self.bias is not None:
-            out = out + self.bias[labels].float()
+            out = out + self.bias[labels].to(out.dtype)
         return out
