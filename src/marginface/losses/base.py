@@ -53,6 +53,16 @@ def autocast_disabled(device_type: str) -> torch.autocast:
     return torch.autocast(device_type=device_type, enabled=False)
 
 
+def normalize_eps(dtype: torch.dtype) -> float:
+    """The norm floor of L2 normalisation: the gradient of x/||x|| w.r.t. x is ~1/max(||x||, eps).
+
+    fp16 embeddings get their gradient back in fp16 (max 65504): with logit scales up to 256 a norm floor of
+    1e-2 keeps that gradient representable. Below it an fp16 embedding has no reliable direction anyway
+    (fp16 resolves ~1e-3 relative), so the cosine is shrunk towards 0 rather than the gradient overflowing.
+    """
+    return 1e-2 if dtype == torch.float16 else 1e-12
+
+
 def compute_dtype(tensor: Tensor) -> torch.dtype:
     """float64 stays float64 (for references); every other floating dtype is computed in float32."""
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
@@ -155,7 +165,7 @@ class MarginLoss(nn.Module):
         input so the family can be checked against float64 references.
         """
         x = embeddings.to(compute_dtype(embeddings))
-        return F.normalize(x, dim=1) if self.normalizes_features else x
+        return F.normalize(x, dim=1, eps=normalize_eps(embeddings.dtype)) if self.normalizes_features else x
 
     def similarity(self, features: Tensor, rows: Tensor, classes: Tensor | None = None) -> Tensor:
         """(B, c) cosines of ``features`` (B, D) with class centres ``rows`` (c, D), in ``features``' dtype.
