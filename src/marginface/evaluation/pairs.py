@@ -1,0 +1,130 @@
+"""LFW ``pairs.txt``: parse it keeping its fold structure, and resolve its names to image files.
+
+The format (LFW View 2): the first line is ``<folds> <n>`` (or just ``<n>`` for one fold, as in
+``pairsDevTest.txt``); then each fold lists ``n`` matched pairs ``name i j`` followed by ``n`` mismatched
+pairs ``name1 i name2 j``. Image ``i`` of ``name`` is ``<root>/<name>/<name>_<i:04d>.jpg``. Fields may be
+separated by tabs or spaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PairsFile:
+    """The pairs of a ``pairs.txt``, in file order.
+
+    Attributes:
+        names: (N, 2) relative image paths ``<Name>/<Name>_NNNN.jpg`` (POSIX separators).
+        issame: (N,) bool, True for a matched (same identity) pair.
+        folds: (N,) int64 fold id 0..k-1, from the file's fold structure.
+        lines: (N,) int64 1-based line number of each pair in the file (for error messages).
+    """
+
+    names: np.ndarray
+    issame: np.ndarray
+    folds: np.ndarray
+    lines: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.issame.size)
+
+    def unique_names(self) -> list[str]:
+        """Every image named by a pair, once, in order of first appearance."""
+        return list(dict.fromkeys(self.names.ravel().tolist()))
+
+
+def image_name(person: str, index: str, line_no: int, path: Path) -> str:
+    """The relative path of image ``index`` (1-based) of ``person``, e.g. ``Abel_Pacheco/Abel_Pacheco_0001.jpg``."""
+    if not index.isdigit() or int(index) < 1:
+        raise ValueError(f"{path}:{line_no}: image number {index!r} is not a positive integer")
+    return f"{person}/{person}_{int(index):04d}.jpg"
+
+
+def _parse_header(fields: list[str], path: Path) -> tuple[int, int]:
+    if len(fields) == 2 and all(f.isdigit() for f in fields):
+        return int(fields[0]), int(fields[1])
+    if len(fields) == 1 and fields[0].isdigit():
+        return 1, int(fields[0])
+    raise ValueError(
+        f"{path}:1: expected the header '<folds> <pairs per class per fold>' (e.g. '10 300'), got {fields!r}"
+    )
+
+
+def _parse_pair(fields: list[str], line_no: int, path: Path) -> tuple[str, str, bool]:
+    if len(fields) == 3:
+        return image_name(fields[0], fields[1], line_no, path), image_name(
+            fields[0], fields[2], line_no, path
+        ), True
+    if len(fields) == 4:
+        return image_name(fields[0], fields[1], line_no, path), image_name(
+            fields[2], fields[3], line_no, path
+        ), False
+    raise ValueError(
+        f"{path}:{line_no}: expected 'name i j' (same) or 'name1 i name2 j' (different), got {fields!r}"
+    )
+
+
+def read_pairs(path: str | Path) -> PairsFile:
+    """Parse an LFW-format ``pairs.txt``, checking that it has exactly the fold structure its header declares.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a malformed line (message names the line number), or a fold that does not hold ``n``
+            matched then ``n`` mismatched pairs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file {path} does not exist")
+    raw = [(no, line.split()) for no, line in enumerate(path.read_text().splitlines(), start=1)]
+    raw = [(no, f) for no, f in raw if f]
+    if not raw:
+        raise ValueError(f"{path} is empty; expected an LFW pairs.txt (header '10 300' then the pairs)")
+    num_folds, per_class = _parse_header(raw[0][1], path)
+    body = raw[1:]
+    expected = 2 * num_folds * per_class
+    if len(body) != expected:
+        raise ValueError(
+            f"{path}: header declares {num_folds} folds x (2 x {per_class}) = {expected} pairs, found {len(body)}"
+        )
+    names, issame, lines = [], [], []
+    for k, (no, fields) in enumerate(body):
+        a, b, same = _parse_pair(fields, no, path)
+        if same != ((k % (2 * per_class)) < per_class):
+            kind = "matched" if same else "mismatched"
+            raise ValueError(
+                f"{path}:{no}: a {kind} pair out of place: each fold must hold {per_class} matched pairs "
+                f"then {per_class} mismatched pairs"
+            )
+        names.append((a, b))
+        issame.append(same)
+        lines.append(no)
+    folds = np.arange(expected, dtype=np.int64) // (2 * per_class)
+    return PairsFile(np.array(names, dtype=object).reshape(-1, 2), np.array(issame, dtype=bool), folds,
+                     np.array(lines, dtype=np.int64))
+
+
+def resolve_images(pairs: PairsFile, root: str | Path) -> dict[str, Path]:
+    """Map every image name of ``pairs`` to its file under ``root``, checking that each exists.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, or a pair names an image that is absent; the message
+            names the first such pair's line number and the missing path.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist (expected <root>/<Name>/<Name>_NNNN.jpg)")
+    resolved: dict[str, Path] = {}
+    for (a, b), line in zip(pairs.names, pairs.lines):
+        for name in (a, b):
+            if name in resolved:
+                continue
+            file = root / name
+            if not file.is_file():
+                raise FileNotFoundError(f"pairs line {int(line)} names {name}, but {file} does not exist")
+            resolved[name] = file
+    return resolved
