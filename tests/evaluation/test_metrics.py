@@ -283,3 +283,19 @@ def test_bad_embeddings() -> None:
         metrics.pair_scores(a, np.zeros((4, 3)))
     with pytest.raises(ValueError, match="unknown metric"):
         metrics.pair_scores(a, a, "manhattan")
+
+
+def test_ranks_from_topk_equals_dense_ranks_with_full_k() -> None:
+    rng = np.random.default_rng(5)
+    gallery_labels = np.r_[np.arange(20), np.arange(5), np.full(30, -1)]
+    probe_labels = np.r_[rng.integers(0, 20, 25), [77]]
+    sim = np.round(rng.normal(size=(26, gallery_labels.size)), 1)
+    order = np.argsort(-sim, axis=1, kind="stable")
+    top = np.take_along_axis(sim, order, axis=1)
+    np.testing.assert_array_equal(
+        metrics.ranks_from_topk(top, gallery_labels[order], probe_labels),
+        metrics.match_ranks(sim, probe_labels, gallery_labels),
+    )
+    truncated = metrics.ranks_from_topk(top[:, :3], gallery_labels[order][:, :3], probe_labels)
+    dense = metrics.match_ranks(sim, probe_labels, gallery_labels)
+    np.testing.assert_array_equal(truncated[dense <= 2], dense[dense <= 2])

@@ -334,6 +334,27 @@ def match_ranks(similarity: np.ndarray, probe_labels: np.ndarray, gallery_labels
     return np.where(mate.any(axis=1), ranks, np.inf)
 
 
+def ranks_from_topk(scores: np.ndarray, result_labels: np.ndarray, probe_labels: np.ndarray) -> np.ndarray:
+    """Ranks of the first correct match from a top-k search, with :func:`match_ranks`' tie rule.
+
+    Args:
+        scores: (P, k) similarities of each probe's results, best first.
+        result_labels: (P, k) identity of each result.
+        probe_labels: (P,) identity of each probe.
+
+    Returns:
+        (P,) float64: 1 + wrong-identity results scoring >= the best correct one; ``inf`` if no correct result
+        is among the k (the true rank is then > k). With k = gallery size this equals :func:`match_ranks`.
+    """
+    s, lab, p = np.asarray(scores, np.float64), np.asarray(result_labels), np.asarray(probe_labels)
+    if s.shape != lab.shape or s.ndim != 2 or p.shape != (s.shape[0],):
+        raise ValueError(f"scores {s.shape} and result_labels {lab.shape} must be (P, k), probe_labels (P,)")
+    mate = lab == p[:, None]
+    best = np.where(mate, s, -np.inf).max(axis=1, initial=-np.inf)
+    ranks = 1.0 + np.sum(~mate & (s >= best[:, None]), axis=1)
+    return np.where(mate.any(axis=1), ranks, np.inf)
+
+
 def cmc(ranks: np.ndarray, max_rank: int = 10) -> np.ndarray:
     """Cumulative match characteristic: (max_rank,) fraction of probes with rank <= k, for k = 1..max_rank."""
     r = np.asarray(ranks, dtype=np.float64)
