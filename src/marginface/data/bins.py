@@ -148,8 +148,9 @@ def load_verification_bin(
     from marginface.data.transforms import to_tensor
 
     encoded, issame = read_verification_bin(path)
-    images = torch.empty((len(encoded), 3, image_size, image_size), dtype=torch.float32)
+    images = np.empty((len(encoded), 3, image_size, image_size), dtype=np.float32)
     for i, data in enumerate(tqdm(encoded, desc=f"decoding {Path(path).name}", unit="img", leave=False)):
         source = f"image {i} of {path}"
-        images[i] = to_tensor(check_size(decode_image(data, source, decoder), source, image_size, False))
-    return images, issame
+        # filled through numpy: a per-row torch copy goes through the intra-op pool, slow on busy CPUs
+        images[i] = to_tensor(check_size(decode_image(data, source, decoder), source, image_size, False)).numpy()
+    return torch.from_numpy(images), issame

@@ -122,14 +122,14 @@ class RecordFile:
     """
 
     def __init__(self, rec_path: str | Path, idx_path: str | Path) -> None:
+        self._fd: int | None = None
+        self._pid = -1
         self.rec_path, self.idx_path = Path(rec_path), Path(idx_path)
         if not self.rec_path.is_file():
             raise FileNotFoundError(f"record file {self.rec_path} does not exist")
         self.index = read_index(self.idx_path)
         self.size = self.rec_path.stat().st_size
         self._spans = self._compute_spans()
-        self._fd: int | None = None
-        self._pid = -1
         self._check_ends()
 
     def _compute_spans(self) -> dict[int, int]:

@@ -380,7 +380,8 @@ def synthetic_splits(
     train = SyntheticFaces(num_train_ids, images_per_identity, seed, image_size, transform)
     held_out = SyntheticFaces(num_val_ids, images_per_identity, seed, image_size, identity_offset=num_train_ids)
     members, issame = synthetic_pairs(num_val_ids, images_per_identity, num_pairs, seed)
-    images = torch.empty((len(members), 3, image_size, image_size), dtype=torch.float32)
+    images = np.empty((len(members), 3, image_size, image_size), dtype=np.float32)
     for row, (identity, image_index) in enumerate(members):
-        images[row] = to_tensor(held_out.render(num_train_ids + int(identity), int(image_index)))
-    return train, images, issame
+        # filled through numpy: a per-row torch copy goes through the intra-op pool, slow on busy CPUs
+        images[row] = to_tensor(held_out.render(num_train_ids + int(identity), int(image_index))).numpy()
+    return train, torch.from_numpy(images), issame
