@@ -1,1 +1,54 @@
-"""marginface.heads"""
+"""Heads: how a margin loss's logits are computed at scale.
+
+A head wraps a loss from :mod:`marginface.losses` and is called like it: ``head(embeddings, labels)`` returns
+the mean loss. ``DenseHead`` materialises the (B, C) logits (the reference); ``ChunkedHead`` never holds
+(B, C) (online log-sum-exp, recomputation in backward); ``PartialFCHead`` visits the batch's classes plus
+sampled negatives, with sparse row updates through ``SparseRowSGD``; ``ShardedHead`` splits the classes over
+the ranks of a process group (optionally with Partial FC per shard). See docs/heads.md.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from marginface.heads.chunked import DEFAULT_CHUNK_SIZE, ChunkedHead
+from marginface.heads.dense import DenseHead
+from marginface.heads.partial_fc import PartialFCHead
+from marginface.heads.sharded import ShardedHead, shard_range
+from marginface.heads.sparse_optim import SparseRowSGD
+from marginface.losses.base import MarginLoss
+
+HEAD_KINDS = ("dense", "chunked", "partial_fc")
+
+
+def create_head(kind: str, loss: MarginLoss, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                sample_rate: float = 0.1, seed: int = 0, sparse_grad: bool = True, sharded: bool = False,
+                num_classes: int | None = None, process_group=None) -> nn.Module:
+    """Build a head by kind: "dense", "chunked" or "partial_fc" (``sample_rate`` in (0, 1]).
+
+    ``sharded=True`` splits the classes over the ranks of ``process_group`` (default: the world): ``loss``
+    then holds this rank's shard and ``num_classes`` is the total; "chunked" shards every class, "partial_fc"
+    samples within each shard. Parameters a kind does not use are ignored.
+    """
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"unknown head kind {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+    if sharded:
+        if kind == "dense":
+            raise ValueError("a sharded head is chunked by construction; use kind='chunked', sharded=True")
+        if num_classes is None:
+            raise ValueError("sharded=True needs num_classes, the total over all ranks")
+        rate = sample_rate if kind == "partial_fc" else 1.0
+        return ShardedHead(loss, num_classes, chunk_size=chunk_size, sample_rate=rate, seed=seed,
+                           sparse_grad=sparse_grad, process_group=process_group)
+    if kind == "dense":
+        return DenseHead(loss)
+    if kind == "chunked":
+        return ChunkedHead(loss, chunk_size=chunk_size)
+    return PartialFCHead(loss, sample_rate=sample_rate, chunk_size=chunk_size, seed=seed,
+                         sparse_grad=sparse_grad)
+
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE", "HEAD_KINDS", "ChunkedHead", "DenseHead", "PartialFCHead", "ShardedHead",
+    "SparseRowSGD", "create_head", "shard_range",
+]

@@ -1,0 +1,317 @@
+"""Chunked margin cross-entropy: the loss of any softmax-objective margin loss without a (B, C) matrix.
+
+The dense head computes every logit at once: at C = 1M classes and B = 512 each (B, C) float32 tensor is 2 GB,
+and autograd keeps several. Here the classes are visited one chunk of ``chunk_size`` at a time:
+
+* forward: per chunk, the loss's own ``similarity`` and ``nontarget_logits`` (element-wise given the
+  per-sample context), the target column masked out, and an online log-sum-exp over chunks. Only the (B,)
+  non-target log-sum-exp ``lse_nt`` is kept; the loss of sample i is ``logaddexp(lse_nt_i, t_i) - t_i``
+  with the target logit ``t_i = ctx.target_logit`` (from the target similarity): the dense cross-entropy.
+* backward: each chunk is recomputed on detached leaf copies and its gradient ``softmax * grad / B`` (target
+  column zeroed) is pushed through the loss's transforms with ``torch.autograd.grad``; the gradients of the
+  features, of the centre rows (written straight into one weight-gradient buffer), of the context tensors the
+  non-target transform reads (SphereFace's norms, ...) and of the loss's other parameters (softmax bias) are
+  accumulated chunk by chunk.
+
+The target similarity is ``diag(loss.similarity(features, weight[labels], labels))`` — the same function the
+chunks use, on the B target rows only — gathered through :func:`gather_rows`, whose gradient is a sparse
+(B-row) tensor, so no dense (C, D) index-backward buffer is created beside the weight gradient.
+
+Shared by :mod:`marginface.heads.partial_fc` (chunks over a sampled index) and
+:mod:`marginface.heads.sharded` (chunks over a rank's shard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from marginface.losses.base import MarginContext, MarginLoss, autocast_disabled
+
+#: classes per chunk; at B = 512 one float32 chunk is 16 MiB (see docs/heads.md for the measured choice).
+DEFAULT_CHUNK_SIZE = 8192
+
+
+def check_chunk_size(chunk_size: int) -> int:
+    """Return ``chunk_size`` if it is an int >= 1, else raise ValueError naming the fix."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1 (classes per chunk), got {chunk_size!r}")
+    return chunk_size
+
+
+def check_softmax_objective(loss: MarginLoss, head: str) -> None:
+    """Chunked, sampled and sharded heads rebuild a softmax cross-entropy; other objectives need DenseHead."""
+    objective = getattr(loss, "objective", "softmax")
+    if objective != "softmax":
+        raise ValueError(
+            f"{type(loss).__name__} has objective {objective!r}, which is not supported by {head} (it "
+            "computes a softmax cross-entropy chunk by chunk); use DenseHead (create_head('dense', loss))"
+        )
+
+
+class _GatherRows(torch.autograd.Function):
+    """``weight[index]`` whose gradient is a sparse COO tensor of the gathered rows, never dense (C, D)."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.weight_shape = weight.shape
+        return weight.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        sparse = torch.sparse_coo_tensor(index[None], grad, ctx.weight_shape, check_invariants=False)
+        return sparse, None
+
+
+def gather_rows(weight: Tensor, index: Tensor) -> Tensor:
+    """(n, ...) rows ``weight[index]``; the gradient reaching ``weight`` is sparse (n rows)."""
+    return _GatherRows.apply(weight, index)
+
+
+def target_similarity(loss: MarginLoss, feats: Tensor, labels: Tensor) -> Tensor:
+    """(B,) the loss's similarity of each sample with its own class, from B target rows only.
+
+    ``labels`` index ``loss.weight`` (local labels for a shard). A (B, B) similarity is computed and its
+    diagonal kept: B^2 D flops, negligible next to B C D, and it is the very function the chunks apply.
+    """
+    rows = gather_rows(loss.weight, labels)
+    return loss.similarity(feats, rows, labels).diagonal()
+
+
+@dataclasses.dataclass
+class ChunkPlan:
+    """Which classes one head visits, and where each sample's target sits among them.
+
+    ``index`` (n,) sorted indices into ``loss.weight`` (None: all of ``loss.weight``, in order);
+    ``positions`` (B,) each sample's target position in ``[0, n)``, or -1 when its class is not in the plan
+    (a class owned by another rank). ``sparse_grad``: return the weight gradient as a sparse COO tensor of the
+    visited rows instead of a dense one.
+    """
+
+    loss: MarginLoss
+    positions: Tensor
+    chunk_size: int
+    index: Tensor | None = None
+    sparse_grad: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return self.loss.weight.shape[0] if self.index is None else int(self.index.numel())
+
+    def chunks(self) -> Iterator[tuple[int, int, Tensor]]:
+        """(a, b, classes): positions [a, b) of the plan and their indices into ``loss.weight``."""
+        device = self.loss.weight.device
+        for a in range(0, self.num_classes, self.chunk_size):
+            b = min(a + self.chunk_size, self.num_classes)
+            classes = torch.arange(a, b, device=device) if self.index is None else self.index[a:b]
+            yield a, b, classes
+
+    def rows(self, weight: Tensor, a: int, b: int, classes: Tensor) -> Tensor:
+        return weight[a:b] if self.index is None else weight.index_select(0, classes)
+
+    def target_cells(self, a: int, b: int) -> tuple[Tensor, Tensor]:
+        """(rows, columns) of the chunk [a, b) that hold a sample's target class."""
+        local = self.positions - a
+        hit = (local >= 0) & (local < b - a)
+        samples = hit.nonzero().squeeze(1)
+        return samples, local[samples]
+
+
+# Context fields a non-target transform may read; they enter the autograd Function as inputs so their
+# gradients (SphereFace's norms, ...) are returned. Labels and the regulariser are not read by it.
+_CTX_FIELDS = ("norms", "target_similarity", "target_logit")
+
+
+def context_tensors(ctx: MarginContext) -> tuple[list[str], list[Tensor]]:
+    """The named tensors of ``ctx`` a non-target transform may read (fields and extras), in a fixed order."""
+    names = list(_CTX_FIELDS) + [f"extras.{k}" for k in sorted(ctx.extras)]
+    tensors = [getattr(ctx, f) for f in _CTX_FIELDS] + [ctx.extras[k] for k in sorted(ctx.extras)]
+    return names, tensors
+
+
+def rebuild_context(ctx: MarginContext, names: list[str], tensors: list[Tensor]) -> MarginContext:
+    """A copy of ``ctx`` with the named tensors replaced (leaf copies in backward, reduced when sharded)."""
+    fields, extras = {}, dict(ctx.extras)
+    for name, tensor in zip(names, tensors):
+        if name.startswith("extras."):
+            extras[name[len("extras."):]] = tensor
+        else:
+            fields[name] = tensor
+    return dataclasses.replace(ctx, extras=extras, **fields)
+
+
+def other_parameters(loss: MarginLoss) -> list[nn.Parameter]:
+    """The loss's parameters besides ``weight`` (plain softmax's bias), read by ``similarity`` per chunk."""
+    return [p for name, p in loss.named_parameters() if name != "weight"]
+
+
+def chunk_logits(plan: ChunkPlan, feats: Tensor, weight: Tensor, ctx: MarginContext, a: int, b: int,
+                 classes: Tensor) -> Tensor:
+    """(B, b - a) non-target logits of one chunk (the target cells are NOT masked here)."""
+    sim = plan.loss.similarity(feats, plan.rows(weight, a, b, classes), classes)
+    return plan.loss.nontarget_logits(sim, ctx)
+
+
+class _NonTargetLSE(torch.autograd.Function):
+    """(B,) log-sum-exp of the non-target logits over a plan's classes, by chunks, recomputed in backward.
+
+    Inputs: plan, ctx (the MarginContext template), names (of the context tensors), feats (B, D), weight
+    (C, ...), then the context tensors, then the loss's other parameters. Saves only feats, the context
+    tensors and the (B,) result: O(B D) memory, never (B, C).
+    """
+
+    @staticmethod
+    def forward(ctx, plan: ChunkPlan, mctx: MarginContext, names: list[str], feats: Tensor, weight: Tensor,
+                *tensors: Tensor) -> Tensor:
+        num_ctx = len(names)
+        margin_ctx = rebuild_context(mctx, names, list(tensors[:num_ctx]))
+        lse = torch.full((feats.shape[0],), float("-inf"), dtype=feats.dtype, device=feats.device)
+        for a, b, classes in plan.chunks():
+            logits = chunk_logits(plan, feats, weight, margin_ctx, a, b, classes)
+            samples, cols = plan.target_cells(a, b)
+            logits[samples, cols] = float("-inf")  # the target column is replaced by ctx.target_logit outside
+            lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
+        ctx.plan, ctx.mctx, ctx.names, ctx.num_ctx = plan, mctx, names, num_ctx
+        ctx.save_for_backward(feats, weight, lse, *tensors[:num_ctx])
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse: Tensor):
+        feats, weight, lse, *ctx_tensors = ctx.saved_tensors
+        needs = ctx.needs_input_grad[3:]
+        params = other_parameters(ctx.plan.loss)
+        with torch.enable_grad(), autocast_disabled(feats.device.type):
+            grads = _backward_chunks(ctx.plan, ctx.mctx, ctx.names, feats, weight, lse, grad_lse, ctx_tensors,
+                                     params, needs)
+        return (None, None, None, *grads)
+
+
+def _backward_chunks(plan: ChunkPlan, mctx: MarginContext, names: list[str], feats: Tensor, weight: Tensor,
+                     lse: Tensor, grad_lse: Tensor, ctx_tensors: list[Tensor], params: list[Tensor],
+                     needs: tuple[bool, ...]) -> list[Tensor | None]:
+    """Recompute every chunk and accumulate the gradients of feats, weight, context tensors and parameters."""
+    finite = torch.isfinite(lse)  # -inf: no non-target class in the plan for that sample; no gradient
+    lse_safe = torch.where(finite, lse, torch.zeros_like(lse))
+    grad_lse = torch.where(finite, grad_lse, torch.zeros_like(grad_lse))
+    leaf_feats = feats.detach().requires_grad_(needs[0])
+    leaf_ctx = [t.detach().requires_grad_(need) for t, need in zip(ctx_tensors, needs[2:])]
+    margin_ctx = rebuild_context(mctx, names, leaf_ctx)
+    inputs = [leaf_feats, *leaf_ctx, *params]
+    wanted = [needs[0], *needs[2:]]
+    totals: list[Tensor | None] = [torch.zeros_like(t) if w else None for t, w in zip(inputs, wanted)]
+    weight_grad = _WeightGrad(plan, weight) if needs[1] else None
+    for a, b, classes in plan.chunks():
+        rows = plan.rows(weight, a, b, classes).detach().requires_grad_(needs[1])
+        sim = plan.loss.similarity(leaf_feats, rows, classes)
+        logits = plan.loss.nontarget_logits(sim, margin_ctx)
+        with torch.no_grad():
+            upstream = torch.exp(logits - lse_safe[:, None]) * grad_lse[:, None]  # softmax * dL/dlse
+            samples, cols = plan.target_cells(a, b)
+            upstream[samples, cols] = 0.0
+        sources = [t for t, w in zip(inputs, wanted) if w] + ([rows] if needs[1] else [])
+        got = iter(torch.autograd.grad(logits, sources, upstream, allow_unused=True))
+        for i, w in enumerate(wanted):
+            if w:
+                g = next(got)
+                if g is not None:
+                    totals[i] += g
+        if weight_grad is not None:
+            weight_grad.add(a, b, next(got))
+    return [totals[0], None if weight_grad is None else weight_grad.result(), *totals[1:]]
+
+
+class _WeightGrad:
+    """The weight gradient built chunk by chunk: dense (C, ...) or sparse COO over the plan's rows."""
+
+    def __init__(self, plan: ChunkPlan, weight: Tensor) -> None:
+        self.plan, self.weight = plan, weight
+        self.sparse = plan.sparse_grad and plan.index is not None
+        shape = (plan.num_classes, *weight.shape[1:]) if self.sparse else weight.shape
+        self.buffer = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+
+    def add(self, a: int, b: int, grad_rows: Tensor | None) -> None:
+        if grad_rows is None:
+            return
+        if self.sparse or self.plan.index is None:
+            self.buffer[a:b] += grad_rows
+        else:
+            self.buffer.index_add_(0, self.plan.index[a:b], grad_rows)
+
+    def result(self) -> Tensor:
+        if not self.sparse:
+            return self.buffer
+        index = self.plan.index[None]
+        return torch.sparse_coo_tensor(index, self.buffer, self.weight.shape, check_invariants=False)
+
+
+def nontarget_lse(plan: ChunkPlan, feats: Tensor, ctx: MarginContext) -> Tensor:
+    """(B,) log-sum-exp of the non-target logits over the plan's classes; differentiable, O(B D) memory."""
+    names, tensors = context_tensors(ctx)
+    params = other_parameters(plan.loss)
+    return _NonTargetLSE.apply(plan, ctx, names, feats, plan.loss.weight, *tensors, *params)
+
+
+@torch.no_grad()
+def class_statistic(plan: ChunkPlan, feats: Tensor) -> Tensor:
+    """(B,) the loss's ``class_statistic`` summed chunk by chunk over the plan's classes (no gradient)."""
+    total = torch.zeros(feats.shape[0], dtype=feats.dtype, device=feats.device)
+    for a, b, classes in plan.chunks():
+        sim = plan.loss.similarity(feats, plan.rows(plan.loss.weight, a, b, classes), classes)
+        mask = torch.zeros_like(sim, dtype=torch.bool)
+        samples, cols = plan.target_cells(a, b)
+        mask[samples, cols] = True
+        total += plan.loss.class_statistic(sim, mask)
+    return total
+
+
+def cross_entropy_from_lse(lse_nt: Tensor, ctx: MarginContext) -> Tensor:
+    """Mean over the batch of ``logaddexp(lse_nt, t) - t (+ regulariser)``: the dense cross-entropy."""
+    per_sample = torch.logaddexp(lse_nt, ctx.target_logit) - ctx.target_logit
+    if ctx.regularizer is not None:
+        per_sample = per_sample + ctx.regularizer
+    return per_sample.mean()
+
+
+def chunked_loss(loss: MarginLoss, embeddings: Tensor, labels: Tensor, plan: ChunkPlan,
+                 target_labels: Tensor) -> Tensor:
+    """The mean margin cross-entropy over the plan's classes, single process.
+
+    ``target_labels`` (B,) index ``loss.weight`` (the class rows of the targets); ``plan.positions`` locate
+    them within the plan. Runs in float32 (float64 for float64 input) with autocast disabled.
+    """
+    with autocast_disabled(embeddings.device.type):
+        feats = loss.features(embeddings)
+        target_sim = target_similarity(loss, feats, target_labels)
+        statistic = class_statistic(plan, feats) if loss.needs_class_statistic else None
+        ctx = loss.make_context(embeddings, labels, target_sim, statistic)
+        return cross_entropy_from_lse(nontarget_lse(plan, feats, ctx), ctx)
+
+
+class ChunkedHead(nn.Module):
+    """The margin cross-entropy of ``loss`` over all its classes, ``chunk_size`` classes at a time.
+
+    ``head(embeddings (B, D), labels (B,))`` returns the same mean loss and gradients (embeddings, centres,
+    other loss parameters) as ``DenseHead(loss)`` while holding at most a few (B, chunk_size) tensors; the
+    weight gradient is dense (C, ...). Only losses with ``objective == "softmax"``.
+    """
+
+    def __init__(self, loss: MarginLoss, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        super().__init__()
+        check_softmax_objective(loss, "ChunkedHead")
+        self.loss = loss
+        self.chunk_size = check_chunk_size(chunk_size)
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """Mean loss (scalar) of embeddings (B, D) with integer labels (B,) in [0, num_classes)."""
+        self.loss.check_inputs(embeddings, labels)
+        labels = labels.long()
+        plan = ChunkPlan(self.loss, positions=labels, chunk_size=self.chunk_size)
+        return chunked_loss(self.loss, embeddings, labels, plan, labels)
+
+    def extra_repr(self) -> str:
+        return f"chunk_size={self.chunk_size}"
