@@ -24,8 +24,140 @@ def _run_losses(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="10-fold verification accuracy, TAR@FAR and a ROC plot on .bin / pairs.txt sets",
+        description="Evaluate a checkpoint on .bin sets and/or a pairs.txt + image folder, or evaluate "
+        "precomputed embeddings (--embeddings, from any model) on a pairs.txt. See docs/evaluation.md.",
+    )
+    parser.add_argument("--checkpoint", help="safetensors backbone weights (keys unprefixed or 'backbone.')")
+    parser.add_argument("--backbone", help="backbone registry name, e.g. iresnet50")
+    parser.add_argument("--embedding-size", type=int, default=512)
+    parser.add_argument("--bins", nargs="+", default=[], metavar="BIN", help="insightface .bin sets")
+    parser.add_argument("--pairs", help="LFW-format pairs.txt (its 10 folds are used)")
+    parser.add_argument("--images", help="image root for --pairs: <root>/<Name>/<Name>_NNNN.jpg")
+    parser.add_argument("--embeddings", help=".npz (names, embeddings) or .safetensors (one tensor per image)")
+    parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine",
+                        help="pair score for --embeddings (euclidean = negative distance)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--no-flip", action="store_true", help="disable flip test-time augmentation")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=0, help="image decoding processes for --images")
+    parser.add_argument("--roc", default="roc.png", help="where to save the ROC plot ('' to skip)")
+    parser.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from marginface.evaluation import verification
+
+    try:
+        results = verification.evaluate_cli_sets(
+            checkpoint=args.checkpoint, backbone=args.backbone, embedding_size=args.embedding_size,
+            bins=args.bins, pairs=args.pairs, images=args.images, embeddings=args.embeddings,
+            metric=args.metric, batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
+            workers=args.workers,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"marginface eval: {err}", file=sys.stderr)
+        return 2
+    print(verification.format_table(results))
+    if args.roc:
+        print(f"ROC plot: {verification.plot_roc(results, args.roc)}")
+    return 0
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a face model from a YAML preset (+ key=value overrides)")
+    parser.add_argument("--config", help="YAML preset, e.g. configs/synthetic_mobilefacenet_arcface.yaml")
+    parser.add_argument("--fresh", action="store_true", help="delete the run folder first instead of resuming")
+    parser.add_argument("overrides", nargs="*", help="section.field=value, e.g. optim.lr=0.05 loss.name=cosface")
+    parser.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from marginface.training.config import load_config
+    from marginface.training.distributed import shutdown
+    from marginface.training.trainer import Trainer, clear_run, plot_loss_curve
+
+    config = load_config(args.config, args.overrides)
+    if args.fresh:
+        clear_run(config.output_dir)
+    trainer = Trainer(config).setup()
+    try:
+        results = trainer.fit()
+    finally:
+        shutdown()
+    if trainer.dist.is_main:
+        plot_loss_curve(config.output_dir)
+        print(f"final validation: {results['final']}  best: {results['best']}")
+    return 0
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="train on synthetic identities for a few minutes (CPU)")
+    parser.add_argument("--output-dir", default="runs/demo")
+    parser.add_argument("--steps", type=int, default=None, help="default: the demo's 240 steps")
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from marginface.training.demo import run_demo
+
+    run_demo(args.output_dir, args.steps)
+    return 0
+
+
+def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("prepare", help="convert data sets: folder -> .rec/.idx, ...",
+                                   description="Convert data sets. One sub-command per conversion.")
+    kinds = parser.add_subparsers(dest="prepare_kind", required=True, metavar="KIND")
+    for add in _PREPARE_KINDS:
+        add(kinds)
+
+
+def _add_prepare_rec(kinds: argparse._SubParsersAction) -> None:
+    parser = kinds.add_parser(
+        "rec", help="pack SRC_FOLDER/<identity>/<image> into OUT_PREFIX.rec/.idx (insightface RecordIO)",
+        description="Pack a folder of aligned 112x112 faces into OUT_PREFIX.rec, OUT_PREFIX.idx and "
+        "OUT_PREFIX.classes.json (identity -> label). See docs/data.md.",
+    )
+    parser.add_argument("src_folder", metavar="SRC_FOLDER", help="root/<identity>/<image>")
+    parser.add_argument("out_prefix", metavar="OUT_PREFIX", help="e.g. data/train -> data/train.rec")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip corrupt/non-image files and empty identity folders (listed at the end)")
+    parser.add_argument("--resize", action="store_true", help="resize faces that are not 112x112")
+    parser.set_defaults(func=_run_prepare_rec)
+
+
+def _run_prepare_rec(args: argparse.Namespace) -> int:
+    from marginface.data.folder import FolderDataset
+    from marginface.data.recordio import write_recordio
+
+    try:
+        dataset = FolderDataset(args.src_folder, skip_bad=args.skip_bad, resize=args.resize)
+        stats = write_recordio(dataset, args.out_prefix)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"marginface prepare rec: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {stats.num_images} images of {stats.num_classes} identities to {stats.rec_path} "
+          f"(index {stats.idx_path}); {stats.reencoded} re-encoded, {len(stats.skipped)} skipped")
+    for path in stats.skipped:
+        print(f"  skipped {path}: {dataset.skip_reasons[path]}")
+    return 0
+
+
+# `marginface prepare <kind>`: one _add_prepare_<kind>(kinds) per conversion
+_PREPARE_KINDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_prepare_rec,
+]
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_losses,
+    _add_train,
+    _add_demo,
+    _add_eval,
+    _add_prepare,
 ]
 
 

@@ -172,3 +172,17 @@ def test_loader_workers_read_in_parallel(tmp_path):
     loader = DataLoader(dataset, batch_size=3, num_workers=2)
     labels = torch.cat([labels for _, labels in loader])
     assert labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_cli_prepare_rec(tmp_path, capsys):
+    from marginface.cli import main
+
+    make_folder(tmp_path / "faces", per_identity=2, ext=".jpg")
+    (tmp_path / "faces" / "bob" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    assert main(["prepare", "rec", str(tmp_path / "faces"), str(tmp_path / "out" / "train")]) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+    assert main(["prepare", "rec", str(tmp_path / "faces"), str(tmp_path / "out" / "train"), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 6 images of 3 identities" in out and "1 skipped" in out and "broken.jpg" in out
+    dataset = RecordIODataset(tmp_path / "out" / "train")
+    assert len(dataset) == 6 and dataset.num_classes == 3
