@@ -186,3 +186,11 @@ def test_cli_prepare_rec(tmp_path, capsys):
     assert "wrote 6 images of 3 identities" in out and "1 skipped" in out and "broken.jpg" in out
     dataset = RecordIODataset(tmp_path / "out" / "train")
     assert len(dataset) == 6 and dataset.num_classes == 3
+
+
+def test_failed_pack_leaves_no_partial_files(tmp_path):
+    make_folder(tmp_path / "faces", per_identity=2, ext=".jpg")
+    (tmp_path / "faces" / "carol" / "zz.jpg").write_bytes(b"\xff\xd8\xff broken")
+    with pytest.raises(ValueError, match="zz.jpg"):
+        write_recordio(tmp_path / "faces", tmp_path / "train")
+    assert not (tmp_path / "train.rec").exists() and not (tmp_path / "train.idx").exists()

@@ -391,28 +391,41 @@ def write_recordio(source, out_prefix: str | Path, skip_bad: bool = False, quali
         out_prefix: where to write, e.g. ``data/train`` -> ``data/train.rec``, ``data/train.idx``.
         skip_bad: when ``source`` is a folder path, skip (and report) bad files instead of raising.
     """
-    from tqdm.auto import tqdm
-
     from marginface.data.folder import FolderDataset
 
     dataset = source if isinstance(source, FolderDataset) else FolderDataset(source, skip_bad=skip_bad)
     if dataset.num_classes >= 1 << 24:
         raise ValueError(f"{dataset.num_classes} classes: float32 labels are exact only below 2**24")
-    order = sorted(range(len(dataset)), key=lambda i: dataset.samples[i][1])  # stable: grouped by label
-    n, ranges, reencoded = len(order), {}, 0
-    with RecordWriter(out_prefix) as writer:
-        writer.write(0, pack(IRHeader(0, [n + 1.0, n + 1.0 + dataset.num_classes], 0, 0), b""))
-        for key, i in enumerate(tqdm(order, desc=f"packing {writer.rec_path.name}", unit="img"), start=1):
-            payload, label, changed = _encoded_sample(dataset, i, quality)
-            reencoded += changed
-            start, _ = ranges.get(label, (key, key))
-            ranges[label] = (start, key + 1)
-            writer.write(key, pack(IRHeader(0, float(label), key, 0), payload))
-        for label in range(dataset.num_classes):
-            start, end = ranges.get(label, (n + 1, n + 1))  # an identity without images: empty range
-            writer.write(n + 1 + label, pack(IRHeader(0, [float(start), float(end)], 0, 0), b""))
+    writer = RecordWriter(out_prefix)
+    try:
+        reencoded = _write_all(writer, dataset, quality)
+    except BaseException:
+        writer.close()  # no half-written pair left behind to be mistaken for a data set
+        writer.rec_path.unlink(missing_ok=True)
+        writer.idx_path.unlink(missing_ok=True)
+        raise
+    writer.close()
     dataset.save_class_map(f"{writer.rec_path.with_suffix('')}.classes.json")
-    return PackStats(writer.rec_path, writer.idx_path, n, dataset.num_classes, reencoded, list(dataset.skipped))
+    return PackStats(writer.rec_path, writer.idx_path, writer.count - 1 - dataset.num_classes,
+                     dataset.num_classes, reencoded, list(dataset.skipped))
+
+
+def _write_all(writer: RecordWriter, dataset, quality: int) -> int:
+    """Header 0, the images (keys 1..N), one range record per identity (keys N+1..N+C); returns #re-encoded."""
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(dataset)), key=lambda i: dataset.samples[i][1])  # stable: grouped by label
+    n, num_classes, reencoded, ranges = len(order), dataset.num_classes, 0, {}
+    writer.write(0, pack(IRHeader(0, [n + 1.0, n + 1.0 + num_classes], 0, 0), b""))
+    for key, i in enumerate(tqdm(order, desc=f"packing {writer.rec_path.name}", unit="img"), start=1):
+        payload, label, changed = _encoded_sample(dataset, i, quality)
+        reencoded += changed
+        ranges[label] = (ranges.get(label, (key,))[0], key + 1)
+        writer.write(key, pack(IRHeader(0, float(label), key, 0), payload))
+    for label in range(num_classes):
+        start, end = ranges.get(label, (n + 1, n + 1))  # an identity without images: empty range
+        writer.write(n + 1 + label, pack(IRHeader(0, [float(start), float(end)], 0, 0), b""))
+    return reencoded
 
 
 def _encoded_sample(dataset, index: int, quality: int) -> tuple[bytes, int, bool]:
