@@ -1,1 +1,69 @@
-"""marginface.backbones"""
+"""Face-embedding backbones behind one registry and one contract.
+
+Every model maps aligned faces ``(B, 3, 112, 112)`` in [-1, 1] to embeddings ``(B, embedding_size)`` (not
+L2-normalised; the heads and losses normalise) and exposes ``embedding_size``.  No precision or device logic
+lives in the models: autocast, ``channels_last`` and ``torch.compile`` are the caller's choice.
+
+>>> from marginface import backbones
+>>> model = backbones.create("iresnet50", embedding_size=512, output="E")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from torch import nn
+
+from .embedding import OUTPUT_OPTIONS, EmbeddingHead
+from .iresnet import IResNet, iresnet
+from .mobilefacenet import MobileFaceNet
+from .weights import load_insightface, load_weights, save_weights
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    **{f"iresnet{depth}": partial(iresnet, depth) for depth in (18, 34, 50, 100, 200)},
+    "mobilefacenet": MobileFaceNet,
+}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`create`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create(
+    name: str, embedding_size: int = 512, dropout: float = 0.0, output: str = "E", **kwargs: object
+) -> nn.Module:
+    """Build a backbone by registry name.
+
+    Args:
+        name: one of :func:`available` (``iresnet18/34/50/100/200``, ``mobilefacenet``).
+        embedding_size: D, the output dimension.
+        dropout: dropout probability before the embedding FC (0.4 in the ArcFace paper's option E).
+        output: embedding-layer option ``"A"``..``"E"``; see :mod:`marginface.backbones.embedding`.
+        **kwargs: model-specific switches: ``checkpointing`` and ``fix_gamma`` (all), ``se`` (IR-ResNet),
+            ``pool`` (MobileFaceNet).
+
+    Returns:
+        An ``nn.Module`` with ``forward((B, 3, 112, 112)) -> (B, embedding_size)`` and ``embedding_size``.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name](embedding_size=embedding_size, dropout=dropout, output=output, **kwargs)
+
+
+# DESIGN.md style rule 2 names the factory create_backbone; both names build the same models.
+create_backbone = create
+
+__all__ = [
+    "OUTPUT_OPTIONS",
+    "EmbeddingHead",
+    "IResNet",
+    "MobileFaceNet",
+    "available",
+    "create",
+    "create_backbone",
+    "load_insightface",
+    "load_weights",
+    "save_weights",
+]
