@@ -209,8 +209,8 @@ def _backward_chunks(plan: ChunkPlan, mctx: MarginContext, names: list[str], fea
         rows = plan.rows(weight, a, b, classes).detach().requires_grad_(needs[1])
         sim = plan.loss.similarity(leaf_feats, rows, classes)
         logits = plan.loss.nontarget_logits(sim, margin_ctx)
-        with torch.no_grad():
-            upstream = torch.exp(logits - lse_safe[:, None]) * grad_lse[:, None]  # softmax * dL/dlse
+        with torch.no_grad():  # softmax * dL/dlse, in place to keep one (B, c) temporary
+            upstream = torch.sub(logits, lse_safe[:, None]).exp_().mul_(grad_lse[:, None])
             samples, cols = plan.target_cells(a, b)
             upstream[samples, cols] = 0.0
         sources = [t for t, w in zip(inputs, wanted) if w] + ([rows] if needs[1] else [])
@@ -232,14 +232,18 @@ class _WeightGrad:
         self.plan, self.weight = plan, weight
         self.sparse = plan.sparse_grad and plan.index is not None
         shape = (plan.num_classes, *weight.shape[1:]) if self.sparse else weight.shape
-        self.buffer = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+        # Chunks tile the buffer exactly once when it is indexed by plan position: no zero-fill needed.
+        self.tiled = self.sparse or plan.index is None
+        empty = torch.empty if self.tiled else torch.zeros
+        self.buffer = empty(shape, dtype=weight.dtype, device=weight.device)
 
     def add(self, a: int, b: int, grad_rows: Tensor | None) -> None:
-        if grad_rows is None:
-            return
-        if self.sparse or self.plan.index is None:
-            self.buffer[a:b] += grad_rows
-        else:
+        if self.tiled:
+            if grad_rows is None:
+                self.buffer[a:b].zero_()
+            else:
+                self.buffer[a:b].copy_(grad_rows)
+        elif grad_rows is not None:
             self.buffer.index_add_(0, self.plan.index[a:b], grad_rows)
 
     def result(self) -> Tensor:
