@@ -239,3 +239,31 @@ def plot_roc(results: Sequence[VerificationResult], path: str | Path) -> Path:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def evaluate_cli_sets(
+    *, checkpoint: str | None, backbone: str | None, embedding_size: int = 512, bins: Sequence[str] = (),
+    pairs: str | None = None, images: str | None = None, embeddings: str | None = None,
+    metric: str = "cosine", batch_size: int = 128, flip: bool = True, device: str = "cpu", workers: int = 0,
+) -> list[VerificationResult]:
+    """What ``marginface eval`` runs: either an embeddings file on ``pairs``, or a checkpoint on ``bins``
+    and/or ``pairs`` + ``images``. Raises ValueError naming the missing/conflicting options."""
+    if embeddings:
+        if checkpoint or bins or not pairs:
+            raise ValueError("--embeddings needs --pairs and takes no --checkpoint/--bins "
+                             "(the embeddings already come from a model)")
+        return [evaluate_embeddings_file(embeddings, pairs, metric=metric)]
+    if not (checkpoint and backbone):
+        raise ValueError("give --checkpoint and --backbone (or --embeddings FILE --pairs pairs.txt)")
+    if bool(pairs) != bool(images):
+        raise ValueError("--pairs and --images go together (pairs.txt and its image root)")
+    if not bins and not pairs:
+        raise ValueError("nothing to evaluate: give --bins and/or --pairs with --images")
+    from marginface.evaluation.embed import load_backbone
+
+    model = load_backbone(backbone, checkpoint, embedding_size).to(device)
+    results = [evaluate_bin(model, b, batch_size=batch_size, flip=flip, device=device) for b in bins]
+    if pairs:
+        results.append(evaluate_pairs(model, pairs, images, batch_size=batch_size, flip=flip, device=device,
+                                      workers=workers))
+    return results
