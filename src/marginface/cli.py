@@ -146,9 +146,85 @@ def _run_prepare_rec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_align(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "align", help="detect and align raw photos SRC/<identity>/<image> into 112x112 faces in DST",
+        description="Detect faces (5 landmarks), keep one per photo, warp it onto the ArcFace 112x112 "
+        "template and write DST/<identity>/<stem>.jpg; DST/align_report.json lists faces found / none / "
+        "several (and which was kept) and skipped files. Needs an extra: pip install 'marginface[align]'.",
+    )
+    parser.add_argument("src", metavar="SRC", help="raw photos, SRC/<identity>/<image>")
+    parser.add_argument("dst", metavar="DST", help="output folder (same structure)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
+    parser.add_argument("--detector", default="mtcnn", help="mtcnn (default), mtcnn-torch or dlib")
+    parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"],
+                        help="face kept when there are several (centre: largest box containing the centre)")
+    parser.add_argument("--fallback", default="none", choices=["none", "median"],
+                        help="photos with no face: leave out (none) or warp with the median landmarks")
+    parser.add_argument("--min-face", type=float, default=20.0, help="smallest face searched, pixels (MTCNN)")
+    parser.add_argument("--workers", type=int, default=2, help="processes (0: in this process)")
+    parser.add_argument("--format", default="jpg", choices=["jpg", "png"], help="output encoding")
+    parser.set_defaults(func=_run_align)
+
+
+def _align_options(args: argparse.Namespace):
+    from marginface.align.pipeline import AlignOptions
+
+    kwargs = {"min_face": args.min_face} if args.detector.startswith("mtcnn") else {}
+    return AlignOptions(detector=args.detector, detector_kwargs=kwargs, policy=args.keep,
+                        fallback=args.fallback, ext="." + args.format, workers=args.workers,
+                        skip_bad=getattr(args, "skip_bad", False))
+
+
+def _run_align(args: argparse.Namespace) -> int:
+    from marginface.align.pipeline import align_folder
+
+    try:
+        report = align_folder(args.src, args.dst, _align_options(args))
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"marginface align: {err}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(f"report: {args.dst}/align_report.json")
+    return 0
+
+
+def _add_prepare_lfw_bin(kinds: argparse._SubParsersAction) -> None:
+    parser = kinds.add_parser(
+        "lfw-bin", help="LFW-style folder + pairs.txt -> aligned verification .bin (insightface layout)",
+        description="Detect and align every image named in pairs.txt (needs the align extra), then write "
+        "OUT: 2N encoded 112x112 faces and N same/different bools. Photos without a detected face are "
+        "warped with the median landmarks; OUT's <stem>.align_report.json lists them.",
+    )
+    parser.add_argument("--lfw", required=True, help="LFW-style folder: DIR/<name>/<name>_<iiii>.jpg")
+    parser.add_argument("--pairs", required=True, help="pairs.txt ('name i j' / 'name1 i name2 j' lines)")
+    parser.add_argument("--out", required=True, help="output .bin path, e.g. lfw.bin")
+    parser.add_argument("--aligned", action="store_true", help="--lfw already holds aligned 112x112 faces")
+    parser.add_argument("--detector", default="mtcnn", help="mtcnn (default), mtcnn-torch or dlib")
+    parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"])
+    parser.add_argument("--min-face", type=float, default=20.0, help="smallest face searched, pixels (MTCNN)")
+    parser.add_argument("--workers", type=int, default=2, help="processes (0: in this process)")
+    parser.add_argument("--format", default="jpg", choices=["jpg", "png"], help="encoding inside the .bin")
+    parser.set_defaults(func=_run_prepare_lfw_bin, fallback="median")
+
+
+def _run_prepare_lfw_bin(args: argparse.Namespace) -> int:
+    from marginface.align.lfw import build_verification_bin
+
+    try:
+        report = build_verification_bin(args.lfw, args.pairs, args.out, _align_options(args), args.aligned)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"marginface prepare lfw-bin: {err}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(f"wrote {args.out}")
+    return 0
+
+
 # `marginface prepare <kind>`: one _add_prepare_<kind>(kinds) per conversion
 _PREPARE_KINDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare_rec,
+    _add_prepare_lfw_bin,
 ]
 
 
@@ -158,6 +234,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo,
     _add_eval,
     _add_prepare,
+    _add_align,
 ]
 
 

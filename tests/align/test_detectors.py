@@ -100,6 +100,7 @@ def test_mtcnn_on_real_lfw_image(shared_data: Path) -> None:
     _check_lfw_face(found, image.shape, eye_tolerance=6.0)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("dlib") is None or importlib.util.find_spec(
     "face_recognition_models") is None, reason="dlib-bin / face-recognition-models not installed")
 @pytest.mark.filterwarnings("ignore::UserWarning")
