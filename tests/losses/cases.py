@@ -15,6 +15,14 @@ VARIANTS: dict[str, list[dict]] = {
     "mv_softmax": [{"base": "arc"}, {"mode": "fixed"}, {"base": "arc", "mode": "fixed", "t": 0.5}],
     "circle": [{"detach_weights": False}],
     "softmax": [{"bias": False}],
+    # the successors: the branches their defaults miss; secondary switches are checked in test_successors.py
+    "subcenter_arcface": [{"k": 2, "margin": 1.2}],
+    "adaface": [{"margin": 1.2, "h": 3.0, "momentum": 1.0},
+                {"margin": 1.2, "h": 3.0, "momentum": 1.0, "detach_norms": False}],
+    "magface": [{"magnitude_min": 1.0, "magnitude_max": 8.0, "margin_min": 0.8, "margin_max": 1.5}],
+    "elasticface_arc": [{"margin": 1.2, "std": 0.3}],
+    "sphereface2": [{"magnitude_type": "A"}],
+    "adacos": [{"dynamic": False}],
 }
 
 

@@ -204,3 +204,157 @@ def circle_ref(x, params, labels, loss, state, training):
         lambda i, c, cy: gamma * weight(c + m) * (c - m),
     )
     return cross_entropy_rows(rows, labels)
+
+
+# ----------------------------------------------------------------------------- the successors
+@reference("subcenter_arcface")
+def subcenter_arcface_ref(x, params, labels, loss, state, training):
+    """Deng et al. 2020, Eq. 2: theta_ij = arccos(max_k cos(x_i, W_jk)); ArcFace on the target's pooled cosine."""
+    s, m, w = loss.scale, loss.margin, params["weight"]
+    rows = []
+    for i in range(x.shape[0]):
+        row = []
+        for j in range(w.shape[0]):
+            c = max((cosine(x[i], w[j, k]) for k in range(w.shape[1])), key=lambda v: float(v.detach()))
+            if j != int(labels[i]) or (loss.easy_margin and float(c.detach()) <= 0):
+                row.append(s * c)
+            else:
+                row.append(s * arc_target(c, m))
+        rows.append(row)
+    return cross_entropy_rows(rows, labels)
+
+
+@reference("adaface")
+def adaface_ref(x, params, labels, loss, state, training):
+    """Kim et al. 2022, Eq. 11-14, with the official code's norm clip [1e-3, 100], eps 1e-3 and initial stats."""
+    m, h, s, alpha = loss.margin, loss.h, loss.scale, loss.momentum
+    mean, std = float(state["batch_mean"]), float(state["batch_std"])
+    z = [torch.clamp(torch.sqrt((x[i] * x[i]).sum()), 1e-3, 100.0) for i in range(x.shape[0])]
+    if loss.detach_norms:
+        z = [v.detach() for v in z]
+    if training:  # the statistics never carry a gradient
+        values = [float(v.detach()) for v in z]
+        batch_mean = sum(values) / len(values)
+        mean = alpha * batch_mean + (1 - alpha) * mean
+        if len(values) > 1:  # the unbiased batch std; a batch of one keeps the old std
+            batch_std = math.sqrt(sum((v - batch_mean) ** 2 for v in values) / (len(values) - 1))
+            std = alpha * batch_std + (1 - alpha) * std
+
+    def target(i, c):
+        z_hat = torch.clamp(h * (z[i] - mean) / (std + 1e-3), -1.0, 1.0)
+        g_angle, g_add = -m * z_hat, m + m * z_hat
+        phi = theta_of(c) + g_angle
+        if float(phi) < 0:  # clipped at angle 0
+            angular = torch.ones((), dtype=torch.float64)
+        elif float(phi) > math.pi:  # ArcFace's monotonic fallback (g_angle > 0 only)
+            angular = c - g_angle * torch.sin(g_angle)
+        else:
+            angular = torch.cos(phi)
+        return s * (angular - g_add)
+
+    rows = per_element(x, params["weight"], labels, target, lambda i, c, cy: s * c)
+    return cross_entropy_rows(rows, labels)
+
+
+@reference("magface")
+def magface_ref(x, params, labels, loss, state, training):
+    """Meng et al. 2021: m(a) linear on [l_a, u_a], target cos(theta + m(a)), loss + lambda_g (1/a + a/u_a^2)."""
+    s, l_a, u_a = loss.scale, loss.magnitude_min, loss.magnitude_max
+    l_m, u_m, lam = loss.margin_min, loss.margin_max, loss.regularizer_weight
+    mags = [torch.clamp(torch.sqrt((x[i] * x[i]).sum()), l_a, u_a) for i in range(x.shape[0])]
+    margins = [(u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m for a in mags]
+
+    def target(i, c):
+        if loss.easy_margin and float(c) <= 0:
+            return s * c
+        theta, m_i = theta_of(c), margins[i]
+        if float(theta) + float(m_i) > math.pi:
+            return s * (c - m_i * torch.sin(m_i))
+        return s * torch.cos(theta + m_i)
+
+    rows = per_element(x, params["weight"], labels, target, lambda i, c, cy: s * c)
+    regularizer = [lam * (1.0 / a + a / u_a**2) for a in mags]
+    return cross_entropy_rows(rows, labels, extra=regularizer)
+
+
+def _elastic_margins(loss, state, training, batch_size):
+    """The margins of this step: the mean in eval mode; in training, the draws of step (state step + 1) from
+    the documented (seed, step) generator, N(margin, std) clipped at 0."""
+    if not training:
+        return [loss.margin] * batch_size
+    step = int(state["step"]) + 1
+    gen = torch.Generator().manual_seed((int(state["seed"]) + step * 0x9E3779B9) % 2**32)
+    normals = torch.randn(batch_size, generator=gen, dtype=torch.float64)
+    return [max(0.0, loss.margin + loss.std * float(v)) for v in normals]
+
+
+@reference("elasticface_arc")
+def elasticface_arc_ref(x, params, labels, loss, state, training):
+    """Boutros et al. 2022: ArcFace with a per-sample margin m_i ~ N(m, std)."""
+    s, margins = loss.scale, _elastic_margins(loss, state, training, x.shape[0])
+    rows = per_element(x, params["weight"], labels, lambda i, c: s * arc_target(c, margins[i]),
+                       lambda i, c, cy: s * c)
+    return cross_entropy_rows(rows, labels)
+
+
+@reference("elasticface_cos")
+def elasticface_cos_ref(x, params, labels, loss, state, training):
+    """Boutros et al. 2022: CosFace with a per-sample margin m_i ~ N(m, std)."""
+    s, margins = loss.scale, _elastic_margins(loss, state, training, x.shape[0])
+    rows = per_element(x, params["weight"], labels, lambda i, c: s * (c - margins[i]), lambda i, c, cy: s * c)
+    return cross_entropy_rows(rows, labels)
+
+
+@reference("sphereface2")
+def sphereface2_ref(x, params, labels, loss, state, training):
+    """Wen et al. 2022: lambda/r log(1 + e^-z_y) + (1 - lambda)/r sum_{j != y} log(1 + e^z_j) per sample, with
+    z = r g(.) + b; type C: g(cos) -+ m, type A: g(cos(min(theta_y + m, pi))) for the target only."""
+    r, m, lam, t, b = loss.scale, loss.margin, loss.positive_weight, loss.t, params["bias"]
+
+    def g(c):
+        return 2 * ((c + 1) / 2) ** t - 1
+
+    def binary_logit(c, adjusted):
+        if loss.detach_adjustment:  # opensphere's forward-only adjustment
+            adjusted = c + (adjusted - c).detach()
+        return r * adjusted + b
+
+    w = params["weight"]
+    rows, total = [], torch.zeros((), dtype=torch.float64)
+    for i in range(x.shape[0]):
+        row = []
+        for j in range(w.shape[0]):
+            c = cosine(x[i], w[j])
+            if j == int(labels[i]):
+                adjusted = g(c) - m if loss.magnitude_type == "C" else g(torch.cos(torch.clamp(theta_of(c) + m,
+                                                                                            max=math.pi)))
+                z = binary_logit(c, adjusted)
+                total = total + lam * torch.log1p(torch.exp(-z))
+            else:
+                z = binary_logit(c, g(c) + (m if loss.magnitude_type == "C" else 0.0))
+                total = total + (1 - lam) * torch.log1p(torch.exp(z))
+            row.append(z)
+        rows.append(row)
+    logits = torch.stack([torch.stack(row) for row in rows])
+    return logits, loss.loss_weight / r * total / x.shape[0]
+
+
+@reference("adacos")
+def adacos_ref(x, params, labels, loss, state, training):
+    """Zhang et al. 2019: s cos(theta) everywhere; dynamic s per Algorithm 1 (updated before use)."""
+    w = params["weight"]
+    s = float(state["adaptive_scale"])
+    if loss.dynamic and training:
+        b_sum, target_angles = 0.0, []
+        for i in range(x.shape[0]):
+            for j in range(w.shape[0]):
+                c = float(cosine(x[i], w[j]).detach())
+                if j == int(labels[i]):
+                    target_angles.append(math.acos(max(-1.0, min(1.0, c))))
+                else:
+                    b_sum += math.exp(s * c)
+        b_avg = b_sum / x.shape[0]
+        theta_med = sorted(target_angles)[(len(target_angles) - 1) // 2]  # the lower median
+        s = max(math.log(b_avg) / math.cos(min(math.pi / 4, theta_med)), 1e-3)
+    rows = per_element(x, w, labels, lambda i, c: s * c, lambda i, c, cy: s * c)
+    return cross_entropy_rows(rows, labels)

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from marginface.losses.adacos import AdaCosLoss
+from marginface.losses.adaface import AdaFaceLoss
 from marginface.losses.arcface import ArcFaceLoss
 from marginface.losses.base import MarginContext, MarginLoss
 from marginface.losses.circle import CircleLoss
 from marginface.losses.combined import CombinedMarginLoss
 from marginface.losses.cosface import AMSoftmaxLoss, CosFaceLoss
 from marginface.losses.curricularface import CurricularFaceLoss
+from marginface.losses.elasticface import ElasticArcFaceLoss, ElasticCosFaceLoss
+from marginface.losses.magface import MagFaceLoss
 from marginface.losses.mv_softmax import MVSoftmaxLoss
 from marginface.losses.normface import NormFaceLoss
 from marginface.losses.softmax import SoftmaxLoss
 from marginface.losses.sphereface import SphereFaceLoss
+from marginface.losses.sphereface2 import SphereFace2Loss
+from marginface.losses.subcenter import SubCenterArcFaceLoss
 
 _REGISTRY: dict[str, Callable[..., MarginLoss]] = {}
 
@@ -57,6 +63,13 @@ for _name, _factory in {
     "mv_softmax": MVSoftmaxLoss,
     "curricularface": CurricularFaceLoss,
     "circle": CircleLoss,
+    "subcenter_arcface": SubCenterArcFaceLoss,
+    "adaface": AdaFaceLoss,
+    "magface": MagFaceLoss,
+    "elasticface_arc": ElasticArcFaceLoss,
+    "elasticface_cos": ElasticCosFaceLoss,
+    "sphereface2": SphereFace2Loss,
+    "adacos": AdaCosLoss,
 }.items():
     register(_name, _factory)
 
