@@ -5,8 +5,8 @@ and jaw shape, skin tone and skin texture (a smooth per-identity pattern plus mo
 eye spacing/size/iris colour, brows, nose, mouth and lips, facial hair. Each image ``(seed, identity, j)``
 varies only nuisance: yaw-like feature shift, in-plane rotation, scale and shift, expression (smile, open
 mouth, brow raise, blink), background, illumination gain/gradient/colour cast, blur, sensor noise and an
-occluding patch. Rendering is a handful of anti-aliased OpenCV primitives on a 112x112 canvas, one affine
-warp and a few vectorised numpy ops (about 1 ms per image; see docs/data.md).
+occluding patch. Rendering is ~30 anti-aliased OpenCV primitives on a 112x112 canvas, one affine warp and
+a few vectorised numpy ops; it costs about 4-7 PIL decodes of a 112x112 JPEG (benchmarks/data.py, docs/data.md).
 
 The nuisance is strong on purpose: raw-pixel similarity verifies held-out identities poorly (measured
 in tests/data/test_synthetic.py and benchmarks/data.py), so a model has to learn the identity structure.
