@@ -10,7 +10,7 @@ from torch import nn
 
 from marginface import backbones
 
-NAMES = ["iresnet100", "iresnet18", "iresnet200", "iresnet34", "iresnet50", "mobilefacenet"]
+NAMES = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mobilefacenet"]
 # Backbones cheap enough for real forward/backward passes in a 2-core CI run.
 CHEAP = ["iresnet18", "mobilefacenet"]
 
