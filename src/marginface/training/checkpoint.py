@@ -1,0 +1,135 @@
+"""Checkpoints that resume exactly and are never half-written.
+
+A checkpoint is a folder ``<run>/checkpoints/step_<N>/`` holding
+- ``model.safetensors``: the backbone (keys ``backbone.*``) and the loss with its class centres and running
+  state (keys ``loss.*``) — the file evaluation and export read;
+- ``optimizer.safetensors``: every tensor of the optimizer state (momentum buffers) and the RNG states;
+- ``state.json``: step, optimizer hyper-parameters, scheduler, grad-scaler and data-order state, Python/NumPy RNG.
+It is written into ``step_<N>.tmp`` and renamed into place (an atomic rename on POSIX), and ``latest`` (a text
+file naming the newest folder) is replaced atomically afterwards: a kill at any moment leaves either the old or
+the new checkpoint, never a torn one. Nothing is unpickled on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON-able metadata."""
+    tensors, meta_state = {}, {}
+    for param_id, slots in state_dict["state"].items():
+        meta_state[str(param_id)] = {}
+        for slot, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{param_id}.{slot}"] = value.detach().cpu().contiguous()
+            else:
+                meta_state[str(param_id)][slot] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "state": meta_state}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in meta["state"].items()}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, param_id, slot = key.split(".", 2)
+            state.setdefault(int(param_id), {})[slot] = value
+    return {"param_groups": meta["param_groups"], "state": state}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    np_state = np.random.get_state()
+    meta = {"python": json.loads(json.dumps(random.getstate())),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def model_tensors(backbone: nn.Module, loss: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a run under ``backbone.*`` and ``loss.*`` (buffers included), contiguous, on the CPU."""
+    out = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    out.update({f"loss.{k}": v for k, v in loss.state_dict().items()})
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def save_checkpoint(run_dir: Path, step: int, backbone: nn.Module, loss: nn.Module,
+                    optimizer: torch.optim.Optimizer, extra_state: dict[str, Any]) -> Path:
+    """Write ``run_dir/checkpoints/step_<step>`` atomically and point ``latest`` at it. Returns the folder."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(model_tensors(backbone, loss), str(tmp / "model.safetensors"))
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    rng_tensors, rng_meta = rng_state()
+    save_file({**opt_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
+    state = {"step": step, "optimizer": opt_meta, "rng": rng_meta, **extra_state}
+    (tmp / "state.json").write_text(json.dumps(state))
+    _fsync_dir(tmp)
+    if final.exists():  # a re-run of the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _atomic_write_text(root / "latest", final.name)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    for file in path.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    folder = pointer.parent / pointer.read_text().strip()
+    return folder if (folder / "state.json").is_file() else None
+
+
+def load_checkpoint(folder: str | Path, backbone: nn.Module, loss: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Restore weights (and, with ``optimizer``, the optimizer and RNG states); returns ``state.json``."""
+    folder = Path(folder)
+    for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"checkpoint {folder} is incomplete: {name} is missing")
+    weights = load_file(str(folder / "model.safetensors"))
+    backbone.load_state_dict({k[9:]: v for k, v in weights.items() if k.startswith("backbone.")})
+    loss.load_state_dict({k[5:]: v for k, v in weights.items() if k.startswith("loss.")})
+    state = json.loads((folder / "state.json").read_text())
+    if optimizer is not None:
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        set_rng_state(tensors, state["rng"])
+    return state

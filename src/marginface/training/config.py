@@ -1,0 +1,266 @@
+"""Typed training configuration: dataclasses with a docstring per field and checks in ``__post_init__``.
+
+A YAML preset (``configs/<dataset>_<backbone>_<loss>.yaml``) loads into :class:`TrainConfig`; command-line
+overrides ``section.field=value`` (values parsed as YAML) are applied on top. Every invalid value raises a
+``ValueError`` that names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field (``section.field``)."""
+
+
+def _require(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config field {name}: {message}")
+
+
+@dataclass
+class DataConfig:
+    """Where training images come from."""
+
+    source: str = "synthetic"
+    """'synthetic' (the embedded default, nothing to download), 'folder' (root/<identity>/<image>) or 'rec'
+    (an insightface train.rec/train.idx pair; ``path`` is the .rec file or the prefix)."""
+    path: str | None = None
+    """Folder root or RecordIO path; required unless ``source`` is 'synthetic'."""
+    synthetic_identities: int = 200
+    """Synthetic training identities (source 'synthetic')."""
+    synthetic_images_per_identity: int = 20
+    """Synthetic images per identity."""
+    synthetic_seed: int = 0
+    """Seed of the synthetic population."""
+    flip: bool = True
+    """Random horizontal flip, p=0.5: the ArcFace paper's only augmentation."""
+    num_workers: int = 0
+    """DataLoader worker processes (0: load in the training process)."""
+
+    def __post_init__(self) -> None:
+        _require(self.source in ("synthetic", "folder", "rec"), "data.source",
+                 f"must be 'synthetic', 'folder' or 'rec', got {self.source!r}")
+        if self.source != "synthetic":
+            _require(bool(self.path), "data.path", f"is required for source {self.source!r}")
+        _require(self.synthetic_identities >= 2, "data.synthetic_identities", "must be >= 2")
+        _require(self.synthetic_images_per_identity >= 1, "data.synthetic_images_per_identity", "must be >= 1")
+        _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    """The backbone (``marginface.backbones.create``)."""
+
+    backbone: str = "iresnet50"
+    """Registry name: iresnet18/34/50/100/200 or mobilefacenet."""
+    embedding_size: int = 512
+    """D, the embedding dimension."""
+    dropout: float = 0.0
+    """Dropout before the embedding FC (output option E)."""
+    output: str = "E"
+    """Embedding-layer option A-E (E = BN-Dropout-FC-BN, the ArcFace paper's choice)."""
+    checkpointing: bool = False
+    """Activation checkpointing: less training memory, about one extra forward of compute."""
+
+    def __post_init__(self) -> None:
+        _require(self.embedding_size >= 2, "model.embedding_size", "must be >= 2")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must lie in [0, 1), got {self.dropout}")
+        _require(self.output in tuple("ABCDE"), "model.output", f"must be one of A-E, got {self.output!r}")
+
+
+@dataclass
+class LossConfig:
+    """The margin loss (``marginface.losses.create``) and the head that applies it."""
+
+    name: str = "arcface"
+    """Registry name (``marginface losses`` lists them)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """The loss's parameters by full name, e.g. {scale: 64, margin: 0.5}; defaults are the papers'."""
+    head: str = "dense"
+    """'dense' (B x C logits), 'chunked' (never materialises B x C) or 'partial_fc' (sampled centres)."""
+    chunk_size: int = 8192
+    """Classes per chunk for the chunked head."""
+    sample_rate: float = 1.0
+    """Fraction of class centres sampled per step by the partial_fc head, in (0, 1]."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.params, dict), "loss.params", "must be a mapping of parameter names to values")
+        _require(self.head in ("dense", "chunked", "partial_fc"), "loss.head",
+                 f"must be 'dense', 'chunked' or 'partial_fc', got {self.head!r}")
+        _require(self.chunk_size >= 1, "loss.chunk_size", f"must be >= 1, got {self.chunk_size}")
+        _require(0.0 < self.sample_rate <= 1.0, "loss.sample_rate", f"must lie in (0, 1], got {self.sample_rate}")
+
+
+@dataclass
+class OptimConfig:
+    """SGD with step decay: the ArcFace recipe is lr 0.1, momentum 0.9, weight decay 5e-4, lr / 10 at fixed steps.
+
+    The settings apply to the backbone and to the loss's class centres alike.
+    """
+
+    lr: float = 0.1
+    """Initial learning rate (for the paper's batch of 512; scale linearly for other batch sizes)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 5e-4
+    """L2 weight decay."""
+    milestones: list[int] = field(default_factory=list)
+    """Steps at which the learning rate is multiplied by ``gamma``."""
+    gamma: float = 0.1
+    """Decay factor at each milestone."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 over this many steps (0: none)."""
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _require(0.0 <= self.momentum < 1.0, "optim.momentum", f"must lie in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _require(list(self.milestones) == sorted(self.milestones) and all(m > 0 for m in self.milestones),
+                 "optim.milestones", f"must be increasing positive steps, got {self.milestones}")
+        _require(0.0 < self.gamma <= 1.0, "optim.gamma", f"must lie in (0, 1], got {self.gamma}")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+
+
+@dataclass
+class ValidationConfig:
+    """Verification during training; the best checkpoint (by mean accuracy) is kept."""
+
+    bins: list[str] = field(default_factory=list)
+    """insightface verification .bin files (lfw.bin, cfp_fp.bin, agedb_30.bin ...)."""
+    synthetic_pairs: int = 0
+    """Pairs of held-out synthetic identities to verify (0: none); source 'synthetic' only."""
+    synthetic_identities: int = 50
+    """Held-out synthetic identities the pairs are drawn from (disjoint from training)."""
+    every: int = 0
+    """Validate every this many steps (0: only at the end)."""
+    batch_size: int = 64
+    """Batch size of embedding extraction."""
+
+    def __post_init__(self) -> None:
+        _require(self.synthetic_pairs >= 0, "validation.synthetic_pairs", "must be >= 0")
+        _require(self.every >= 0, "validation.every", "must be >= 0")
+        _require(self.batch_size >= 1, "validation.batch_size", "must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """One training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    batch_size: int = 512
+    """Global batch size (split evenly over processes under torchrun)."""
+    grad_accum_steps: int = 1
+    """Split each process's share of the batch into this many micro-batches and accumulate their gradients
+    (same gradient, less activation memory). Running loss state advances once per micro-batch forward."""
+    steps: int = 1000
+    """Optimizer steps to train."""
+    precision: str = "fp32"
+    """'fp32', 'bf16' (autocast) or 'fp16' (autocast + GradScaler). The head always computes in float32."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0: no clipping)."""
+    seed: int = 0
+    """Seed of initialisation, data order and augmentation."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms: bit-reproducible runs and exact resume, slower."""
+    output_dir: str = "runs/default"
+    """Run folder: checkpoints, logs, figures."""
+    log_every: int = 10
+    """Write a log row every this many steps."""
+    checkpoint_every: int = 500
+    """Checkpoint every this many steps (and always at the end)."""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu' or 'cuda'."""
+    channels_last: bool = False
+    """Memory format of the backbone's input (faster convolutions with bf16 on GPUs)."""
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
+        _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        _require(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be >= 1, got {self.grad_accum_steps}")
+        _require(self.precision in ("fp32", "bf16", "fp16"), "precision",
+                 f"must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        _require(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        _require(self.log_every >= 1, "log_every", "must be >= 1")
+        _require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        _require(self.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, got {self.device!r}")
+        if self.validation.synthetic_pairs:
+            _require(self.data.source == "synthetic", "validation.synthetic_pairs",
+                     "needs data.source 'synthetic' (held-out synthetic identities)")
+
+
+# ----------------------------------------------------------------------------- loading
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, recursing into nested sections; unknown keys are errors."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {prefix or 'root'}: expected a mapping, got {type(values).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = prefix.rstrip(".") or "root"
+        raise ConfigError(f"config section {where}: unknown field(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Check a scalar against its annotation (ints are accepted for floats); name the field when it is wrong."""
+    simple = {int: int, float: (int, float), str: str, bool: bool}
+    if hint in simple and value is not None:
+        if hint is not bool and isinstance(value, bool) or not isinstance(value, simple[hint]):
+            raise ConfigError(f"config field {name}: expected {hint.__name__}, got {value!r}")
+        return float(value) if hint is float else value
+    return value
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a nested mapping (the YAML document)."""
+    return _build(TrainConfig, values or {}, "")
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.field=value`` overrides (value parsed as YAML) to a nested mapping, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=0.05")
+        key, raw = item.split("=", 1)
+        node = values
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML preset (or the defaults when ``path`` is None) and apply overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist; presets live in configs/")
+        values = yaml.safe_load(path.read_text()) or {}
+    return config_from_dict(apply_overrides(values, overrides or []))

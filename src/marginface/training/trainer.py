@@ -1,0 +1,334 @@
+"""The trainer: ``Trainer(config).setup()`` then ``.fit()``.
+
+One optimizer (SGD; :class:`marginface.heads.SparseRowSGD`, which is torch's SGD for dense gradients and
+updates only the visited rows for Partial FC's sparse ones) trains the backbone *and* the loss's class centres
+with the same settings, as in the ArcFace paper. Under ``torchrun`` the backbone and the head are wrapped
+together in one DistributedDataParallel, so the class-centre gradients are averaged too and the loss's running
+state (buffers) is broadcast from rank 0 at every forward.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from marginface import backbones, losses
+from marginface.training import checkpoint as ckpt
+from marginface.training.config import TrainConfig, config_to_dict
+from marginface.training.data import FlipByIndex, StepBatchSampler, build_dataset
+from marginface.training.distributed import DistInfo, barrier, init_from_env, mean_across_ranks
+from marginface.training.schedules import learning_rate
+
+
+class FaceModel(nn.Module):
+    """Backbone + head as one module: ``model(images, labels)`` is the mean loss (what DDP wraps)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None = None):
+        with torch.autocast(images.device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            embeddings = self.backbone(images)
+        return self.head(embeddings, labels)  # the head computes in float32 whatever the embedding dtype
+
+
+def build_head(config: TrainConfig, loss: losses.MarginLoss, dist_info: DistInfo) -> nn.Module:
+    from marginface.heads import create_head
+
+    sparse = not dist_info.enabled  # DDP all-reduces dense gradients; sparse rows are for one process
+    return create_head(config.loss.head, loss, chunk_size=config.loss.chunk_size,
+                       sample_rate=config.loss.sample_rate, seed=config.seed, sparse_grad=sparse)
+
+
+class Trainer:
+    """Owns a run: model, loss, optimizer, data, logs and checkpoints under ``config.output_dir``."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.step = 0
+        self.best: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> Trainer:
+        cfg = self.config
+        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if cfg.device == "auto" else cfg.device))
+        self.dist = init_from_env(self.device.type)
+        self.run_dir = Path(cfg.output_dir)
+        self._seed_everything(cfg.seed)
+        self.dataset = build_dataset(cfg.data)
+        self.backbone = backbones.create(cfg.model.backbone, embedding_size=cfg.model.embedding_size,
+                                         dropout=cfg.model.dropout, output=cfg.model.output,
+                                         checkpointing=cfg.model.checkpointing)
+        self.loss = losses.create(cfg.loss.name, embedding_size=cfg.model.embedding_size,
+                                  num_classes=self.dataset.num_classes, **cfg.loss.params)
+        self.model = FaceModel(self.backbone, build_head(cfg, self.loss, self.dist)).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_model = self._wrap_ddp(self.model)
+        self.optimizer = self._build_optimizer()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self._resume()
+        self.validation_sets = self._build_validation_sets()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+        return self
+
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        if self.config.deterministic:
+            torch.use_deterministic_algorithms(True)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+    def _wrap_ddp(self, model: nn.Module) -> nn.Module:
+        if not self.dist.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        from marginface.heads import SparseRowSGD
+
+        o = self.config.optim
+        return SparseRowSGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+    def _resume(self) -> None:
+        folder = ckpt.latest_checkpoint(self.run_dir)
+        if folder is None:
+            return
+        state = ckpt.load_checkpoint(folder, self.backbone, self.loss, self.optimizer)
+        self.step = int(state["step"])
+        self.best = state.get("best", {})
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        head_rng = getattr(self.model.head, "generator", None)
+        if head_rng is not None and "head_rng" in state:
+            head_rng.set_state(torch.tensor(state["head_rng"], dtype=torch.uint8))
+        if self.dist.is_main:
+            print(f"resumed from {folder} at step {self.step}")
+
+    def _build_validation_sets(self) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+        cfg, sets = self.config, []
+        if cfg.validation.synthetic_pairs:
+            from marginface.data.synthetic import synthetic_splits
+
+            _, images, issame = synthetic_splits(
+                cfg.data.synthetic_identities, cfg.validation.synthetic_identities,
+                cfg.data.synthetic_images_per_identity, cfg.validation.synthetic_pairs, cfg.data.synthetic_seed)
+            sets.append(("synthetic_heldout", images, issame))
+        for path in cfg.validation.bins:
+            from marginface.data.bins import load_verification_bin
+
+            images, issame = load_verification_bin(path)
+            sets.append((Path(path).stem, images, issame))
+        return sets
+
+    # ------------------------------------------------------------------ the loop
+    def data_loader(self) -> DataLoader:
+        cfg = self.config
+        sampler = StepBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps,
+                                   self.dist.rank, self.dist.world_size, flip=cfg.data.flip)
+        return DataLoader(FlipByIndex(self.dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimizer step on a batch; returns the batch's mean loss (over all ranks)."""
+        cfg = self.config
+        images = images.to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(self.device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, cfg.optim)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self.optimizer.zero_grad(set_to_none=True)
+        total, micro = 0.0, cfg.grad_accum_steps
+        for i, (im, lb) in enumerate(zip(images.chunk(micro), labels.chunk(micro))):
+            last = i == micro - 1
+            sync = nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()
+            with sync:
+                loss = self.train_model(im, lb, amp)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {float(loss)} at step {self.step}: lower optim.lr or use "
+                                             "bf16/fp32")
+                self.scaler.scale(loss / micro).backward()
+            total += float(loss.detach()) / micro
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.backbone.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return mean_across_ranks(total, self.dist, self.device)
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``config.steps``; returns the final validation results (and the best seen)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        logger = _RunLogger(self.run_dir, self.dist.is_main)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.dist.is_main, desc="train", unit="step")
+        self.model.train()
+        tick, seen = time.perf_counter(), 0
+        for images, labels in self.data_loader():
+            loss_value = self.train_step(images, labels)
+            seen += images.shape[0] * self.dist.world_size
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                rate = seen / max(time.perf_counter() - tick, 1e-9)
+                lr = self.optimizer.param_groups[0]["lr"]
+                logger.log(self.step, {"loss": loss_value, "lr": lr, "img_per_s": rate})
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+                tick, seen = time.perf_counter(), 0
+            bar.update(1)
+            if cfg.validation.every and self.step % cfg.validation.every == 0:
+                self._validate_and_keep_best(logger)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save()
+        bar.close()
+        results = self._validate_and_keep_best(logger) if self.step == cfg.steps else {}
+        logger.close()
+        return {"final": results, "best": self.best}
+
+    # ------------------------------------------------------------------ validation and checkpoints
+    def validate(self) -> dict[str, float]:
+        """Mean 10-fold accuracy on every validation set (flip TTA), in eval mode."""
+        from marginface.evaluation.embed import embed_tensor
+        from marginface.evaluation.verification import evaluate_interleaved
+
+        results = {}
+        for name, images, issame in self.validation_sets:
+            emb = embed_tensor(self.backbone, images, batch_size=self.config.validation.batch_size,
+                               flip=True, device=self.device)
+            results[name] = float(evaluate_interleaved(emb, issame, name=name).accuracy.mean)
+        self.model.train()
+        return results
+
+    def _validate_and_keep_best(self, logger: _RunLogger) -> dict[str, float]:
+        if not self.validation_sets:
+            return {}
+        results = self.validate()
+        mean = float(np.mean(list(results.values())))
+        logger.log(self.step, {f"val_{k}": v for k, v in results.items()})
+        if self.dist.is_main and mean > self.best.get("mean_accuracy", -math.inf):
+            self.best = {"step": self.step, "mean_accuracy": mean, **results}
+            self._write_best()
+        return results
+
+    def _write_best(self) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.run_dir / "best.safetensors.tmp"
+        save_file(ckpt.model_tensors(self.backbone, self.loss), str(tmp))
+        os.replace(tmp, self.run_dir / "best.safetensors")
+        (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=2))
+
+    def save(self) -> None:
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return
+        extra: dict[str, Any] = {"best": self.best, "scaler": self.scaler.state_dict() if self.scaler.is_enabled()
+                                 else None}
+        head_rng = getattr(self.model.head, "generator", None)
+        if head_rng is not None:
+            extra["head_rng"] = head_rng.get_state().tolist()
+        ckpt.save_checkpoint(self.run_dir, self.step, self.backbone, self.loss, self.optimizer, extra)
+        barrier(self.dist)
+
+
+class _RunLogger:
+    """CSV (always) and TensorBoard (when installed) logs of a run, written by the main process only."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.enabled, self.path, self.tb = enabled, run_dir / "log.csv", None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # the logging extra is optional
+            self.tb = None
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step", "key", "value"])
+            for key, value in values.items():
+                writer.writerow([step, key, f"{value:.8g}"])
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_log(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """The run's CSV log as ``{key: [(step, value), ...]}``; a step logged twice (after a resume) keeps the last."""
+    series: dict[str, dict[int, float]] = {}
+    with open(Path(run_dir) / "log.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            series.setdefault(row["key"], {})[int(row["step"])] = float(row["value"])
+    return {k: sorted(v.items()) for k, v in series.items()}
+
+
+def plot_loss_curve(run_dir: str | Path) -> Path | None:
+    """``loss_curve.png`` in the run folder (None when matplotlib is not installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    series = read_log(run_dir)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps, values = zip(*series["loss"])
+    ax.plot(steps, values, label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    val_keys = [k for k in series if k.startswith("val_")]
+    if val_keys:
+        twin = ax.twinx()
+        for key in val_keys:
+            s, v = zip(*series[key])
+            twin.plot(s, v, "o--", label=key)
+        twin.set_ylabel("verification accuracy")
+        twin.legend(loc="center right")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    out = Path(run_dir) / "loss_curve.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Delete a run folder (used by ``--fresh``)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
