@@ -1,1 +1,10 @@
-"""marginface.evaluation"""
+"""marginface.evaluation: the field's evaluation protocols (see docs/evaluation.md).
+
+* :mod:`~marginface.evaluation.metrics` — pure numpy functions: k-fold accuracy, ROC, AUC, EER, TAR@FAR, CMC.
+* :mod:`~marginface.evaluation.pairs` — LFW ``pairs.txt`` with its folds.
+* :mod:`~marginface.evaluation.embed` — batched extraction with flip TTA, image and checkpoint loading.
+* :mod:`~marginface.evaluation.verification` — ``.bin`` sets, pairs + folder, external embeddings files.
+* :mod:`~marginface.evaluation.identification` — gallery + distractors on faiss, MegaFace-style report.
+
+Nothing is imported here, so ``import marginface.evaluation`` stays free of torch/faiss/matplotlib imports.
+"""
