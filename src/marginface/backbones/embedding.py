@@ -41,6 +41,12 @@ class FixedGammaBatchNorm1d(nn.BatchNorm1d):
         # parent's forward, which accepts weight=None together with a bias.
         self.bias = nn.Parameter(torch.zeros(num_features))
 
+    def reset_parameters(self) -> None:
+        """Reset the running statistics and the shift (the parent skips the shift since affine=False)."""
+        super().reset_parameters()
+        if isinstance(getattr(self, "bias", None), nn.Parameter):
+            nn.init.zeros_(self.bias)
+
 
 class GlobalDepthwiseConv(nn.Sequential):
     """MobileFaceNet's GDC: depthwise conv with a kernel the size of the map (linear), then BatchNorm2d.
