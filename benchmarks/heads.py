@@ -9,7 +9,9 @@ ArcFace (s=64, m=0.5), B=512, D=512 by default, for each class count C:
 Each (head, C) runs in a fresh subprocess so peaks do not leak between runs. Memory on CPU is the process's
 peak resident set (``ru_maxrss``, which sees torch's allocations, unlike tracemalloc) at the end of the first
 backward, minus the resident set after setup (centres and inputs): the "extra" bytes forward + backward needed
-at their peak. The peak including the first optimizer step (momentum buffers) is printed as well.
+at their peak. The peak including the first optimizer step (momentum buffers) is printed as well. Workers
+run with ``MALLOC_MMAP_THRESHOLD_=4194304`` (all heads alike; ``--glibc-default`` turns it off) so that freed
+temporaries leave the resident set instead of staying in glibc's heap.
 It includes the (C, D) weight gradient, which every head that produces a dense gradient must hold; the report
 also prints the figure without it. On CUDA it is ``max_memory_allocated`` minus the allocation after setup.
 Time: wall-clock seconds of forward + backward (and of the optimizer step), the median of ``--repeats`` runs
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -122,7 +125,12 @@ def run_case(args: argparse.Namespace, mode: str, classes: int) -> dict:
            "--batch", str(args.batch), "--dim", str(args.dim), "--device", args.device,
            "--chunk-size", str(args.chunk_size), "--sample-rate", str(args.sample_rate),
            "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if args.device == "cpu" and not args.glibc_default:
+        # Fixed 4 MiB mmap threshold: freed (B, chunk) temporaries go back to the OS at once, so the peak RSS
+        # tracks live tensors instead of glibc's retained heap (its dynamic threshold keeps them cached).
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 * 2**20))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{mode} at C={classes} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -156,6 +164,8 @@ def main() -> None:
     parser.add_argument("--sample-rate", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="keep glibc's dynamic mmap threshold (RSS then includes its retained heap)")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--num-classes", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

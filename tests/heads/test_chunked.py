@@ -77,6 +77,21 @@ def test_chunked_under_bf16_autocast_stays_float32(name, dtype):
     assert_same_result(result, reference, 1e-5, f"{name} bf16 autocast")
 
 
+def test_gradients_accumulate_over_backward_passes():
+    """Two forwards then two backwards, and one graph backward twice: weight.grad sums as the dense one."""
+    dense_loss = build("arcface", {})
+    chunk_loss = twin(dense_loss)
+    batches = [batch(16, 37, seed=s) for s in (1, 2)]
+    for head in (DenseHead(dense_loss), ChunkedHead(chunk_loss, 5)):
+        values = [head(x, labels) for x, labels in batches]
+        for value in values:
+            value.backward()
+        again = head(*batches[0])
+        again.backward(retain_graph=True)
+        again.backward()
+    assert_close(chunk_loss.weight.grad, dense_loss.weight.grad, 1e-5, "accumulated weight grad")
+
+
 def naive_arcface(x, weight, labels, scale=64.0, margin=0.5):
     """Float64 per-element loop of the ArcFace cross-entropy (insightface's fallback past pi), no batching."""
     total = 0.0

@@ -14,8 +14,9 @@ and autograd keeps several. Here the classes are visited one chunk of ``chunk_si
   accumulated chunk by chunk.
 
 The target similarity is ``diag(loss.similarity(features, weight[labels], labels))`` — the same function the
-chunks use, on the B target rows only — gathered through :func:`gather_rows`, whose gradient is a sparse
-(B-row) tensor, so no dense (C, D) index-backward buffer is created beside the weight gradient.
+chunks use, on the B target rows only — gathered through :func:`gather_rows`, whose gradient is added into
+the chunk backward's weight-gradient buffer (:class:`GradSink`) or returned as B sparse rows, so no second
+dense (C, D) gradient is ever created.
 
 Shared by :mod:`marginface.heads.partial_fc` (chunks over a sampled index) and
 :mod:`marginface.heads.sharded` (chunks over a rank's shard).
@@ -52,34 +53,64 @@ def check_softmax_objective(loss: MarginLoss, head: str) -> None:
         )
 
 
+class GradSink:
+    """Lets the target-row gradient land in the chunked head's dense weight-gradient buffer, in place.
+
+    Autograd sums two gradients of ``weight`` out of place (a second dense (C, D) tensor) when the dense one
+    arrives first, which it does here (the chunk Function is created last, so its backward runs first). The
+    chunk backward therefore offers its dense buffer through this sink and the target gather adds its B rows
+    into it and returns no gradient; if the gather runs first instead, it returns a sparse gradient, which
+    autograd adds in place. ``AccumulateGrad`` runs only after both, so it always sees the full sum.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: Tensor | None = None
+        self.gather_done = False
+
+    def offer(self, buffer: Tensor) -> None:
+        """Called by the chunk backward with its dense weight gradient."""
+        if self.gather_done:  # the gather already returned its sparse gradient in this backward pass
+            self.gather_done = False
+        else:
+            self.buffer = buffer
+
+
 class _GatherRows(torch.autograd.Function):
-    """``weight[index]`` whose gradient is a sparse COO tensor of the gathered rows, never dense (C, D)."""
+    """``weight[index]`` whose gradient never is a second dense (C, D) tensor (sparse rows or the sink)."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, index: Tensor) -> Tensor:
+    def forward(ctx, weight: Tensor, index: Tensor, sink: GradSink | None) -> Tensor:
         ctx.save_for_backward(index)
-        ctx.weight_shape = weight.shape
+        ctx.weight_shape, ctx.sink = weight.shape, sink
         return weight.index_select(0, index)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:
         (index,) = ctx.saved_tensors
+        sink = ctx.sink
+        if sink is not None and sink.buffer is not None:
+            sink.buffer.index_add_(0, index, grad)
+            sink.buffer = None
+            return None, None, None
+        if sink is not None:
+            sink.gather_done = True
         sparse = torch.sparse_coo_tensor(index[None], grad, ctx.weight_shape, check_invariants=False)
-        return sparse, None
+        return sparse, None, None
 
 
-def gather_rows(weight: Tensor, index: Tensor) -> Tensor:
-    """(n, ...) rows ``weight[index]``; the gradient reaching ``weight`` is sparse (n rows)."""
-    return _GatherRows.apply(weight, index)
+def gather_rows(weight: Tensor, index: Tensor, sink: GradSink | None = None) -> Tensor:
+    """(n, ...) rows ``weight[index]``; their gradient reaches ``weight`` sparse, or through ``sink``."""
+    return _GatherRows.apply(weight, index, sink)
 
 
-def target_similarity(loss: MarginLoss, feats: Tensor, labels: Tensor) -> Tensor:
+def target_similarity(loss: MarginLoss, feats: Tensor, labels: Tensor,
+                      sink: GradSink | None = None) -> Tensor:
     """(B,) the loss's similarity of each sample with its own class, from B target rows only.
 
     ``labels`` index ``loss.weight`` (local labels for a shard). A (B, B) similarity is computed and its
     diagonal kept: B^2 D flops, negligible next to B C D, and it is the very function the chunks apply.
     """
-    rows = gather_rows(loss.weight, labels)
+    rows = gather_rows(loss.weight, labels, sink)
     return loss.similarity(feats, rows, labels).diagonal()
 
 
@@ -98,6 +129,7 @@ class ChunkPlan:
     chunk_size: int
     index: Tensor | None = None
     sparse_grad: bool = False
+    sink: GradSink = dataclasses.field(default_factory=GradSink)
 
     @property
     def num_classes(self) -> int:
@@ -222,7 +254,10 @@ def _backward_chunks(plan: ChunkPlan, mctx: MarginContext, names: list[str], fea
                     totals[i] += g
         if weight_grad is not None:
             weight_grad.add(a, b, next(got))
-    return [totals[0], None if weight_grad is None else weight_grad.result(), *totals[1:]]
+    weight_total = None if weight_grad is None else weight_grad.result()
+    if weight_total is not None and not weight_total.is_sparse:
+        plan.sink.offer(weight_total)
+    return [totals[0], weight_total, *totals[1:]]
 
 
 class _WeightGrad:
@@ -290,7 +325,7 @@ def chunked_loss(loss: MarginLoss, embeddings: Tensor, labels: Tensor, plan: Chu
     """
     with autocast_disabled(embeddings.device.type):
         feats = loss.features(embeddings)
-        target_sim = target_similarity(loss, feats, target_labels)
+        target_sim = target_similarity(loss, feats, target_labels, plan.sink)
         statistic = class_statistic(plan, feats) if loss.needs_class_statistic else None
         ctx = loss.make_context(embeddings, labels, target_sim, statistic)
         return cross_entropy_from_lse(nontarget_lse(plan, feats, ctx), ctx)

@@ -200,7 +200,7 @@ class ShardedHead(nn.Module):
             emb_all = _AllGather.apply(embeddings, group)
             feats = self.loss.features(emb_all)
             (feats_part,) = _SumGradients.apply(group, feats)
-            owned_sim = target_similarity(self.loss, feats_part, local)
+            owned_sim = target_similarity(self.loss, feats_part, local, plan.sink)
             owned_sim = torch.where(owned, owned_sim, torch.zeros_like(owned_sim))
             target_sim = _AllReduceSum.apply(owned_sim, group)
             statistic = None
