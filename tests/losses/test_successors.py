@@ -340,3 +340,18 @@ def test_sphereface2_target_logit_never_helps_and_decreases_in_theta():
         plain = loss.nontarget_logits(torch.cos(thetas)[:, None], None)[:, 0]
         assert (logits <= plain + 1e-9).all()
         assert (logits[1:] - logits[:-1] <= 1e-9).all()
+
+
+def test_adacos_median_below_pi_over_4_and_even_batch():
+    """Random batches have target angles near pi/2, where min(pi/4, theta_med) hides the median. Here the
+    samples sit close to their centres (median 0.3 < pi/4, mean 0.48) in an even batch, whose two middle angles
+    0.3 and 0.5 differ: the lower one is used (torch.median's convention)."""
+    loss = build("adacos", {})
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    angles = torch.tensor([0.1, 0.2, 0.3, 0.5, 0.6, 1.2], dtype=torch.float64)
+    x = torch.cat([towards(loss.weight[y], angles[i:i + 1], norm=2.0, seed=i) for i, y in enumerate(labels)])
+    s_old = float(loss.adaptive_scale)  # fixed_scale(7), stored as a float32 buffer
+    reference_parity("adacos", {}, x=x, labels=labels, loss=loss)
+    cos = F.normalize(x, dim=1) @ F.normalize(loss.weight.detach(), dim=1).t()
+    b_avg = (torch.exp(s_old * cos).sum(dim=1) - torch.exp(s_old * torch.cos(angles))).mean()
+    assert float(loss.adaptive_scale) == pytest.approx(float(torch.log(b_avg)) / math.cos(0.3), rel=1e-10)

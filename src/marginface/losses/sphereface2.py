@@ -9,7 +9,7 @@ learnable bias shared by all classes, lambda the positive/negative balance and t
     + (1 - lambda) / r * sum_{j != y} log(1 + exp(r (g(cos theta_j) + m) + b))
 
 and SphereFace2-A (additive angular margin) uses ``g(cos(min(theta_y + m, pi)))`` for the target and
-``g(cos theta_j)`` for the others. Defaults are the paper's / opensphere's (ydwen/opensphere
+``g(cos theta_j)`` for the others. Defaults are those of the authors' code (ydwen/opensphere
 model/head/sphereface2.py): lambda 0.7, r 40, m 0.4, t 3, magnitude type "C".
 
 Conventions and choices:
