@@ -25,11 +25,14 @@ def test_gradcheck_float64(case):
 
     Eval mode keeps running state fixed across the many calls gradcheck makes. Circle's default detaches its
     weights by definition (the paper's gradient is not the derivative of the value), so it is checked with
-    ``detach_weights=False``.
+    ``detach_weights=False``; AdaFace's default detaches its norms (the official code) and is checked with
+    ``detach_norms=False``.
     """
     name, params = case
     if name == "circle":
         params = {**params, "detach_weights": False}
+    if name == "adaface":  # the official code detaches the norms in the margin: a named switch, default on
+        params = {**params, "detach_norms": False}
     loss = build(name, params, embedding_size=4, num_classes=5).eval()
     x, labels = batch(loss, batch_size=3)
     names = [n for n, _ in loss.named_parameters()]
