@@ -216,7 +216,7 @@ def _run_prepare_lfw_bin(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"marginface prepare lfw-bin: {err}", file=sys.stderr)
         return 2
-    print(report.summary())
+    print(f"packed {report.written} pre-aligned images" if args.aligned else report.summary())
     print(f"wrote {args.out}")
     return 0
 
