@@ -71,6 +71,15 @@ def test_approximate_indexes_agree_with_flat(kind: str, options: dict) -> None:
     assert abs(approx.rank1 - flat.rank1) <= 0.03
 
 
+def test_approximate_index_refused_for_tar() -> None:
+    gallery, g_lab, probes, p_lab, dis = synthetic(seed=4)
+    index = ident.build_index(gallery, g_lab, dis, "hnsw", hnsw_m=8)
+    with pytest.raises(ValueError, match="needs the exact 'flat' index"):
+        ident.verification_with_distractors(index, gallery, g_lab, probes, p_lab, 1e-4)
+    report = ident.megaface_report(gallery, g_lab, probes, p_lab, dis, kind="hnsw", hnsw_m=8)
+    assert report.verification is None and "not computed (approximate index)" in report.summary()
+
+
 def test_megaface_report() -> None:
     gallery, g_lab, probes, p_lab, dis = synthetic(seed=3)
     report = ident.megaface_report(gallery, g_lab, probes, p_lab, dis, far=[1e-4, 1e-7])

@@ -214,6 +214,7 @@ def _genuine_scores(gallery: np.ndarray, gallery_labels: np.ndarray, probes: np.
 def verification_with_distractors(
     index: GalleryIndex, gallery: np.ndarray, gallery_labels: np.ndarray, probes: np.ndarray,
     probe_labels: np.ndarray, far: float | Sequence[float] = 1e-6, max_k: int = 100_000,
+    allow_approximate: bool = False,
 ) -> metrics.TarAtFar:
     """MegaFace-style 1:1 verification: TAR at FAR with every probe x index row as a pair.
 
@@ -224,7 +225,13 @@ def verification_with_distractors(
     one probe contributes at most ``M + 1`` of them, so a top-(M + 1 + mates) search per probe finds them
     exactly (with ``kind="flat"``). The rule is :func:`metrics.tar_at_far`'s: the highest TAR whose false
     accepts are <= FAR x impostors; targets below 1/impostors are NaN.
+
+    An approximate index (IVF/HNSW) misses some of the highest impostors, which lowers the threshold and
+    *overstates* TAR; it is refused unless ``allow_approximate=True``.
     """
+    if index.kind != "flat" and not allow_approximate:
+        raise ValueError(f"TAR@FAR among distractors needs the exact 'flat' index; a {index.kind!r} index misses "
+                         "impostors and overstates TAR (pass allow_approximate=True to accept that)")
     g = normalise_rows(gallery, "gallery")
     q = normalise_rows(probes, "probes")
     g_labels = np.asarray(gallery_labels, dtype=np.int64)
@@ -260,7 +267,7 @@ class MegaFaceReport:
     Attributes:
         num_gallery / num_distractors / num_probes: sizes.
         identification: ranks and CMC of the probes.
-        verification: TAR at the FAR targets (probe x index pairs).
+        verification: TAR at the FAR targets (probe x index pairs); None for an approximate index.
         build_seconds: time to build the index (adding all rows; IVF training included).
     """
 
@@ -268,14 +275,17 @@ class MegaFaceReport:
     num_distractors: int
     num_probes: int
     identification: IdentificationResult
-    verification: metrics.TarAtFar
+    verification: metrics.TarAtFar | None
     build_seconds: float
 
     def summary(self) -> str:
-        tars = ", ".join(
-            f"TAR@FAR={f:.0e} " + (f"{100 * t:.2f}%" if np.isfinite(t) else "n/a")
-            for f, t in zip(self.verification.far, self.verification.tar)
-        )
+        if self.verification is None:
+            tars = "TAR@FAR not computed (approximate index)"
+        else:
+            tars = ", ".join(
+                f"TAR@FAR={f:.0e} " + (f"{100 * t:.2f}%" if np.isfinite(t) else "n/a")
+                for f, t in zip(self.verification.far, self.verification.tar)
+            )
         return (f"{self.num_probes} probes, gallery {self.num_gallery} + {self.num_distractors} distractors: "
                 f"rank-1 {100 * self.identification.rank1:.2f}%, {tars}")
 
@@ -285,12 +295,16 @@ def megaface_report(
     distractors: np.ndarray | Iterable[np.ndarray] | None, *, kind: str = "flat",
     far: float | Sequence[float] = 1e-6, max_rank: int = 10, **index_options: int,
 ) -> MegaFaceReport:
-    """Build the index (gallery + distractors), then rank-k identification and TAR@FAR of the probes."""
+    """Build the index (gallery + distractors), then rank-k identification and TAR@FAR of the probes.
+
+    TAR@FAR is only computed with the exact ``flat`` index (see :func:`verification_with_distractors`).
+    """
     start = time.perf_counter()
     index = build_index(gallery, gallery_labels, distractors, kind, **index_options)
     build_seconds = time.perf_counter() - start
     result = identify(index, probes, probe_labels, max_rank)
-    verification = verification_with_distractors(index, gallery, gallery_labels, probes, probe_labels, far)
+    verification = (verification_with_distractors(index, gallery, gallery_labels, probes, probe_labels, far)
+                    if kind == "flat" else None)
     num_gallery = int(np.asarray(gallery).shape[0])
     return MegaFaceReport(num_gallery, len(index) - num_gallery, int(np.asarray(probes).shape[0]), result,
                           verification, build_seconds)
