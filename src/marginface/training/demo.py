@@ -16,12 +16,12 @@ DEMO: dict[str, Any] = {
              "synthetic_seed": 0},
     "model": {"backbone": "mobilefacenet", "embedding_size": 128},
     "loss": {"name": "arcface", "params": {"scale": 32.0, "margin": 0.3}},
-    "optim": {"lr": 0.1, "milestones": [150, 200], "warmup_steps": 10},
-    "validation": {"synthetic_pairs": 600, "synthetic_identities": 60, "every": 60, "batch_size": 100},
-    "batch_size": 64,
-    "steps": 240,
+    "optim": {"lr": 0.1, "milestones": [90, 130], "warmup_steps": 10},
+    "validation": {"synthetic_pairs": 600, "synthetic_identities": 60, "every": 50, "batch_size": 100},
+    "batch_size": 32,
+    "steps": 150,
     "log_every": 10,
-    "checkpoint_every": 60,
+    "checkpoint_every": 50,
     "device": "cpu",
 }
 

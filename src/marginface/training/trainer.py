@@ -62,6 +62,7 @@ class Trainer:
         self.config = config
         self.step = 0
         self.best: dict[str, Any] = {}
+        self._last_validation: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> Trainer:
@@ -205,7 +206,9 @@ class Trainer:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
         bar.close()
-        results = self._validate_and_keep_best(logger) if self.step == cfg.steps else {}
+        validated_last_step = cfg.validation.every and self.step % cfg.validation.every == 0
+        fresh = validated_last_step and self._last_validation  # the loop just validated this very step
+        results = self._last_validation if fresh else self._validate_and_keep_best(logger)
         logger.close()
         return {"final": results, "best": self.best}
 
@@ -227,6 +230,7 @@ class Trainer:
         if not self.validation_sets:
             return {}
         results = self.validate()
+        self._last_validation = results
         mean = float(np.mean(list(results.values())))
         logger.log(self.step, {f"val_{k}": v for k, v in results.items()})
         if self.dist.is_main and mean > self.best.get("mean_accuracy", -math.inf):
