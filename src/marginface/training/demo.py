@@ -15,7 +15,7 @@ DEMO: dict[str, Any] = {
     "data": {"source": "synthetic", "synthetic_identities": 100, "synthetic_images_per_identity": 24,
              "synthetic_seed": 0},
     "model": {"backbone": "mobilefacenet", "embedding_size": 128},
-    "loss": {"name": "arcface", "params": {"scale": 32.0, "margin": 0.3}},
+    "loss": {"name": "arcface", "params": {"scale": 16.0, "margin": 0.3}},
     "optim": {"lr": 0.1, "milestones": [90, 130], "warmup_steps": 10},
     "validation": {"synthetic_pairs": 600, "synthetic_identities": 60, "every": 50, "batch_size": 100},
     "batch_size": 32,
