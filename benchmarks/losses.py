@@ -4,7 +4,7 @@
     python benchmarks/losses.py --device cuda --classes 10000 100000 1000000
 
 All losses run the same dense pipeline (B x C cosines), so the ratio isolates what each margin adds. Times are
-medians of ``--repeats`` runs after a warm-up; ratios against normface are measured in the same run.
+medians of ``--repeats`` interleaved rounds after a warm-up; ratios against normface come from the same run.
 """
 
 from __future__ import annotations
@@ -18,37 +18,34 @@ import torch
 from marginface import losses
 
 
-def time_loss(loss: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, repeats: int) -> float:
-    """Median seconds of one forward+backward (embedding and centre gradients)."""
-    def step() -> None:
-        loss.zero_grad(set_to_none=True)
-        x.grad = None
-        loss(x, labels).backward()
-
-    step()  # warm-up (allocations, lazy init)
-    times = []
-    for _ in range(repeats):
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def one_step(loss: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> float:
+    """Seconds of one forward+backward (embedding and centre gradients)."""
+    loss.zero_grad(set_to_none=True)
+    x.grad = None
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    loss(x, labels).backward()
+    sync()
+    return time.perf_counter() - start
 
 
 def run(batch: int, dim: int, classes: int, repeats: int, device: str, names: list[str]) -> dict[str, float]:
+    """Median time per loss. Rounds are interleaved (every loss once per round) so that drift in the machine's
+    speed hits every loss alike instead of whichever ran last."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, dim, generator=gen).to(device).requires_grad_(True)
     labels = torch.randint(0, classes, (batch,), generator=gen).to(device)
-    results = {}
+    built = {}
     for name in ["normface", *[n for n in names if n != "normface"]]:
         torch.manual_seed(0)
-        loss = losses.create(name, embedding_size=dim, num_classes=classes).to(device).train()
-        results[name] = time_loss(loss, x, labels, repeats)
-        del loss
-    return results
+        built[name] = losses.create(name, embedding_size=dim, num_classes=classes).to(device).train()
+        one_step(built[name], x, labels)  # warm-up (allocations, lazy init)
+    times: dict[str, list[float]] = {name: [] for name in built}
+    for _ in range(repeats):
+        for name, loss in built.items():
+            times[name].append(one_step(loss, x, labels))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
