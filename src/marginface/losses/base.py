@@ -140,7 +140,7 @@ class MarginLoss(nn.Module):
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
             raise ValueError(
                 f"embeddings must have shape (B, {self.embedding_size}), got {tuple(embeddings.shape)}; "
-                "the loss was built with embedding_size={self.embedding_size}"
+                f"the loss was built with embedding_size={self.embedding_size}"
             )
         if not torch.is_tensor(labels) or labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError("labels must be an integer tensor (B,) of class indices (e.g. torch.long)")
