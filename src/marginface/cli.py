@@ -239,7 +239,10 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="marginface", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="marginface",
+        description="Face recognition with margin-based softmax losses: train, align, prepare, evaluate.",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(subparsers)
