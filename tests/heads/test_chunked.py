@@ -148,17 +148,25 @@ def test_chunked_matches_naive_float64_reference(name):
         assert_close(grads[pname], leaf.grad, 1e-10, f"grad {pname}")
 
 
+def _storage(t: torch.Tensor) -> int:
+    return t._values().untyped_storage().data_ptr() if t.is_sparse else t.untyped_storage().data_ptr()
+
+
 class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any aten op produces (values only for sparse tensors)."""
+    """Records the largest tensor any aten op allocates (values only for sparse tensors).
+
+    Outputs that share storage with an input (views, results of in-place ops) are not allocations: skipped.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.largest = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = {_storage(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and _storage(t) not in inputs:
                 self.largest = max(self.largest, t._values().numel() if t.is_sparse else t.numel())
         return out
 

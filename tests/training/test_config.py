@@ -48,6 +48,7 @@ def test_overrides_are_parsed_as_yaml():
     ("loss.head=sparse", "loss.head"),
     ("loss.sample_rate=0", "loss.sample_rate"),
     ("loss.chunk_size=0", "loss.chunk_size"),
+    ("loss.fused_update=true", "loss.fused_update"),  # needs the chunked head
     ("precision=fp8", "precision"),
     ("batch_size=1", "batch_size"),
     ("data.source=folder", "data.path"),
@@ -59,6 +60,12 @@ def test_overrides_are_parsed_as_yaml():
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("override", ["grad_accum_steps=2", "precision=fp16"])
+def test_fused_update_refuses_what_it_cannot_see(override):
+    with pytest.raises(ConfigError, match=r"loss\.fused_update"):
+        load_config(None, ["loss.head=chunked", "loss.fused_update=true", override])
 
 
 def test_missing_config_file_and_bad_override_syntax():

@@ -115,3 +115,20 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path):
     ddp_losses = [v for _, v in read_log(tmp_path / "ddp")["loss"]]
     single_losses = [v for _, v in read_log(tmp_path / "single")["loss"]]
     assert ddp_losses == pytest.approx(single_losses, rel=1e-5)
+
+
+def test_fused_centre_update_trains_like_the_unfused_chunked_head(tmp_path):
+    """loss.fused_update=true: same checkpointed weights and losses as the chunked head + optimizer step."""
+    common = ["data.synthetic_identities=6", "batch_size=4", "steps=3", "checkpoint_every=3", "loss.name=arcface",
+              "loss.head=chunked", "loss.chunk_size=4"]
+    for name, fused in (("plain", "false"), ("fused", "true")):
+        trainer = Trainer(tiny_config(tmp_path / name, *common, f"loss.fused_update={fused}")).setup()
+        trainer.fit()
+        assert (trainer.loss.weight.grad is None) == (fused == "true")  # fused: no centre gradient, ever
+    final = "checkpoints/step_00000003/model.safetensors"
+    a, b = load_file(str(tmp_path / "fused" / final)), load_file(str(tmp_path / "plain" / final))
+    assert a.keys() == b.keys() and any("weight" in k and v.shape[0] == 6 for k, v in a.items())
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    fused_losses = [v for _, v in read_log(tmp_path / "fused")["loss"]]
+    assert fused_losses == pytest.approx([v for _, v in read_log(tmp_path / "plain")["loss"]], rel=1e-6)

@@ -2,7 +2,8 @@
 
 A head wraps a loss from :mod:`marginface.losses` and is called like it: ``head(embeddings, labels)`` returns
 the mean loss. ``DenseHead`` materialises the (B, C) logits (the reference); ``ChunkedHead`` never holds
-(B, C) (online log-sum-exp, recomputation in backward); ``PartialFCHead`` visits the batch's classes plus
+(B, C) (online log-sum-exp, recomputation in backward) and, with ``fuse_optimizer``, not even the (C, D) centre
+gradient (SGD applied chunk by chunk in backward); ``PartialFCHead`` visits the batch's classes plus
 sampled negatives, with sparse row updates through ``SparseRowSGD``; ``ShardedHead`` splits the classes over
 the ranks of a process group (optionally with Partial FC per shard). See docs/heads.md.
 """

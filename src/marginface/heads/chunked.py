@@ -30,6 +30,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from marginface.heads.fused_update import FusedRowUpdate, PendingTargets
 from marginface.losses.base import MarginContext, MarginLoss, autocast_disabled
 
 #: classes per chunk; at B = 512 one float32 chunk is 16 MiB (see docs/heads.md for the measured choice).
@@ -66,6 +67,9 @@ class GradSink:
     def __init__(self) -> None:
         self.buffer: Tensor | None = None
         self.gather_done = False
+        # Fused update (FusedRowUpdate): the target rows' chunk gradients, waiting for the gather's gradient.
+        self.pending: PendingTargets | None = None
+        self.expects_pending = False
 
     def offer(self, buffer: Tensor) -> None:
         """Called by the chunk backward with its dense weight gradient."""
@@ -88,6 +92,12 @@ class _GatherRows(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:
         (index,) = ctx.saved_tensors
         sink = ctx.sink
+        if sink is not None and sink.expects_pending:
+            if sink.pending is None:  # the graph makes the chunk backward run first; never expected
+                raise RuntimeError("fused centre update: the target-row gradient arrived before the chunks'")
+            sink.pending.finish(index, grad)
+            sink.pending, sink.expects_pending = None, False
+            return None, None, None
         if sink is not None and sink.buffer is not None:
             sink.buffer.index_add_(0, index, grad)
             sink.buffer = None
@@ -121,7 +131,8 @@ class ChunkPlan:
     ``index`` (n,) sorted indices into ``loss.weight`` (None: all of ``loss.weight``, in order);
     ``positions`` (B,) each sample's target position in ``[0, n)``, or -1 when its class is not in the plan
     (a class owned by another rank). ``sparse_grad``: return the weight gradient as a sparse COO tensor of the
-    visited rows instead of a dense one.
+    visited rows instead of a dense one. ``fused``: apply the optimizer's update to the rows in backward and
+    return no weight gradient (all classes, ``index`` None, only).
     """
 
     loss: MarginLoss
@@ -130,6 +141,7 @@ class ChunkPlan:
     index: Tensor | None = None
     sparse_grad: bool = False
     sink: GradSink = dataclasses.field(default_factory=GradSink)
+    fused: FusedRowUpdate | None = None
 
     @property
     def num_classes(self) -> int:
@@ -236,7 +248,8 @@ def _backward_chunks(plan: ChunkPlan, mctx: MarginContext, names: list[str], fea
     inputs = [leaf_feats, *leaf_ctx, *params]
     wanted = [needs[0], *needs[2:]]
     totals: list[Tensor | None] = [torch.zeros_like(t) if w else None for t, w in zip(inputs, wanted)]
-    weight_grad = _WeightGrad(plan, weight) if needs[1] else None
+    fused = _FusedChunks(plan, weight) if needs[1] and plan.fused is not None else None
+    weight_grad = _WeightGrad(plan, weight) if needs[1] and fused is None else None
     for a, b, classes in plan.chunks():
         rows = plan.rows(weight, a, b, classes).detach().requires_grad_(needs[1])
         sim = plan.loss.similarity(leaf_feats, rows, classes)
@@ -254,6 +267,10 @@ def _backward_chunks(plan: ChunkPlan, mctx: MarginContext, names: list[str], fea
                     totals[i] += g
         if weight_grad is not None:
             weight_grad.add(a, b, next(got))
+        elif fused is not None:
+            fused.step(a, b, next(got))
+    if fused is not None:
+        fused.finish()
     weight_total = None if weight_grad is None else weight_grad.result()
     if weight_total is not None and not weight_total.is_sparse:
         plan.sink.offer(weight_total)
@@ -286,6 +303,39 @@ class _WeightGrad:
             return self.buffer
         index = self.plan.index[None]
         return torch.sparse_coo_tensor(index, self.buffer, self.weight.shape, check_invariants=False)
+
+
+class _FusedChunks:
+    """Chunk by chunk SGD of the centres (FusedRowUpdate), the batch's target rows held back.
+
+    A target row's gradient is incomplete here (its target-logit part arrives in the gather's backward), so its
+    chunk gradient is parked in ``pending`` and its value and momentum are restored after the chunk update.
+    """
+
+    def __init__(self, plan: ChunkPlan, weight: Tensor) -> None:
+        self.plan, self.update = plan, plan.fused
+        self.update.begin()
+        self.targets = torch.unique(plan.positions)  # sorted; ChunkedHead: positions are the labels
+        self.pending = torch.zeros((self.targets.numel(), *weight.shape[1:]), dtype=weight.dtype,
+                                   device=weight.device)
+        starts = torch.arange(0, plan.num_classes + plan.chunk_size, plan.chunk_size, device=weight.device)
+        self.bounds = torch.searchsorted(self.targets, starts).tolist()  # one host sync, not one per chunk
+        self.chunk = 0
+
+    def step(self, a: int, b: int, grad_rows: Tensor | None) -> None:
+        lo, hi = self.bounds[self.chunk], self.bounds[self.chunk + 1]
+        self.chunk += 1
+        if grad_rows is None:
+            grad_rows = torch.zeros((b - a, *self.pending.shape[1:]), dtype=self.pending.dtype,
+                                    device=self.pending.device)
+        targets = self.targets[lo:hi]
+        self.pending[lo:hi] = grad_rows[targets - a]
+        saved = self.update.snapshot(targets)
+        self.update.update_rows(slice(a, b), grad_rows)
+        self.update.restore(targets, saved)
+
+    def finish(self) -> None:
+        self.plan.sink.pending = PendingTargets(self.update, self.targets, self.pending)
 
 
 def nontarget_lse(plan: ChunkPlan, feats: Tensor, ctx: MarginContext) -> Tensor:
@@ -336,7 +386,8 @@ class ChunkedHead(nn.Module):
 
     ``head(embeddings (B, D), labels (B,))`` returns the same mean loss and gradients (embeddings, centres,
     other loss parameters) as ``DenseHead(loss)`` while holding at most a few (B, chunk_size) tensors; the
-    weight gradient is dense (C, ...). Only losses with ``objective == "softmax"``.
+    weight gradient is dense (C, ...), unless :meth:`fuse_optimizer` moved the centres' SGD update into the
+    backward (then there is none). Only losses with ``objective == "softmax"``.
     """
 
     def __init__(self, loss: MarginLoss, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
@@ -344,13 +395,31 @@ class ChunkedHead(nn.Module):
         check_softmax_objective(loss, "ChunkedHead")
         self.loss = loss
         self.chunk_size = check_chunk_size(chunk_size)
+        self._fused: FusedRowUpdate | None = None
+        self._last_sink: GradSink | None = None
+
+    def fuse_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Apply ``optimizer``'s SGD update of ``loss.weight`` inside every backward (None: stop doing so).
+
+        The (C, D) centre gradient is then never allocated and ``loss.weight.grad`` stays None, so
+        ``optimizer.step()`` updates only the other parameters. Every backward is one step of the centres:
+        no gradient accumulation, GradScaler or DDP all-reduce of the centres (see
+        :mod:`marginface.heads.fused_update`).
+        """
+        self._fused = None if optimizer is None else FusedRowUpdate(optimizer, self.loss.weight)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """Mean loss (scalar) of embeddings (B, D) with integer labels (B,) in [0, num_classes)."""
         self.loss.check_inputs(embeddings, labels)
         labels = labels.long()
-        plan = ChunkPlan(self.loss, positions=labels, chunk_size=self.chunk_size)
+        fused = self._fused if torch.is_grad_enabled() and self.loss.weight.requires_grad else None
+        if self._last_sink is not None and self._last_sink.pending is not None:
+            raise RuntimeError("the previous backward through this fused head did not reach loss.weight, so "
+                               "its target rows were never updated: call .backward() on the head's loss")
+        plan = ChunkPlan(self.loss, positions=labels, chunk_size=self.chunk_size, fused=fused)
+        plan.sink.expects_pending = fused is not None
+        self._last_sink = plan.sink if fused is not None else None
         return chunked_loss(self.loss, embeddings, labels, plan, labels)
 
     def extra_repr(self) -> str:
-        return f"chunk_size={self.chunk_size}"
+        return f"chunk_size={self.chunk_size}" + (", fused_optimizer=True" if self._fused is not None else "")

@@ -89,6 +89,9 @@ class LossConfig:
     """Classes per chunk for the chunked head."""
     sample_rate: float = 1.0
     """Fraction of class centres sampled per step by the partial_fc head, in (0, 1]."""
+    fused_update: bool = False
+    """Chunked head only: apply the centres' SGD update inside backward, chunk by chunk, so their (C, D) gradient
+    never exists (one process, grad_accum_steps 1, no fp16)."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.params, dict), "loss.params", "must be a mapping of parameter names to values")
@@ -96,6 +99,8 @@ class LossConfig:
                  f"must be 'dense', 'chunked' or 'partial_fc', got {self.head!r}")
         _require(self.chunk_size >= 1, "loss.chunk_size", f"must be >= 1, got {self.chunk_size}")
         _require(0.0 < self.sample_rate <= 1.0, "loss.sample_rate", f"must lie in (0, 1], got {self.sample_rate}")
+        _require(not self.fused_update or self.head == "chunked", "loss.fused_update",
+                 f"needs loss.head 'chunked', got {self.head!r}")
 
 
 @dataclass
@@ -194,6 +199,11 @@ class TrainConfig:
         _require(self.log_every >= 1, "log_every", "must be >= 1")
         _require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         _require(self.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, got {self.device!r}")
+        if self.loss.fused_update:  # every backward is an optimizer step of the centres (heads/fused_update.py)
+            _require(self.grad_accum_steps == 1, "loss.fused_update",
+                     "updates the centres in every backward: set grad_accum_steps=1")
+            _require(self.precision != "fp16", "loss.fused_update",
+                     "cannot see fp16's gradient scaling: use precision bf16 or fp32")
         if self.validation.synthetic_pairs:
             _require(self.data.source == "synthetic", "validation.synthetic_pairs",
                      "needs data.source 'synthetic' (held-out synthetic identities)")

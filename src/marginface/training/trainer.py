@@ -83,6 +83,11 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model = self._wrap_ddp(self.model)
         self.optimizer = self._build_optimizer()
+        if cfg.loss.fused_update:
+            if self.dist.enabled:  # DDP would never see (nor all-reduce) the centres' gradient
+                raise ValueError("loss.fused_update is for one process: under torchrun replicated centres need "
+                                 "their gradient all-reduced; set loss.fused_update=false")
+            self.model.head.fuse_optimizer(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self._resume()
         self.validation_sets = self._build_validation_sets()
