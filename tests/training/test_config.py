@@ -49,6 +49,7 @@ def test_overrides_are_parsed_as_yaml():
     ("loss.sample_rate=0", "loss.sample_rate"),
     ("loss.chunk_size=0", "loss.chunk_size"),
     ("loss.fused_update=true", "loss.fused_update"),  # needs the chunked head
+    ("epochs=-1", "epochs"),
     ("precision=fp8", "precision"),
     ("batch_size=1", "batch_size"),
     ("data.source=folder", "data.path"),
@@ -82,3 +83,14 @@ def test_missing_data_path_is_a_clear_error(tmp_path):
                                 f"output_dir={tmp_path / 'run'}"])
     with pytest.raises(FileNotFoundError, match="nowhere"):
         Trainer(config).setup()
+
+
+def test_epochs_become_steps_once_the_data_size_is_known():
+    from marginface.training.config import resolve_epochs
+
+    config = load_config(None, ["epochs=2.5", "batch_size=64", "optim.milestones=[1, 2.25]", "optim.warmup_steps=1"])
+    resolved = resolve_epochs(config, num_images=1000)  # ceil(1000 / 64) = 16 steps per epoch
+    assert (resolved.steps, resolved.optim.milestones, resolved.optim.warmup_steps) == (40, [16, 36], 16)
+    assert resolved.epochs == 0 and resolve_epochs(resolved, 1000) == resolved
+    plain = load_config(None, ["steps=7"])
+    assert resolve_epochs(plain, 1000) is plain

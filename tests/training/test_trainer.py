@@ -132,3 +132,13 @@ def test_fused_centre_update_trains_like_the_unfused_chunked_head(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
     fused_losses = [v for _, v in read_log(tmp_path / "fused")["loss"]]
     assert fused_losses == pytest.approx([v for _, v in read_log(tmp_path / "plain")["loss"]], rel=1e-6)
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    """6 identities x 2 images = 12 images, batch 4: 3 steps per epoch, so epochs=2 runs 6 steps."""
+    config = tiny_config(tmp_path, "data.synthetic_identities=6", "batch_size=4", "epochs=2", "steps=1000",
+                         "checkpoint_every=100")
+    trainer = Trainer(config).setup()
+    assert trainer.config.steps == 6
+    trainer.fit()
+    assert logged_steps(tmp_path) == 6

@@ -8,6 +8,7 @@ overrides ``section.field=value`` (values parsed as YAML) are applied on top. Ev
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -117,7 +118,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     """L2 weight decay."""
     milestones: list[int] = field(default_factory=list)
-    """Steps at which the learning rate is multiplied by ``gamma``."""
+    """Steps (epochs when ``epochs`` > 0) at which the learning rate is multiplied by ``gamma``."""
     gamma: float = 0.1
     """Decay factor at each milestone."""
     warmup_steps: int = 0
@@ -169,7 +170,11 @@ class TrainConfig:
     """Split each process's share of the batch into this many micro-batches and accumulate their gradients
     (same gradient, less activation memory). Running loss state advances once per micro-batch forward."""
     steps: int = 1000
-    """Optimizer steps to train."""
+    """Optimizer steps to train (ignored when ``epochs`` is set)."""
+    epochs: float = 0.0
+    """When > 0: train this many passes over the data instead of ``steps`` (steps = ceil(epochs x images /
+    batch_size), fixed when the data is known), and ``optim.milestones`` (fractions allowed) and
+    ``optim.warmup_steps`` count epochs rather than steps."""
     precision: str = "fp32"
     """'fp32', 'bf16' (autocast) or 'fp16' (autocast + GradScaler). The head always computes in float32."""
     grad_clip: float = 0.0
@@ -192,6 +197,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
         _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        _require(self.epochs >= 0, "epochs", f"must be >= 0 (0: use steps), got {self.epochs}")
         _require(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be >= 1, got {self.grad_accum_steps}")
         _require(self.precision in ("fp32", "bf16", "fp16"), "precision",
                  f"must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
@@ -263,6 +269,23 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
                 raise ConfigError(f"override {item!r}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(raw)
     return values
+
+
+def resolve_epochs(config: TrainConfig, num_images: int) -> TrainConfig:
+    """``config`` in steps: with ``epochs`` > 0, its steps, milestones and warm-up converted from epochs.
+
+    One epoch is ceil(num_images / batch_size) steps; milestones round to the nearest step. The result has
+    ``epochs`` 0, so resolving twice changes nothing (and the run's config.json shows the steps used).
+    """
+    if config.epochs <= 0:
+        return config
+    if num_images < 1:
+        raise ConfigError("epochs: the training data holds no images")
+    per_epoch = math.ceil(num_images / config.batch_size)
+    optim = dataclasses.replace(
+        config.optim, milestones=[max(1, round(m * per_epoch)) for m in config.optim.milestones],
+        warmup_steps=round(config.optim.warmup_steps * per_epoch))
+    return dataclasses.replace(config, steps=max(1, math.ceil(config.epochs * per_epoch)), epochs=0.0, optim=optim)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from marginface import backbones, losses
 from marginface.training import checkpoint as ckpt
-from marginface.training.config import TrainConfig, config_to_dict
+from marginface.training.config import TrainConfig, config_to_dict, resolve_epochs
 from marginface.training.data import FlipByIndex, StepBatchSampler, build_dataset
 from marginface.training.distributed import DistInfo, barrier, init_from_env, mean_across_ranks
 from marginface.training.schedules import learning_rate
@@ -73,6 +73,7 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir)
         self._seed_everything(cfg.seed)
         self.dataset = build_dataset(cfg.data)
+        self.config = cfg = resolve_epochs(cfg, len(self.dataset))  # epochs -> steps, now that N is known
         self.backbone = backbones.create(cfg.model.backbone, embedding_size=cfg.model.embedding_size,
                                          dropout=cfg.model.dropout, output=cfg.model.output,
                                          checkpointing=cfg.model.checkpointing)
