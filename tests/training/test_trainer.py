@@ -142,3 +142,62 @@ def test_epochs_set_the_number_of_steps(tmp_path):
     assert trainer.config.steps == 6
     trainer.fit()
     assert logged_steps(tmp_path) == 6
+
+
+def _sharded_worker(rank: int, world: int, port: int, runs: list[tuple[str, list[str]]]) -> None:
+    """Run each (run_dir, overrides) in turn in one process group (a resume is a second run on the same dir)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from marginface.training.distributed import shutdown
+
+    for run_dir, overrides in runs:
+        Trainer(load_config(None, [*TINY, f"output_dir={run_dir}", *overrides])).setup().fit()
+    shutdown()
+
+
+@pytest.mark.slow
+def test_sharded_centres_over_two_processes_equal_one_process_and_resume(tmp_path):
+    """loss.sharded: 2 ranks x 4 images, 4 + 4 centres each == 1 process, all 8 centres, 2 micro-batches of 4.
+
+    Partial FC at rate 1 per shard (SparseRowSGD); the single process starts from the same split-independent
+    centres (``init_rows``). Compared after one step: this tiny setting (BatchNorm over 4 images, CosFace
+    s=64) is chaotic — a 1e-6 perturbation of the initial weights grows to 0.3-1.0 within two steps — and the
+    sharded head sums the global batch in another order than two micro-batches (float32 round-off). A
+    sharded run stopped at step 1 and resumed to 3 must equal the straight run: same operations, exact.
+    """
+    common = ["data.synthetic_identities=8", "batch_size=8", "loss.name=cosface", "checkpoint_every=1",
+              "loss.head=partial_fc", "loss.sample_rate=1.0"]
+    sharded = [*common, "loss.sharded=true"]
+    runs = [(str(tmp_path / "sharded"), [*sharded, "steps=3"]),
+            (str(tmp_path / "resumed"), [*sharded, "steps=1"]),
+            (str(tmp_path / "resumed"), [*sharded, "steps=3"])]
+    torch.multiprocessing.spawn(_sharded_worker, args=(2, free_port(), runs), nprocs=2)
+    torch.set_num_threads(1)
+    single = Trainer(tiny_config(tmp_path / "single", *common, "steps=2", "grad_accum_steps=2")).setup()
+    single.loss.init_rows(0, single.config.seed)
+    single.fit()
+
+    first = "checkpoints/step_00000001/model.safetensors"
+    one = load_file(str(tmp_path / "single" / first))
+    ranks = [load_file(str(tmp_path / "sharded" / first)), load_file(str(tmp_path / "sharded" / "rank1" / first))]
+    assert [r["loss.weight"].shape[0] for r in ranks] == [4, 4]
+    torch.testing.assert_close(torch.cat([r["loss.weight"] for r in ranks]), one["loss.weight"], rtol=1e-4,
+                               atol=1e-5)
+    running = ("running_mean", "running_var", "num_batches_tracked")  # per process under DDP (see above)
+    params = [k for k in one if k.startswith("backbone.") and not k.endswith(running)]
+    assert len(params) > 50
+    for key in params:  # relative to each tensor's largest entry: one step moves conv1 by O(1)
+        scale = max(1.0, float(one[key].abs().max()))
+        for rank, weights in enumerate(ranks):
+            error = float((weights[key] - one[key]).abs().max())
+            assert error <= 1e-4 * scale, f"rank {rank} {key}: {error:.3g} > 1e-4 x {scale:.3g}"
+    sharded_losses = [v for _, v in read_log(tmp_path / "sharded")["loss"]][:2]
+    assert sharded_losses == pytest.approx([v for _, v in read_log(tmp_path / "single")["loss"]], rel=1e-4)
+
+    final = "checkpoints/step_00000003/model.safetensors"
+    for rank_dir in ("", "rank1"):
+        a = load_file(str(tmp_path / "sharded" / rank_dir / final))
+        b = load_file(str(tmp_path / "resumed" / rank_dir / final))
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=f"{rank_dir or 'rank0'} {key}")

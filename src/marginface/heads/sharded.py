@@ -108,6 +108,22 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.factor, None
+
+
+def scale_gradient(tensor: Tensor, factor: float) -> Tensor:
+    """``tensor`` unchanged, its gradient multiplied by ``factor`` (the world size before a DDP backbone)."""
+    return _ScaleGradient.apply(tensor, factor)
+
+
 def _gather_labels(labels: Tensor, group) -> Tensor:
     parts = [torch.empty_like(labels) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, labels.contiguous(), group=group)

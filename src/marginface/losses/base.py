@@ -126,7 +126,27 @@ class MarginLoss(nn.Module):
         return (self.num_classes, self.embedding_size)
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=0.01)
+        self.init_centres(self.weight)
+
+    @staticmethod
+    def init_centres(tensor: Tensor, generator: torch.Generator | None = None) -> None:
+        """The class-centre initialisation, N(0, 0.01^2) as insightface's heads (in place)."""
+        nn.init.normal_(tensor, std=0.01, generator=generator)
+
+    #: rows per block of :meth:`init_rows` (part of its definition: changing it changes the centres)
+    INIT_BLOCK_ROWS = 4096
+
+    @torch.no_grad()
+    def init_rows(self, first_class: int, seed: int) -> None:
+        """Re-initialise the centres as rows [first_class, first_class + n) of a C-row matrix drawn block by
+        block from (seed, block): the same centres however the classes are split over ranks."""
+        block_rows, n = self.INIT_BLOCK_ROWS, self.weight.shape[0]
+        for block in range(first_class // block_rows, (first_class + n - 1) // block_rows + 1):
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
+            values = torch.empty((block_rows, *self.weight.shape[1:]), dtype=self.weight.dtype)
+            self.init_centres(values, generator)
+            lo, hi = max(first_class, block * block_rows), min(first_class + n, (block + 1) * block_rows)
+            self.weight[lo - first_class:hi - first_class] = values[lo - block * block_rows:hi - block * block_rows]
 
     def extra_repr(self) -> str:
         return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, scale={self.scale}"

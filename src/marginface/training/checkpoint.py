@@ -73,10 +73,11 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def model_tensors(backbone: nn.Module, loss: nn.Module) -> dict[str, torch.Tensor]:
+def model_tensors(backbone: nn.Module, loss: nn.Module | None) -> dict[str, torch.Tensor]:
     """The weights of a run under ``backbone.*`` and ``loss.*`` (buffers included), contiguous, on the CPU."""
     out = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    out.update({f"loss.{k}": v for k, v in loss.state_dict().items()})
+    if loss is not None:
+        out.update({f"loss.{k}": v for k, v in loss.state_dict().items()})
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 

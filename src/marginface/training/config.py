@@ -90,6 +90,9 @@ class LossConfig:
     """Classes per chunk for the chunked head."""
     sample_rate: float = 1.0
     """Fraction of class centres sampled per step by the partial_fc head, in (0, 1]."""
+    sharded: bool = False
+    """Under torchrun: split the class centres over the ranks (chunked or partial_fc head; each rank holds
+    C / world_size rows, embeddings are all-gathered). Each rank checkpoints its own shard."""
     fused_update: bool = False
     """Chunked head only: apply the centres' SGD update inside backward, chunk by chunk, so their (C, D) gradient
     never exists (one process, grad_accum_steps 1, no fp16)."""
@@ -102,6 +105,10 @@ class LossConfig:
         _require(0.0 < self.sample_rate <= 1.0, "loss.sample_rate", f"must lie in (0, 1], got {self.sample_rate}")
         _require(not self.fused_update or self.head == "chunked", "loss.fused_update",
                  f"needs loss.head 'chunked', got {self.head!r}")
+        _require(not self.sharded or self.head in ("chunked", "partial_fc"), "loss.sharded",
+                 f"needs loss.head 'chunked' or 'partial_fc' (a sharded head is chunked), got {self.head!r}")
+        _require(not (self.sharded and self.fused_update), "loss.fused_update",
+                 "is not implemented for sharded centres yet: set loss.fused_update=false")
 
 
 @dataclass

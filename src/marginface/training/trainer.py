@@ -34,25 +34,35 @@ from marginface.training.schedules import learning_rate
 
 
 class FaceModel(nn.Module):
-    """Backbone + head as one module: ``model(images, labels)`` is the mean loss (what DDP wraps)."""
+    """Backbone + head as one module: ``model(images, labels)`` is the mean loss (what DDP wraps).
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    ``embedding_grad_scale`` multiplies the gradient reaching the backbone (sharded heads: see ``setup``).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, embedding_grad_scale: float = 1.0) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
+        self.embedding_grad_scale = embedding_grad_scale
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None = None):
         with torch.autocast(images.device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
             embeddings = self.backbone(images)
+        if self.embedding_grad_scale != 1.0:
+            from marginface.heads.sharded import scale_gradient
+
+            embeddings = scale_gradient(embeddings, self.embedding_grad_scale)
         return self.head(embeddings, labels)  # the head computes in float32 whatever the embedding dtype
 
 
-def build_head(config: TrainConfig, loss: losses.MarginLoss, dist_info: DistInfo) -> nn.Module:
+def build_head(config: TrainConfig, loss: losses.MarginLoss, dist_info: DistInfo, num_classes: int) -> nn.Module:
     from marginface.heads import create_head
 
-    sparse = not dist_info.enabled  # DDP all-reduces dense gradients; sparse rows are for one process
+    # DDP all-reduces dense gradients; sparse rows are for centres no other rank holds (one process, or shards)
+    sparse = not dist_info.enabled or config.loss.sharded
     return create_head(config.loss.head, loss, chunk_size=config.loss.chunk_size,
-                       sample_rate=config.loss.sample_rate, seed=config.seed, sparse_grad=sparse)
+                       sample_rate=config.loss.sample_rate, seed=config.seed, sparse_grad=sparse,
+                       sharded=config.loss.sharded, num_classes=num_classes)
 
 
 class Trainer:
@@ -77,12 +87,22 @@ class Trainer:
         self.backbone = backbones.create(cfg.model.backbone, embedding_size=cfg.model.embedding_size,
                                          dropout=cfg.model.dropout, output=cfg.model.output,
                                          checkpointing=cfg.model.checkpointing)
+        self.shard = self._shard_classes(self.dataset.num_classes)
         self.loss = losses.create(cfg.loss.name, embedding_size=cfg.model.embedding_size,
-                                  num_classes=self.dataset.num_classes, **cfg.loss.params)
-        self.model = FaceModel(self.backbone, build_head(cfg, self.loss, self.dist)).to(self.device)
+                                  num_classes=self.shard[1] - self.shard[0], **cfg.loss.params)
+        if cfg.loss.sharded:  # the same centres whatever the number of ranks
+            self.loss.init_rows(self.shard[0], cfg.seed)
+        head = build_head(cfg, self.loss, self.dist, self.dataset.num_classes)
+        self.model = FaceModel(self.backbone, head).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.train_model = self._wrap_ddp(self.model)
+        if cfg.loss.sharded:
+            # Only the backbone is replicated. Each rank's backward gives d(global mean loss)/d(its embeddings)
+            # and DDP averages over ranks, so the backbone gradient is scaled by R to be that of the global mean.
+            self.ddp_module = self._wrap_ddp(self.backbone)
+            self.train_model = FaceModel(self.ddp_module, head, embedding_grad_scale=float(self.dist.world_size))
+        else:
+            self.ddp_module = self.train_model = self._wrap_ddp(self.model)
         self.optimizer = self._build_optimizer()
         if cfg.loss.fused_update:
             if self.dist.enabled:  # DDP would never see (nor all-reduce) the centres' gradient
@@ -96,6 +116,17 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
         return self
+
+    def _shard_classes(self, num_classes: int) -> tuple[int, int]:
+        """[start, end) of the classes this process holds: all of them unless ``loss.sharded``."""
+        if not self.config.loss.sharded:
+            return 0, num_classes
+        if not self.dist.enabled:
+            raise ValueError("loss.sharded splits the classes over torchrun's processes; this run has one "
+                             "(WORLD_SIZE <= 1): launch it with torchrun --nproc_per_node=N or set loss.sharded=false")
+        from marginface.heads import shard_range
+
+        return shard_range(num_classes, self.dist.world_size, self.dist.rank)
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -119,20 +150,48 @@ class Trainer:
         o = self.config.optim
         return SparseRowSGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
+    def _checkpoint_root(self) -> Path:
+        """Where this process's checkpoints live: the run folder, or ``rank<r>/`` for a shard of rank r > 0."""
+        if self.config.loss.sharded and self.dist.rank > 0:
+            return self.run_dir / f"rank{self.dist.rank}"
+        return self.run_dir
+
     def _resume(self) -> None:
-        folder = ckpt.latest_checkpoint(self.run_dir)
+        folder = ckpt.latest_checkpoint(self._checkpoint_root())
+        if self.config.loss.sharded:  # every rank resumes from the newest step all of them completed
+            folder = self._common_checkpoint(folder)
         if folder is None:
             return
         state = ckpt.load_checkpoint(folder, self.backbone, self.loss, self.optimizer)
+        if self.config.loss.sharded and state.get("shard") != self._shard_state():
+            raise ValueError(f"checkpoint {folder} holds the shard {state.get('shard')} but this process is "
+                             f"{self._shard_state()}: resume with the same number of processes")
         self.step = int(state["step"])
         self.best = state.get("best", {})
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         head_rng = getattr(self.model.head, "generator", None)
-        if head_rng is not None and "head_rng" in state:
-            head_rng.set_state(torch.tensor(state["head_rng"], dtype=torch.uint8))
+        if "head_rng" in state:
+            if head_rng is None and self.config.loss.sharded:  # ShardedHead creates it at its first forward
+                head_rng = self.model.head.generator = torch.Generator()
+            if head_rng is not None:
+                head_rng.set_state(torch.tensor(state["head_rng"], dtype=torch.uint8))
         if self.dist.is_main:
             print(f"resumed from {folder} at step {self.step}")
+
+    def _common_checkpoint(self, folder: Path | None) -> Path | None:
+        """The checkpoint of the newest step every rank finished (a kill may land between two ranks' saves)."""
+        import torch.distributed as dist
+
+        step = torch.tensor([-1 if folder is None else int(folder.name.split("_")[-1])], dtype=torch.int64)
+        dist.all_reduce(step, op=dist.ReduceOp.MIN)
+        if int(step) < 0:
+            return None
+        return self._checkpoint_root() / "checkpoints" / f"step_{int(step):08d}"
+
+    def _shard_state(self) -> dict[str, int]:
+        return {"rank": self.dist.rank, "world_size": self.dist.world_size, "start": self.shard[0],
+                "end": self.shard[1], "num_classes": self.dataset.num_classes}
 
     def _build_validation_sets(self) -> list[tuple[str, torch.Tensor, np.ndarray]]:
         cfg, sets = self.config, []
@@ -172,7 +231,7 @@ class Trainer:
         total, micro = 0.0, cfg.grad_accum_steps
         for i, (im, lb) in enumerate(zip(images.chunk(micro), labels.chunk(micro))):
             last = i == micro - 1
-            sync = nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()
+            sync = nullcontext() if last or not self.dist.enabled else self.ddp_module.no_sync()
             with sync:
                 loss = self.train_model(im, lb, amp)
                 if not torch.isfinite(loss):
@@ -248,12 +307,16 @@ class Trainer:
         from safetensors.torch import save_file
 
         tmp = self.run_dir / "best.safetensors.tmp"
-        save_file(ckpt.model_tensors(self.backbone, self.loss), str(tmp))
+        # Sharded centres are spread over the ranks' checkpoints; best.safetensors then holds the backbone only.
+        loss = None if self.config.loss.sharded else self.loss
+        save_file(ckpt.model_tensors(self.backbone, loss), str(tmp))
         os.replace(tmp, self.run_dir / "best.safetensors")
         (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=2))
 
     def save(self) -> None:
-        if not self.dist.is_main:
+        """Checkpoint (rank 0; with sharded centres every rank writes its own, under ``_checkpoint_root``)."""
+        sharded = self.config.loss.sharded
+        if not (self.dist.is_main or sharded):
             barrier(self.dist)
             return
         extra: dict[str, Any] = {"best": self.best, "scaler": self.scaler.state_dict() if self.scaler.is_enabled()
@@ -261,7 +324,9 @@ class Trainer:
         head_rng = getattr(self.model.head, "generator", None)
         if head_rng is not None:
             extra["head_rng"] = head_rng.get_state().tolist()
-        ckpt.save_checkpoint(self.run_dir, self.step, self.backbone, self.loss, self.optimizer, extra)
+        if sharded:
+            extra["shard"] = self._shard_state()
+        ckpt.save_checkpoint(self._checkpoint_root(), self.step, self.backbone, self.loss, self.optimizer, extra)
         barrier(self.dist)
 
 
