@@ -50,6 +50,7 @@ def test_overrides_are_parsed_as_yaml():
     ("loss.chunk_size=0", "loss.chunk_size"),
     ("loss.fused_update=true", "loss.fused_update"),  # needs the chunked head
     ("epochs=-1", "epochs"),
+    ("loss.sharded=true", "loss.sharded"),  # the dense head cannot be sharded
     ("precision=fp8", "precision"),
     ("batch_size=1", "batch_size"),
     ("data.source=folder", "data.path"),
@@ -63,10 +64,19 @@ def test_bad_values_name_the_field(override, field):
         load_config(None, [override])
 
 
-@pytest.mark.parametrize("override", ["grad_accum_steps=2", "precision=fp16"])
+@pytest.mark.parametrize("override", ["grad_accum_steps=2", "precision=fp16", "loss.sharded=true"])
 def test_fused_update_refuses_what_it_cannot_see(override):
     with pytest.raises(ConfigError, match=r"loss\.fused_update"):
         load_config(None, ["loss.head=chunked", "loss.fused_update=true", override])
+
+
+def test_sharded_centres_need_several_processes(tmp_path):
+    from marginface.training.trainer import Trainer
+
+    config = load_config(None, ["loss.head=chunked", "loss.sharded=true", f"output_dir={tmp_path}",
+                                "data.synthetic_identities=4", "model.backbone=mobilefacenet", "device=cpu"])
+    with pytest.raises(ValueError, match="torchrun"):
+        Trainer(config).setup()
 
 
 def test_missing_config_file_and_bad_override_syntax():
