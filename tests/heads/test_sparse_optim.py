@@ -40,6 +40,27 @@ def test_unsampled_rows_and_their_momentum_are_bit_identical():
             assert not after[untouched].any()
 
 
+def test_state_dict_round_trip_continues_exactly():
+    """Resume: torch's load_state_dict casts state tensors to the parameter dtype; ``row_started`` must stay bool."""
+    import copy
+
+    loss = build("arcface", {}, num_classes=60)
+    head = PartialFCHead(loss, sample_rate=0.2, chunk_size=5, seed=3)
+    optimizer = SparseRowSGD(loss.parameters(), **HYPER)
+    partial_fc_step(head, optimizer, 1)
+    twin_loss = copy.deepcopy(loss)
+    twin_head = PartialFCHead(twin_loss, sample_rate=0.2, chunk_size=5, seed=3)
+    twin_head.generator.set_state(head.generator.get_state())
+    twin = SparseRowSGD(twin_loss.parameters(), **HYPER)
+    twin.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    assert twin.state[twin_loss.weight]["row_started"].dtype == torch.bool
+    for seed in (2, 3):
+        partial_fc_step(head, optimizer, seed)
+        partial_fc_step(twin_head, twin, seed)
+    assert torch.equal(twin_loss.weight, loss.weight)
+    assert torch.equal(twin.state[twin_loss.weight]["momentum_buffer"], optimizer.state[loss.weight]["momentum_buffer"])
+
+
 def test_first_step_equals_torch_sgd_on_the_sampled_rows():
     loss = build("cosface", {}, num_classes=60)
     head = PartialFCHead(loss, sample_rate=0.25, chunk_size=7, seed=4)

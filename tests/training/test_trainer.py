@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -160,18 +161,22 @@ def _sharded_worker(rank: int, world: int, port: int, runs: list[tuple[str, list
 def test_sharded_centres_over_two_processes_equal_one_process_and_resume(tmp_path):
     """loss.sharded: 2 ranks x 4 images, 4 + 4 centres each == 1 process, all 8 centres, 2 micro-batches of 4.
 
-    Partial FC at rate 1 per shard (SparseRowSGD); the single process starts from the same split-independent
-    centres (``init_rows``). Compared after one step: this tiny setting (BatchNorm over 4 images, CosFace
-    s=64) is chaotic — a 1e-6 perturbation of the initial weights grows to 0.3-1.0 within two steps — and the
-    sharded head sums the global batch in another order than two micro-batches (float32 round-off). A
-    sharded run stopped at step 1 and resumed to 3 must equal the straight run: same operations, exact.
+    Partial FC at rate 1 per shard (sparse rows, SparseRowSGD); the single process starts from the same
+    split-independent centres (``init_rows``). Compared after one step: this tiny setting (BatchNorm over 4
+    images, CosFace s=64) is chaotic — a 1e-6 perturbation of the initial weights grows to 0.3-1.0 within two
+    steps — and the sharded head sums the global batch in another order than two micro-batches (float32
+    round-off). A sharded run with sampled negatives stopped at step 1 and resumed to 3 must equal the
+    straight run: same operations, exact.
     """
     common = ["data.synthetic_identities=8", "batch_size=8", "loss.name=cosface", "checkpoint_every=1",
               "loss.head=partial_fc", "loss.sample_rate=1.0"]
-    sharded = [*common, "loss.sharded=true"]
-    runs = [(str(tmp_path / "sharded"), [*sharded, "steps=3"]),
-            (str(tmp_path / "resumed"), [*sharded, "steps=1"]),
-            (str(tmp_path / "resumed"), [*sharded, "steps=3"])]
+    # The resume runs sample negatives (20 classes per shard, r = 0.5): the samplers' state must resume too.
+    sampled = ["data.synthetic_identities=40", "batch_size=8", "loss.name=cosface", "checkpoint_every=1",
+               "loss.head=partial_fc", "loss.sample_rate=0.5", "loss.sharded=true"]
+    runs = [(str(tmp_path / "sharded"), [*common, "loss.sharded=true", "steps=2"]),
+            (str(tmp_path / "straight"), [*sampled, "steps=3"]),
+            (str(tmp_path / "resumed"), [*sampled, "steps=1"]),
+            (str(tmp_path / "resumed"), [*sampled, "steps=3"])]
     torch.multiprocessing.spawn(_sharded_worker, args=(2, free_port(), runs), nprocs=2)
     torch.set_num_threads(1)
     single = Trainer(tiny_config(tmp_path / "single", *common, "steps=2", "grad_accum_steps=2")).setup()
@@ -197,7 +202,9 @@ def test_sharded_centres_over_two_processes_equal_one_process_and_resume(tmp_pat
 
     final = "checkpoints/step_00000003/model.safetensors"
     for rank_dir in ("", "rank1"):
-        a = load_file(str(tmp_path / "sharded" / rank_dir / final))
+        state = json.loads((tmp_path / "resumed" / rank_dir / "checkpoints/step_00000003/state.json").read_text())
+        assert "head_rng" in state and state["shard"]["num_classes"] == 40
+        a = load_file(str(tmp_path / "straight" / rank_dir / final))
         b = load_file(str(tmp_path / "resumed" / rank_dir / final))
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=f"{rank_dir or 'rank0'} {key}")

@@ -45,6 +45,13 @@ class SparseRowSGD(torch.optim.Optimizer):
                         nesterov=nesterov)
         super().__init__(params, defaults)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's, then ``row_started`` back to bool (torch casts every state tensor to the parameter's dtype)."""
+        super().load_state_dict(state_dict)
+        for state in self.state.values():
+            if "row_started" in state:
+                state["row_started"] = state["row_started"].to(torch.bool)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One update of every parameter with a gradient; sparse gradients update only their rows."""
