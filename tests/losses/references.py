@@ -47,7 +47,7 @@ def cross_entropy_rows(rows: list[list[Tensor]], labels: Tensor, extra: list[Ten
     """Stack per-element logits and compute the mean cross-entropy with a naive, max-shifted log-sum-exp."""
     total = torch.zeros((), dtype=torch.float64)
     for i, row in enumerate(rows):
-        top = max(float(v) for v in row)
+        top = max(float(v.detach()) for v in row)  # a constant shift: no gradient through it
         lse = torch.log(sum(torch.exp(v - top) for v in row)) + top
         total = total + lse - row[int(labels[i])]
         if extra is not None:
