@@ -56,7 +56,7 @@ def test_every_registered_loss_has_a_reference():
 
 
 def assert_close(actual, expected, rtol, what):
-    expected = expected.to(torch.float64)
+    expected = expected.detach().to(torch.float64)
     actual = actual.detach().to(torch.float64)
     atol = rtol * max(1.0, float(expected.abs().max()))
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
