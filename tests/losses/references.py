@@ -43,6 +43,11 @@ def theta_of(c: Tensor) -> Tensor:
     return torch.acos(torch.clamp(c, -1.0, 1.0))
 
 
+def scalar(value) -> float:
+    """A Python float of a tensor (detached: branch decisions are constants) or of a number."""
+    return float(value.detach()) if isinstance(value, Tensor) else float(value)
+
+
 def cross_entropy_rows(rows: list[list[Tensor]], labels: Tensor, extra: list[Tensor] | None = None):
     """Stack per-element logits and compute the mean cross-entropy with a naive, max-shifted log-sum-exp."""
     total = torch.zeros((), dtype=torch.float64)
@@ -73,7 +78,7 @@ def per_element(x: Tensor, w: Tensor, labels: Tensor, target_fn, other_fn):
 def arc_target(c: Tensor, m: float) -> Tensor:
     """cos(theta + m), or cos(theta) - m sin(m) where theta + m > pi (ArcFace's monotonic fallback)."""
     theta = theta_of(c)
-    if float(theta) + m > math.pi:
+    if scalar(theta) + m > math.pi:
         return c - m * math.sin(m)
     return torch.cos(theta + m)
 
@@ -116,7 +121,7 @@ def arcface_ref(x, params, labels, loss, state, training):
     s, m = loss.scale, loss.margin
 
     def target(i, c):
-        if loss.easy_margin and float(c) <= 0:
+        if loss.easy_margin and scalar(c) <= 0:
             return s * c
         return s * arc_target(c, m)
 
@@ -132,7 +137,7 @@ def combined_ref(x, params, labels, loss, state, training):
 
     def target(i, c):
         theta = theta_of(c)
-        if m1 * float(theta) + m2 > math.pi:
+        if m1 * scalar(theta) + m2 > math.pi:
             return s * (c - m3 - penalty)
         return s * (torch.cos(m1 * theta + m2) - m3)
 
@@ -149,7 +154,7 @@ def sphereface_ref(x, params, labels, loss, state, training):
 
     def target(i, c):
         theta = theta_of(c)
-        k = min(math.floor(m * float(theta) / math.pi), m - 1)
+        k = min(math.floor(m * scalar(theta) / math.pi), m - 1)
         psi = (-1) ** k * torch.cos(m * theta) - 2 * k
         return norms[i] * (lam * c + psi) / (1 + lam)
 
@@ -165,7 +170,7 @@ def mv_softmax_ref(x, params, labels, loss, state, training):
         return c - m if loss.base == "am" else arc_target(c, m)
 
     def other(i, c, cos_y):
-        if float(c) > float(margined(cos_y)):  # a mis-classified vector
+        if scalar(c) > scalar(margined(cos_y)):  # a mis-classified vector
             return s * ((t + 1) * c + t) if loss.mode == "adaptive" else s * (c + t)
         return s * c
 
@@ -176,13 +181,13 @@ def mv_softmax_ref(x, params, labels, loss, state, training):
 @reference("curricularface")
 def curricularface_ref(x, params, labels, loss, state, training):
     s, m = loss.scale, loss.margin
-    t = float(state["t"])
+    t = scalar(state["t"])
     if training:
-        target_cos = [float(cosine(x[i], params["weight"][int(labels[i])])) for i in range(x.shape[0])]
+        target_cos = [scalar(cosine(x[i], params["weight"][int(labels[i])])) for i in range(x.shape[0])]
         t = loss.momentum * sum(target_cos) / len(target_cos) + (1 - loss.momentum) * t
 
     def other(i, c, cos_y):
-        if float(c) > float(arc_target(cos_y, m)):  # a hard negative
+        if scalar(c) > scalar(arc_target(cos_y, m)):  # a hard negative
             return s * c * (t + c)
         return s * c
 
@@ -215,8 +220,8 @@ def subcenter_arcface_ref(x, params, labels, loss, state, training):
     for i in range(x.shape[0]):
         row = []
         for j in range(w.shape[0]):
-            c = max((cosine(x[i], w[j, k]) for k in range(w.shape[1])), key=lambda v: float(v.detach()))
-            if j != int(labels[i]) or (loss.easy_margin and float(c.detach()) <= 0):
+            c = max((cosine(x[i], w[j, k]) for k in range(w.shape[1])), key=lambda v: scalar(v.detach()))
+            if j != int(labels[i]) or (loss.easy_margin and scalar(c.detach()) <= 0):
                 row.append(s * c)
             else:
                 row.append(s * arc_target(c, m))
@@ -228,12 +233,12 @@ def subcenter_arcface_ref(x, params, labels, loss, state, training):
 def adaface_ref(x, params, labels, loss, state, training):
     """Kim et al. 2022, Eq. 11-14, with the official code's norm clip [1e-3, 100], eps 1e-3 and initial stats."""
     m, h, s, alpha = loss.margin, loss.h, loss.scale, loss.momentum
-    mean, std = float(state["batch_mean"]), float(state["batch_std"])
+    mean, std = scalar(state["batch_mean"]), scalar(state["batch_std"])
     z = [torch.clamp(torch.sqrt((x[i] * x[i]).sum()), 1e-3, 100.0) for i in range(x.shape[0])]
     if loss.detach_norms:
         z = [v.detach() for v in z]
     if training:  # the statistics never carry a gradient
-        values = [float(v.detach()) for v in z]
+        values = [scalar(v.detach()) for v in z]
         batch_mean = sum(values) / len(values)
         mean = alpha * batch_mean + (1 - alpha) * mean
         if len(values) > 1:  # the unbiased batch std; a batch of one keeps the old std
@@ -244,9 +249,9 @@ def adaface_ref(x, params, labels, loss, state, training):
         z_hat = torch.clamp(h * (z[i] - mean) / (std + 1e-3), -1.0, 1.0)
         g_angle, g_add = -m * z_hat, m + m * z_hat
         phi = theta_of(c) + g_angle
-        if float(phi) < 0:  # clipped at angle 0
+        if scalar(phi) < 0:  # clipped at angle 0
             angular = torch.ones((), dtype=torch.float64)
-        elif float(phi) > math.pi:  # ArcFace's monotonic fallback (g_angle > 0 only)
+        elif scalar(phi) > math.pi:  # ArcFace's monotonic fallback (g_angle > 0 only)
             angular = c - g_angle * torch.sin(g_angle)
         else:
             angular = torch.cos(phi)
@@ -265,10 +270,10 @@ def magface_ref(x, params, labels, loss, state, training):
     margins = [(u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m for a in mags]
 
     def target(i, c):
-        if loss.easy_margin and float(c) <= 0:
+        if loss.easy_margin and scalar(c) <= 0:
             return s * c
         theta, m_i = theta_of(c), margins[i]
-        if float(theta) + float(m_i) > math.pi:
+        if scalar(theta) + scalar(m_i) > math.pi:
             return s * (c - m_i * torch.sin(m_i))
         return s * torch.cos(theta + m_i)
 
@@ -285,7 +290,7 @@ def _elastic_margins(loss, state, training, batch_size):
     step = int(state["step"]) + 1
     gen = torch.Generator().manual_seed((int(state["seed"]) + step * 0x9E3779B9) % 2**32)
     normals = torch.randn(batch_size, generator=gen, dtype=torch.float64)
-    return [max(0.0, loss.margin + loss.std * float(v)) for v in normals]
+    return [max(0.0, loss.margin + loss.std * scalar(v)) for v in normals]
 
 
 @reference("elasticface_arc")
@@ -343,12 +348,12 @@ def sphereface2_ref(x, params, labels, loss, state, training):
 def adacos_ref(x, params, labels, loss, state, training):
     """Zhang et al. 2019: s cos(theta) everywhere; dynamic s per Algorithm 1 (updated before use)."""
     w = params["weight"]
-    s = float(state["adaptive_scale"])
+    s = scalar(state["adaptive_scale"])
     if loss.dynamic and training:
         b_sum, target_angles = 0.0, []
         for i in range(x.shape[0]):
             for j in range(w.shape[0]):
-                c = float(cosine(x[i], w[j]).detach())
+                c = scalar(cosine(x[i], w[j]).detach())
                 if j == int(labels[i]):
                     target_angles.append(math.acos(max(-1.0, min(1.0, c))))
                 else:

@@ -235,7 +235,7 @@ def test_sphereface2_initial_bias_is_stationary_at_zero_cosines(magnitude_type, 
 def test_sphereface2_module_starts_at_the_initial_bias_and_its_bias_gradient_vanishes_there():
     loss = losses.create("sphereface2", embedding_size=8, num_classes=5).double()
     b = initial_bias(5, 0.7, 40.0, 0.4, 3.0, "C")
-    assert float(loss.bias) == pytest.approx(b, rel=1e-6)  # a float32 parameter
+    assert float(loss.bias.detach()) == pytest.approx(b, rel=1e-6)  # a float32 parameter
     with torch.no_grad():
         loss.bias.fill_(b)
         loss.weight.copy_(torch.eye(8, dtype=torch.float64)[:5])
