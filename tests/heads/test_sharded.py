@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from marginface import losses
 from marginface.heads import DenseHead, ShardedHead, create_head, shard_range
-from tests.heads.helpers import assert_same_result, batch, build, run, state
+from tests.heads.helpers import assert_close, assert_same_result, batch, build, run, state
 from tests.heads.test_partial_fc import sub_loss
 
 WORLD, EMBED, CLASSES, PER_RANK, CHUNK = 2, 8, 23, 5, 4  # 23 classes: uneven shards (12, 11)
@@ -27,6 +27,20 @@ CONFIGS = {
     "arcface-pfc": ("arcface", {}, 0.5, 1),
     "softmax-pfc": ("softmax", {}, 0.5, 1),
 }
+
+
+# Fused centre update on each shard (fuse_optimizer) over three steps; in the third every class belongs to rank 0,
+# so rank 1 holds no target row.
+FUSED = {"arcface-fused": ("arcface", {}), "curricularface-fused": ("curricularface", {})}
+FUSED_HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+FUSED_STEPS = 3
+
+
+def fused_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, labels = batch(EMBED, CLASSES, batch_size=WORLD * PER_RANK, seed=step + 1)
+    if step == 2:
+        labels = labels % shard_range(CLASSES, WORLD, 0)[1]
+    return x, labels
 
 
 def shard_of(name: str, params: dict, full: losses.MarginLoss, start: int, end: int) -> losses.MarginLoss:
@@ -52,9 +66,31 @@ def _worker(rank: int, port: int, outdir: str) -> None:
                 out = {"value": value, "index": head.last_index, **state(shard)}
                 out.update({f"grad.{k}": g for k, g in grads.items() if g is not None})
                 results.update({f"{key}/{step}/{k}": v for k, v in out.items()})
+        results.update(_fused_runs(rank, start, end))
         torch.save(results, Path(outdir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _fused_runs(rank: int, start: int, end: int) -> dict[str, torch.Tensor]:
+    results = {}
+    mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    for key, (name, params) in FUSED.items():
+        shard = shard_of(name, params, build(name, params, EMBED, CLASSES), start, end)
+        head = ShardedHead(shard, CLASSES, chunk_size=CHUNK)
+        optimizer = torch.optim.SGD(shard.parameters(), **FUSED_HYPER)
+        head.fuse_optimizer(optimizer)
+        for step in range(FUSED_STEPS):
+            x, labels = fused_batch(step)
+            leaf = x[mine].clone().requires_grad_(True)
+            optimizer.zero_grad(set_to_none=True)
+            head(leaf, labels[mine]).backward()
+            optimizer.step()
+            assert shard.weight.grad is None
+            results[f"{key}/{step}/weight"] = shard.weight.detach().clone()
+            results[f"{key}/{step}/momentum"] = optimizer.state[shard.weight]["momentum_buffer"].clone()
+            results[f"{key}/{step}/grad.x"] = leaf.grad
+    return results
 
 
 def free_port() -> int:
@@ -105,6 +141,33 @@ def test_two_process_sharded_equals_single_process_dense(sharded_results, key):
             for buffer, expected in reference_state.items():
                 got = sharded_results[rank][f"{key}/{step}/{buffer}"]
                 torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", list(FUSED))
+def test_two_process_fused_update_equals_dense_then_sgd(sharded_results, key):
+    """Each rank's fused shard update == rows of DenseHead + torch SGD over all classes, three steps."""
+    name, params = FUSED[key]
+    full = build(name, params, EMBED, CLASSES)
+    optimizer = torch.optim.SGD(full.parameters(), **FUSED_HYPER)
+    for step in range(FUSED_STEPS):
+        x, labels = fused_batch(step)
+        leaf = x.clone().requires_grad_(True)
+        optimizer.zero_grad(set_to_none=True)
+        DenseHead(full)(leaf, labels).backward()
+        optimizer.step()
+        what = f"{key} step {step}"
+        assert_close(gathered(sharded_results, f"{key}/{step}", "weight"), full.weight, 1e-5, f"{what} centres")
+        assert_close(gathered(sharded_results, f"{key}/{step}", "momentum"),
+                     optimizer.state[full.weight]["momentum_buffer"], 1e-5, f"{what} momentum")
+        assert_close(gathered(sharded_results, f"{key}/{step}", "grad.x"), leaf.grad, 1e-5, f"{what} grad x")
+
+
+def test_fusing_a_sampled_shard_is_refused():
+    loss = losses.create("arcface", embedding_size=4, num_classes=5)
+    head = ShardedHead(loss, 10, sample_rate=0.5)
+    with pytest.raises(ValueError, match="sample_rate=1"):
+        head.fuse_optimizer(torch.optim.SGD(loss.parameters(), lr=0.1))
 
 
 def test_sharded_head_needs_a_process_group_and_checks_arguments():

@@ -64,7 +64,7 @@ def test_bad_values_name_the_field(override, field):
         load_config(None, [override])
 
 
-@pytest.mark.parametrize("override", ["grad_accum_steps=2", "precision=fp16", "loss.sharded=true"])
+@pytest.mark.parametrize("override", ["grad_accum_steps=2", "precision=fp16"])
 def test_fused_update_refuses_what_it_cannot_see(override):
     with pytest.raises(ConfigError, match=r"loss\.fused_update"):
         load_config(None, ["loss.head=chunked", "loss.fused_update=true", override])

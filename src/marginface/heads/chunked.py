@@ -315,7 +315,8 @@ class _FusedChunks:
     def __init__(self, plan: ChunkPlan, weight: Tensor) -> None:
         self.plan, self.update = plan, plan.fused
         self.update.begin()
-        self.targets = torch.unique(plan.positions)  # sorted; ChunkedHead: positions are the labels
+        positions = plan.positions
+        self.targets = torch.unique(positions[positions >= 0])  # sorted rows; -1: a class of another rank
         self.pending = torch.zeros((self.targets.numel(), *weight.shape[1:]), dtype=weight.dtype,
                                    device=weight.device)
         starts = torch.arange(0, plan.num_classes + plan.chunk_size, plan.chunk_size, device=weight.device)

@@ -123,6 +123,12 @@ class PendingTargets:
         self.update, self.targets, self.grad = update, targets, grad
 
     def finish(self, index: Tensor, target_grad: Tensor) -> None:
-        """Add the gathered rows' gradient (rows ``index``, possibly repeated) and update the target rows."""
-        self.grad.index_add_(0, torch.searchsorted(self.targets, index), target_grad)
+        """Add the gathered rows' gradient (rows ``index``, possibly repeated) and update the target rows.
+
+        A sharded head gathers a placeholder row for samples of other ranks' classes (their gradient is zero);
+        rows that are not targets here are skipped.
+        """
+        position = torch.searchsorted(self.targets, index).clamp_(max=max(self.targets.numel() - 1, 0))
+        known = (self.targets[position] == index) if self.targets.numel() else torch.zeros_like(index, dtype=bool)
+        self.grad.index_add_(0, position[known], target_grad[known])
         self.update.update_rows(self.targets, self.grad)

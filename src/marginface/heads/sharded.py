@@ -41,6 +41,7 @@ from marginface.heads.chunked import (
     rebuild_context,
     target_similarity,
 )
+from marginface.heads.fused_update import FusedRowUpdate
 from marginface.heads.partial_fc import check_sample_rate, sample_classes
 from marginface.losses.base import MarginContext, MarginLoss, autocast_disabled
 
@@ -163,6 +164,17 @@ class ShardedHead(nn.Module):
         self.seed, self.sparse_grad, self.process_group = int(seed), bool(sparse_grad), process_group
         self.generator: torch.Generator | None = None  # created at the first forward, when the rank is known
         self.last_index: Tensor | None = None
+        self._fused: FusedRowUpdate | None = None
+
+    def fuse_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Apply ``optimizer``'s SGD update of this rank's centres inside backward (None: stop), as
+        :meth:`marginface.heads.ChunkedHead.fuse_optimizer`: no (C / R, D) gradient. Each rank owns its rows, so
+        nothing needs reducing. Full shards only: with ``sample_rate`` < 1 the gradient is already sparse rows.
+        """
+        if optimizer is not None and self.sample_rate < 1.0:
+            raise ValueError("fuse_optimizer needs sample_rate=1 (Partial FC already updates only the sampled "
+                             "rows, through SparseRowSGD)")
+        self._fused = None if optimizer is None else FusedRowUpdate(optimizer, self.loss.weight)
 
     def _shard(self) -> tuple[int, int, int]:
         if not dist.is_available() or not dist.is_initialized():
@@ -200,8 +212,10 @@ class ShardedHead(nn.Module):
             positions = torch.where(owned, torch.searchsorted(index, local), positions)
         everything = torch.arange(start, end, device=labels_all.device)
         self.last_index = everything if index is None else index + start
+        fused = self._fused if torch.is_grad_enabled() and self.loss.weight.requires_grad else None
         plan = ChunkPlan(self.loss, positions=positions, chunk_size=self.chunk_size, index=index,
-                         sparse_grad=self.sparse_grad)
+                         sparse_grad=self.sparse_grad, fused=fused)
+        plan.sink.expects_pending = fused is not None
         return plan, owned, local
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:

@@ -95,7 +95,7 @@ class LossConfig:
     C / world_size rows, embeddings are all-gathered). Each rank checkpoints its own shard."""
     fused_update: bool = False
     """Chunked head only: apply the centres' SGD update inside backward, chunk by chunk, so their (C, D) gradient
-    never exists (one process, grad_accum_steps 1, no fp16)."""
+    never exists (grad_accum_steps 1, no fp16; under torchrun only with loss.sharded)."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.params, dict), "loss.params", "must be a mapping of parameter names to values")
@@ -107,8 +107,6 @@ class LossConfig:
                  f"needs loss.head 'chunked', got {self.head!r}")
         _require(not self.sharded or self.head in ("chunked", "partial_fc"), "loss.sharded",
                  f"needs loss.head 'chunked' or 'partial_fc' (a sharded head is chunked), got {self.head!r}")
-        _require(not (self.sharded and self.fused_update), "loss.fused_update",
-                 "is not implemented for sharded centres yet: set loss.fused_update=false")
 
 
 @dataclass

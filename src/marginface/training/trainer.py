@@ -105,9 +105,9 @@ class Trainer:
             self.ddp_module = self.train_model = self._wrap_ddp(self.model)
         self.optimizer = self._build_optimizer()
         if cfg.loss.fused_update:
-            if self.dist.enabled:  # DDP would never see (nor all-reduce) the centres' gradient
-                raise ValueError("loss.fused_update is for one process: under torchrun replicated centres need "
-                                 "their gradient all-reduced; set loss.fused_update=false")
+            if self.dist.enabled and not cfg.loss.sharded:  # DDP would never see (nor all-reduce) that gradient
+                raise ValueError("loss.fused_update under torchrun needs loss.sharded=true: replicated centres "
+                                 "need their gradient all-reduced")
             self.model.head.fuse_optimizer(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self._resume()
