@@ -153,7 +153,10 @@ def _sharded_worker(rank: int, world: int, port: int, runs: list[tuple[str, list
     from marginface.training.distributed import shutdown
 
     for run_dir, overrides in runs:
-        Trainer(load_config(None, [*TINY, f"output_dir={run_dir}", *overrides])).setup().fit()
+        trainer = Trainer(load_config(None, [*TINY, f"output_dir={run_dir}", *overrides])).setup()
+        trainer.fit()
+        if trainer.config.loss.fused_update:  # the fused shards never hold a centre gradient
+            assert trainer.loss.weight.grad is None
     shutdown()
 
 
@@ -174,6 +177,8 @@ def test_sharded_centres_over_two_processes_equal_one_process_and_resume(tmp_pat
     sampled = ["data.synthetic_identities=40", "batch_size=8", "loss.name=cosface", "checkpoint_every=1",
                "loss.head=partial_fc", "loss.sample_rate=0.5", "loss.sharded=true"]
     runs = [(str(tmp_path / "sharded"), [*common, "loss.sharded=true", "steps=2"]),
+            (str(tmp_path / "fused"), [*common, "loss.sharded=true", "steps=2", "loss.head=chunked",
+                                       "loss.fused_update=true"]),
             (str(tmp_path / "straight"), [*sampled, "steps=3"]),
             (str(tmp_path / "resumed"), [*sampled, "steps=1"]),
             (str(tmp_path / "resumed"), [*sampled, "steps=3"])]
@@ -199,6 +204,14 @@ def test_sharded_centres_over_two_processes_equal_one_process_and_resume(tmp_pat
             assert error <= 1e-4 * scale, f"rank {rank} {key}: {error:.3g} > 1e-4 x {scale:.3g}"
     sharded_losses = [v for _, v in read_log(tmp_path / "sharded")["loss"]][:2]
     assert sharded_losses == pytest.approx([v for _, v in read_log(tmp_path / "single")["loss"]], rel=1e-4)
+
+    # The fused centre update on each shard (chunked head) trains exactly like the unfused shards.
+    second = "checkpoints/step_00000002/model.safetensors"
+    for rank_dir in ("", "rank1"):
+        a = load_file(str(tmp_path / "sharded" / rank_dir / second))
+        b = load_file(str(tmp_path / "fused" / rank_dir / second))
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=f"fused {rank_dir or 'rank0'} {key}")
 
     final = "checkpoints/step_00000003/model.safetensors"
     for rank_dir in ("", "rank1"):
