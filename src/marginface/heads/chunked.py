@@ -44,6 +44,11 @@ def check_chunk_size(chunk_size: int) -> int:
     return chunk_size
 
 
+def active_update(fused: FusedRowUpdate | None, loss: MarginLoss) -> FusedRowUpdate | None:
+    """The fused update a forward should use: only when a backward can follow (grad mode, trainable centres)."""
+    return fused if torch.is_grad_enabled() and loss.weight.requires_grad else None
+
+
 def check_softmax_objective(loss: MarginLoss, head: str) -> None:
     """Chunked, sampled and sharded heads rebuild a softmax cross-entropy; other objectives need DenseHead."""
     objective = getattr(loss, "objective", "softmax")
@@ -142,6 +147,9 @@ class ChunkPlan:
     sparse_grad: bool = False
     sink: GradSink = dataclasses.field(default_factory=GradSink)
     fused: FusedRowUpdate | None = None
+
+    def __post_init__(self) -> None:
+        self.sink.expects_pending = self.fused is not None  # the target gather finishes the fused update
 
     @property
     def num_classes(self) -> int:
@@ -413,12 +421,11 @@ class ChunkedHead(nn.Module):
         """Mean loss (scalar) of embeddings (B, D) with integer labels (B,) in [0, num_classes)."""
         self.loss.check_inputs(embeddings, labels)
         labels = labels.long()
-        fused = self._fused if torch.is_grad_enabled() and self.loss.weight.requires_grad else None
+        fused = active_update(self._fused, self.loss)
         if self._last_sink is not None and self._last_sink.pending is not None:
             raise RuntimeError("the previous backward through this fused head did not reach loss.weight, so "
                                "its target rows were never updated: call .backward() on the head's loss")
         plan = ChunkPlan(self.loss, positions=labels, chunk_size=self.chunk_size, fused=fused)
-        plan.sink.expects_pending = fused is not None
         self._last_sink = plan.sink if fused is not None else None
         return chunked_loss(self.loss, embeddings, labels, plan, labels)
 

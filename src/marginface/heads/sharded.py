@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from marginface.heads.chunked import (
     DEFAULT_CHUNK_SIZE,
     ChunkPlan,
+    active_update,
     check_chunk_size,
     check_softmax_objective,
     class_statistic,
@@ -212,10 +213,8 @@ class ShardedHead(nn.Module):
             positions = torch.where(owned, torch.searchsorted(index, local), positions)
         everything = torch.arange(start, end, device=labels_all.device)
         self.last_index = everything if index is None else index + start
-        fused = self._fused if torch.is_grad_enabled() and self.loss.weight.requires_grad else None
         plan = ChunkPlan(self.loss, positions=positions, chunk_size=self.chunk_size, index=index,
-                         sparse_grad=self.sparse_grad, fused=fused)
-        plan.sink.expects_pending = fused is not None
+                         sparse_grad=self.sparse_grad, fused=active_update(self._fused, self.loss))
         return plan, owned, local
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
