@@ -45,7 +45,13 @@ def check_chunk_size(chunk_size: int) -> int:
 
 
 def active_update(fused: FusedRowUpdate | None, loss: MarginLoss) -> FusedRowUpdate | None:
-    """The fused update a forward should use: only when a backward can follow (grad mode, trainable centres)."""
+    """The fused update a forward should use: only when a backward can follow (grad mode, trainable centres).
+
+    Raises if the previous backward stopped before the target rows' update (it never reached ``loss.weight``).
+    """
+    if fused is not None and fused.awaiting_targets:
+        raise RuntimeError("the previous backward through this fused head did not reach loss.weight, so "
+                           "its target rows were never updated: call .backward() on the head's loss")
     return fused if torch.is_grad_enabled() and loss.weight.requires_grad else None
 
 
@@ -345,6 +351,7 @@ class _FusedChunks:
 
     def finish(self) -> None:
         self.plan.sink.pending = PendingTargets(self.update, self.targets, self.pending)
+        self.update.awaiting_targets = True
 
 
 def nontarget_lse(plan: ChunkPlan, feats: Tensor, ctx: MarginContext) -> Tensor:
@@ -405,7 +412,6 @@ class ChunkedHead(nn.Module):
         self.loss = loss
         self.chunk_size = check_chunk_size(chunk_size)
         self._fused: FusedRowUpdate | None = None
-        self._last_sink: GradSink | None = None
 
     def fuse_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Apply ``optimizer``'s SGD update of ``loss.weight`` inside every backward (None: stop doing so).
@@ -421,12 +427,8 @@ class ChunkedHead(nn.Module):
         """Mean loss (scalar) of embeddings (B, D) with integer labels (B,) in [0, num_classes)."""
         self.loss.check_inputs(embeddings, labels)
         labels = labels.long()
-        fused = active_update(self._fused, self.loss)
-        if self._last_sink is not None and self._last_sink.pending is not None:
-            raise RuntimeError("the previous backward through this fused head did not reach loss.weight, so "
-                               "its target rows were never updated: call .backward() on the head's loss")
-        plan = ChunkPlan(self.loss, positions=labels, chunk_size=self.chunk_size, fused=fused)
-        self._last_sink = plan.sink if fused is not None else None
+        plan = ChunkPlan(self.loss, positions=labels, chunk_size=self.chunk_size,
+                         fused=active_update(self._fused, self.loss))
         return chunked_loss(self.loss, embeddings, labels, plan, labels)
 
     def extra_repr(self) -> str:

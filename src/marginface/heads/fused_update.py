@@ -46,6 +46,8 @@ class FusedRowUpdate:
         self.optimizer, self.weight = optimizer, weight
         self.group = self._find_group()
         self._first_step = False
+        # True between a chunk backward and the target gather that completes it (PendingTargets.finish).
+        self.awaiting_targets = False
 
     def _find_group(self) -> dict:
         """The param group of ``weight``, looked up afresh: ``optimizer.load_state_dict`` replaces the groups."""
@@ -132,3 +134,4 @@ class PendingTargets:
         known = (self.targets[position] == index) if self.targets.numel() else torch.zeros_like(index, dtype=bool)
         self.grad.index_add_(0, position[known], target_grad[known])
         self.update.update_rows(self.targets, self.grad)
+        self.update.awaiting_targets = False
