@@ -228,8 +228,8 @@ def test_written_models_carry_a_card(tmp_path):
     from marginface.training import checkpoint as ckpt
 
     trainer = Trainer(tiny_config(tmp_path, "data.synthetic_identities=8", "batch_size=8", "steps=2",
-                                  "checkpoint_every=2", "validation.synthetic_pairs=20", "validation.synthetic_identities=5",
-                                  "validation.every=2")).setup()
+                                  "checkpoint_every=2", "validation.synthetic_pairs=20",
+                                  "validation.synthetic_identities=5", "validation.every=2")).setup()
     trainer.fit()
     best = load_model(tmp_path / "best.safetensors")
     assert best.card.source == "marginface-train" and best.card.validation["step"] == trainer.best["step"]
