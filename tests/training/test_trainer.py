@@ -221,3 +221,19 @@ def test_sharded_centres_over_two_processes_equal_one_process_and_resume(tmp_pat
         b = load_file(str(tmp_path / "resumed" / rank_dir / final))
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=f"{rank_dir or 'rank0'} {key}")
+
+
+def test_written_models_carry_a_card(tmp_path):
+    from marginface.inference import load_model
+    from marginface.training import checkpoint as ckpt
+
+    trainer = Trainer(tiny_config(tmp_path, "data.synthetic_identities=8", "batch_size=8", "steps=2",
+                                  "checkpoint_every=2", "validation.synthetic_pairs=20",
+                                  "validation.synthetic_identities=5", "validation.every=2")).setup()
+    trainer.fit()
+    best = load_model(tmp_path / "best.safetensors")
+    assert best.card.source == "marginface-train" and best.card.validation["step"] == trainer.best["step"]
+    assert best.card.training_data["identities"] == trainer.dataset.num_classes
+    step = load_model(ckpt.latest_checkpoint(tmp_path))
+    assert step.card.backbone == trainer.config.model.backbone
+    assert len(step.card.weights_sha256) == 64

@@ -82,14 +82,18 @@ def model_tensors(backbone: nn.Module, loss: nn.Module | None) -> dict[str, torc
 
 
 def save_checkpoint(run_dir: Path, step: int, backbone: nn.Module, loss: nn.Module,
-                    optimizer: torch.optim.Optimizer, extra_state: dict[str, Any]) -> Path:
-    """Write ``run_dir/checkpoints/step_<step>`` atomically and point ``latest`` at it. Returns the folder."""
+                    optimizer: torch.optim.Optimizer, extra_state: dict[str, Any],
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Write ``run_dir/checkpoints/step_<step>`` atomically and point ``latest`` at it. Returns the folder.
+
+    ``metadata`` goes into ``model.safetensors``' header (the model card, see ``marginface.inference.card``).
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(model_tensors(backbone, loss), str(tmp / "model.safetensors"))
+    save_file(model_tensors(backbone, loss), str(tmp / "model.safetensors"), metadata=metadata)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     rng_tensors, rng_meta = rng_state()
     save_file({**opt_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))

@@ -309,9 +309,16 @@ class Trainer:
         tmp = self.run_dir / "best.safetensors.tmp"
         # Sharded centres are spread over the ranks' checkpoints; best.safetensors then holds the backbone only.
         loss = None if self.config.loss.sharded else self.loss
-        save_file(ckpt.model_tensors(self.backbone, loss), str(tmp))
+        save_file(ckpt.model_tensors(self.backbone, loss), str(tmp), metadata=self._card(self.best))
         os.replace(tmp, self.run_dir / "best.safetensors")
         (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=2))
+
+    def _card(self, validation: dict[str, Any]) -> dict[str, str]:
+        """The model card (safetensors metadata) of the current backbone weights."""
+        from marginface.inference.card import training_card
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
+        return training_card(self.config, self.dataset.num_classes, len(self.dataset), validation, state).metadata()
 
     def save(self) -> None:
         """Checkpoint (rank 0; with sharded centres every rank writes its own, under ``_checkpoint_root``)."""
@@ -326,7 +333,8 @@ class Trainer:
             extra["head_rng"] = head_rng.get_state().tolist()
         if sharded:
             extra["shard"] = self._shard_state()
-        ckpt.save_checkpoint(self._checkpoint_root(), self.step, self.backbone, self.loss, self.optimizer, extra)
+        ckpt.save_checkpoint(self._checkpoint_root(), self.step, self.backbone, self.loss, self.optimizer, extra,
+                             metadata=self._card(self._last_validation))
         barrier(self.dist)
 
 

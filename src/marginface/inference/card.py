@@ -1,0 +1,204 @@
+"""The model card: the contract a face model needs to be used correctly, stored inside the model file.
+
+A card is JSON under the key ``marginface.card`` of a safetensors header's metadata (and of an ONNX model's
+``metadata_props``). It says how to build the backbone (registry name and kwargs), what the input must be
+(size, channel order, per-channel mean/std of the pixel normalisation ``(x - mean) / std`` on 0..255 pixels,
+the alignment template, flip-TTA default), how the model was trained (loss and parameters, data kind,
+identities, images), its validation results, a SHA-256 of its weights and, once calibrated, its thresholds.
+
+The weights hash is what a :class:`~marginface.inference.gallery.Gallery` compares: embeddings from two
+models are only comparable when they come from the same weights run at the same precision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+#: metadata key under which the card's JSON is stored (safetensors header / ONNX metadata_props).
+CARD_KEY = "marginface.card"
+CARD_VERSION = 1
+
+
+@dataclass
+class InputContract:
+    """What the network's input tensor must be. Pixels are 0..255 floats before ``(x - mean) / std``.
+
+    Attributes:
+        size: side of the square aligned crop, pixels.
+        channel_order: ``"RGB"`` or ``"BGR"``: the order of the three input planes.
+        mean, std: per-plane normalisation (in ``channel_order``), 0..255 units.
+        template: the alignment the weights were trained on (``"arcface_112"``: insightface's five points).
+        flip_tta: whether embeddings sum the raw outputs of the crop and its mirror by default.
+    """
+
+    size: int = 112
+    channel_order: str = "RGB"
+    mean: list[float] = field(default_factory=lambda: [127.5, 127.5, 127.5])
+    std: list[float] = field(default_factory=lambda: [127.5, 127.5, 127.5])
+    template: str = "arcface_112"
+    flip_tta: bool = True
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"card input.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"card input.mean/std must be three values (std > 0), got {self.mean} / {self.std}")
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to load and use a face model; see the module docstring.
+
+    Attributes:
+        backbone: registry name (:func:`marginface.backbones.create`), or ``"onnx"`` for a bare ONNX graph.
+        backbone_kwargs: kwargs for ``create`` besides ``embedding_size`` (``output``, ``dropout``, ...).
+        embedding_size: D.
+        input: the :class:`InputContract`.
+        weights_sha256: hash of the weights (:func:`tensors_sha256`); checked on load.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (exports); part of the compatibility key.
+        loss: ``{"name": ..., "params": {...}}`` when known.
+        training_data: ``{"kind", "identities", "images", "path"}`` when known.
+        validation: validation results (e.g. ``{"step": 300, "lfw": 0.95}``).
+        thresholds: calibrated thresholds (see :mod:`marginface.inference.calibrate`), empty until calibrated.
+        source: where the card came from (``"marginface-train"``, ``"insightface-pth"``, ``"user"``...).
+    """
+
+    backbone: str
+    embedding_size: int
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    input: InputContract = field(default_factory=InputContract)
+    weights_sha256: str = ""
+    precision: str = "fp32"
+    loss: dict[str, Any] = field(default_factory=dict)
+    training_data: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    source: str = "user"
+    version: int = CARD_VERSION
+
+    @property
+    def compatibility_key(self) -> str:
+        """Weights hash + precision: fp32 torch and its fp32 ONNX export share it; fp16/INT8 exports do not."""
+        return f"{self.weights_sha256}:{'fp32' if self.precision == 'fp32' else self.precision}"
+
+    @property
+    def threshold(self) -> float | None:
+        """The default decision threshold on cosine scores (the calibrated one at the target FAR), or None."""
+        value = self.thresholds.get("default")
+        return None if value is None else float(value)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def metadata(self) -> dict[str, str]:
+        """The ``{CARD_KEY: json}`` mapping for a safetensors header or ONNX metadata_props."""
+        return {CARD_KEY: self.to_json()}
+
+    @staticmethod
+    def from_json(text: str, source: str = "the model file") -> ModelCard:
+        """Parse a card; raises ValueError naming ``source`` when it is not a valid card."""
+        try:
+            values = json.loads(text)
+            values["input"] = InputContract(**values.get("input", {}))
+            return ModelCard(**values)
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            raise ValueError(f"the model card in {source} is not valid ({err}); re-create it with "
+                             "marginface.inference.card.ModelCard and rewrite the file") from err
+
+    def describe(self) -> str:
+        """A few lines a person reads (``marginface info``)."""
+        i = self.input
+        lines = [
+            f"backbone      {self.backbone} {self.backbone_kwargs}  D={self.embedding_size}  ({self.precision})",
+            f"input         {i.size}x{i.size} {i.channel_order}, (x - {i.mean}) / {i.std}, template {i.template}, "
+            f"flip TTA {'on' if i.flip_tta else 'off'}",
+            f"weights       sha256 {self.weights_sha256[:16]}...  (card from {self.source})",
+        ]
+        if self.loss:
+            lines.append(f"loss          {self.loss.get('name')} {self.loss.get('params', {})}")
+        if self.training_data:
+            lines.append("training data " + ", ".join(f"{k}={v}" for k, v in self.training_data.items()))
+        if self.validation:
+            lines.append("validation    " + ", ".join(f"{k}={_short(v)}" for k, v in self.validation.items()))
+        if self.thresholds:
+            lines.append("thresholds    " + ", ".join(f"{k}={_short(v)}" for k, v in self.thresholds.items()))
+        else:
+            lines.append("thresholds    none calibrated (marginface calibrate MODEL --pairs ...)")
+        return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over ``name, dtype, shape, bytes`` of every tensor, in sorted name order (hex).
+
+    Independent of memory layout and device: tensors are hashed as contiguous CPU data.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+    """:func:`tensors_sha256` for numpy arrays (ONNX initializers)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype}|{tuple(array.shape)}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def backbone_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The backbone's state dict from a file's tensors: the ``backbone.*`` ones unprefixed, else all."""
+    prefixed = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    return prefixed or dict(tensors)
+
+
+def training_card(config: Any, num_identities: int, num_images: int, validation: Mapping[str, Any],
+                  backbone_state: Mapping[str, torch.Tensor]) -> ModelCard:
+    """The card of a model trained by :class:`~marginface.training.trainer.Trainer` with ``config``.
+
+    Args:
+        config: the run's ``TrainConfig``.
+        num_identities, num_images: the training set's size.
+        validation: the validation results of these weights (``{}`` when none ran).
+        backbone_state: the backbone's state dict (hashed into ``weights_sha256``).
+    """
+    model, data = config.model, config.data
+    kwargs = {"output": model.output, "dropout": model.dropout}
+    return ModelCard(
+        backbone=model.backbone, embedding_size=model.embedding_size, backbone_kwargs=kwargs,
+        weights_sha256=tensors_sha256(backbone_state),
+        loss={"name": config.loss.name, "params": dict(config.loss.params), "head": config.loss.head},
+        training_data={"kind": data.source, "path": data.path, "identities": int(num_identities),
+                       "images": int(num_images)},
+        validation={k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in validation.items()},
+        source="marginface-train",
+    )
+
+
+def card_from_run_config(path: str, backbone_state: Mapping[str, torch.Tensor]) -> ModelCard:
+    """A card for a legacy file from its run's ``config.json`` (training data sizes and validation unknown)."""
+    from pathlib import Path
+
+    from marginface.training.config import config_from_dict
+
+    config = config_from_dict(json.loads(Path(path).read_text()))
+    card = training_card(config, 0, 0, {}, backbone_state)
+    card.training_data = {"kind": config.data.source, "path": config.data.path}
+    card.source = f"run config {path}"
+    return card
