@@ -226,6 +226,9 @@ _PREPARE_KINDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare_rec,
     _add_prepare_lfw_bin,
 ]
+from marginface.align.cfp_command import add_prepare_cfp  # noqa: E402 (light module: argparse only)
+
+_PREPARE_KINDS.append(add_prepare_cfp)
 
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
