@@ -10,7 +10,8 @@ from torch import nn
 
 from marginface import backbones
 
-NAMES = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mobilefacenet"]
+NAMES = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mobilefacenet", "vit_t", "vit_s", "vit_b",
+         "vit_l"]
 # Backbones cheap enough for real forward/backward passes in a 2-core CI run.
 CHEAP = ["iresnet18", "mobilefacenet"]
 

@@ -18,16 +18,19 @@ from torch import nn
 from .embedding import OUTPUT_OPTIONS, EmbeddingHead
 from .iresnet import IResNet, iresnet
 from .mobilefacenet import MobileFaceNet
+from .vit import VARIANTS as VIT_VARIANTS
+from .vit import VisionTransformer, vit
 from .weights import load_insightface, load_weights, save_weights
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"iresnet{depth}": partial(iresnet, depth) for depth in (18, 34, 50, 100, 200)},
     "mobilefacenet": MobileFaceNet,
+    **{name: partial(vit, name) for name in VIT_VARIANTS},
 }
 
 
 def available() -> list[str]:
-    """Names accepted by :func:`create`: the IR-ResNets by depth, then MobileFaceNet."""
+    """Names accepted by :func:`create`: the IR-ResNets by depth, MobileFaceNet, the face ViTs (T/S/B/L)."""
     return list(_REGISTRY)
 
 
@@ -37,12 +40,12 @@ def create(
     """Build a backbone by registry name.
 
     Args:
-        name: one of :func:`available` (``iresnet18/34/50/100/200``, ``mobilefacenet``).
+        name: one of :func:`available` (``iresnet18/34/50/100/200``, ``mobilefacenet``, ``vit_t/s/b/l``).
         embedding_size: D, the output dimension.
         dropout: dropout probability before the embedding FC (0.4 in the ArcFace paper's option E).
         output: embedding-layer option ``"A"``..``"E"``; see :mod:`marginface.backbones.embedding`.
         **kwargs: model-specific switches: ``checkpointing`` and ``fix_gamma`` (all), ``se`` (IR-ResNet),
-            ``pool`` (MobileFaceNet).
+            ``pool`` (MobileFaceNet), ``drop_path``, ``mask_ratio``, ``heads``, ``mlp_ratio`` (ViTs).
 
     Returns:
         An ``nn.Module`` with ``forward((B, 3, 112, 112)) -> (B, embedding_size)`` and ``embedding_size``.
@@ -60,6 +63,7 @@ __all__ = [
     "EmbeddingHead",
     "IResNet",
     "MobileFaceNet",
+    "VisionTransformer",
     "available",
     "create",
     "create_backbone",
