@@ -55,4 +55,4 @@ def test_combined_objective_is_softmax_plus_weighted_triplet():
     arc = losses.create("arcface", embedding_size=5, num_classes=4)
     head = TripletHead(TripletLoss(0.5), margin_head=arc, weight=0.3)
     expected = arc(x, labels) + 0.3 * TripletLoss(0.5)(x, labels)
-    assert float(head(x, labels)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(head(x, labels).detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
