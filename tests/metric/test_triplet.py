@@ -69,7 +69,7 @@ def test_loss_and_gradient_match_the_naive_float64_loop(distance, mining):
     reference = naive_loss(x64, labels, MARGINS[distance], distance, mining)
     reference.backward()
     assert float(reference.detach()) > 0, "a test whose reference is 0 checks nothing"
-    assert float(loss) == pytest.approx(float(reference.detach()), rel=1e-5, abs=1e-6)
+    assert loss.item() == pytest.approx(float(reference.detach()), rel=1e-5, abs=1e-6)
     torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
 
 
@@ -80,12 +80,12 @@ def test_semi_hard_fallback_skip_and_farthest_differ_when_every_negative_is_hard
     for fallback in ("farthest", "skip"):
         loss_fn = TripletLoss(0.2, "squared_euclidean", "semi_hard", fallback)
         got = loss_fn(x, torch.tensor(labels))
-        assert float(got) == pytest.approx(float(naive_loss(x, labels, 0.2, "squared_euclidean", "semi_hard",
+        assert got.item() == pytest.approx(float(naive_loss(x, labels, 0.2, "squared_euclidean", "semi_hard",
                                                             fallback)), rel=1e-5)
         assert loss_fn.last_stats["fallback_pairs"] > 0
     skip = TripletLoss(0.2, mining="semi_hard", semi_hard_fallback="skip")(x, torch.tensor(labels))
     far = TripletLoss(0.2, mining="semi_hard", semi_hard_fallback="farthest")(x, torch.tensor(labels))
-    assert float(skip) != pytest.approx(float(far))
+    assert skip.item() != pytest.approx(far.item())
 
 
 def test_batch_all_averages_only_active_triplets():
@@ -98,7 +98,7 @@ def test_batch_all_averages_only_active_triplets():
     loss = loss_fn(x, torch.tensor([0, 0, 1, 1]))
     active = loss_fn.last_stats["active"]
     assert 0 < active < 8
-    assert float(loss) == pytest.approx(float(naive_loss(x, [0, 0, 1, 1], 0.2, "squared_euclidean", "batch_all")))
+    assert loss.item() == pytest.approx(float(naive_loss(x, [0, 0, 1, 1], 0.2, "squared_euclidean", "batch_all")))
 
 
 def test_batch_all_chunking_does_not_change_the_result():
@@ -109,7 +109,7 @@ def test_batch_all_chunking_does_not_change_the_result():
     dist = pairwise_distances(x)
     whole, _ = batch_all(dist, labels, 0.5)
     chunked, _ = batch_all(dist, labels, 0.5, max_elements=12 * 12)  # one anchor at a time
-    assert float(whole) == pytest.approx(float(chunked), rel=1e-6)
+    assert whole.item() == pytest.approx(chunked.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("distance", DISTANCES)
@@ -138,14 +138,14 @@ def test_finite_and_close_to_fp32_under_bf16_autocast(mining):
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
     exact = loss_fn(emb.float(), labels)  # same bf16 embeddings, no autocast: the loss itself stays fp32
-    assert float(loss) == pytest.approx(float(exact), rel=1e-6)
+    assert loss.item() == pytest.approx(exact.item(), rel=1e-6)
 
 
 def test_batch_without_positives_gives_zero_connected_to_the_graph():
     x = torch.randn(4, 3, requires_grad=True)
     for mining in MININGS:
         loss = TripletLoss(mining=mining)(x, torch.arange(4))
-        assert float(loss) == 0.0
+        assert loss.item() == 0.0
         loss.backward()  # still differentiable (a zero gradient), so a training step does not crash
 
 
