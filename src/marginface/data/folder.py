@@ -13,7 +13,7 @@ up front (with a progress bar), and bad files and empty identity folders are lef
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,29 @@ def check_size(image: np.ndarray, source: str, image_size: int, resize: bool) ->
     return cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def filter_identities(
+    found: dict[str, list[Path]], exclude: Iterable[str] | None = None, keep: Iterable[str] | None = None,
+    merge: Mapping[str, str] | None = None,
+) -> dict[str, list[Path]]:
+    """Apply cleaning lists to ``{identity: paths}``: exclude identities, keep listed images, merge labels.
+
+    Exclusion runs before labels are numbered, so the remaining identities get labels ``0 .. C'-1``.
+    """
+    if exclude is None and keep is None and not merge:
+        return found
+    found = {k: list(v) for k, v in found.items() if k not in set(exclude or ())}
+    if keep is not None:
+        wanted = set(keep)
+        found = {k: [p for p in v if f"{k}/{p.name}" in wanted] for k, v in found.items()}
+        found = {k: v for k, v in found.items() if v}
+    for source, target in (merge or {}).items():
+        if source in found and target in found:
+            found[target] = sorted(found[target] + found.pop(source))
+    if not found:
+        raise ValueError("the exclusion list / image list leaves no images: check that they name this dataset")
+    return found
+
+
 class FolderDataset(Dataset):
     """``root/<identity>/<image>`` as a torch Dataset of ``((3, 112, 112) float32 in [-1, 1], label)``.
 
@@ -88,6 +111,9 @@ class FolderDataset(Dataset):
         image_size: expected side in pixels.
         resize: resize other sizes instead of raising (for pre-cropped, not yet 112x112 faces).
         decoder: ``"auto"`` or a name from :mod:`marginface.data.decode`.
+        exclude_identities: identity folder names to leave out (e.g. a ``marginface clean overlap`` list).
+        image_list: ``identity/file`` names to keep (e.g. a cleaned list); the others are left out.
+        merge_identities: ``{source identity: target identity}``; the source's images get the target's label.
 
     Attributes:
         samples: ``[(path, label), ...]`` sorted by identity then file name.
@@ -105,6 +131,9 @@ class FolderDataset(Dataset):
         image_size: int = IMAGE_SIZE,
         resize: bool = False,
         decoder: str = "auto",
+        exclude_identities: Iterable[str] | None = None,
+        image_list: Iterable[str] | None = None,
+        merge_identities: Mapping[str, str] | None = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -112,7 +141,7 @@ class FolderDataset(Dataset):
         self.transform, self.image_size, self.resize, self.decoder = transform, image_size, resize, decoder
         self.skipped: list[Path] = []
         self.skip_reasons: dict[Path, str] = {}
-        found = self._scan(skip_bad)
+        found = filter_identities(self._scan(skip_bad), exclude_identities, image_list, merge_identities)
         self.class_to_label = self._label_map(found, class_map)
         self.classes = sorted(self.class_to_label, key=self.class_to_label.__getitem__)
         self.samples = [(path, self.class_to_label[name]) for name in sorted(found) for path in found[name]]

@@ -44,6 +44,10 @@ class DataConfig:
     """Random horizontal flip, p=0.5: the ArcFace paper's only augmentation."""
     num_workers: int = 0
     """DataLoader worker processes (0: load in the training process)."""
+    exclude_identities: str | None = None
+    """Plain file of identity folder names to leave out (``marginface clean overlap``); source 'folder'."""
+    image_list: str | None = None
+    """Plain file of ``identity/file`` names to train on (``marginface clean outliers``); source 'folder'."""
 
     def __post_init__(self) -> None:
         _require(self.source in ("synthetic", "folder", "rec"), "data.source",
@@ -53,6 +57,9 @@ class DataConfig:
         _require(self.synthetic_identities >= 2, "data.synthetic_identities", "must be >= 2")
         _require(self.synthetic_images_per_identity >= 1, "data.synthetic_images_per_identity", "must be >= 1")
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        for name in ("exclude_identities", "image_list"):
+            _require(getattr(self, name) is None or self.source == "folder", f"data.{name}",
+                     "needs source 'folder' (for a .rec, pass the list to `marginface prepare rec`)")
 
 
 @dataclass

@@ -76,9 +76,13 @@ def build_dataset(config: DataConfig) -> Dataset:
     if config.source == "folder":
         if not path.is_dir():
             raise FileNotFoundError(f"data.path {path} is not a folder (expected root/<identity>/<image>)")
+        from marginface.cleaning.lists import read_lines
         from marginface.data.folder import FolderDataset
 
-        return FolderDataset(path)
+        exclude = read_lines(config.exclude_identities, "data.exclude_identities") \
+            if config.exclude_identities else None
+        keep = read_lines(config.image_list, "data.image_list") if config.image_list else None
+        return FolderDataset(path, exclude_identities=exclude, image_list=keep)
     from marginface.data.recordio import RecordIODataset
 
     if not (path.exists() or path.with_suffix(".rec").exists()):
