@@ -1,7 +1,10 @@
 """``marginface <command>``: thin. Each command parses its arguments and calls library functions.
 
-To add a command: write ``_add_<name>(subparsers)`` that registers a parser with ``set_defaults(func=...)``
-and append it to ``_COMMANDS``. Heavy imports happen inside the command functions, so ``--help`` is fast.
+To add a command: write ``add_<name>(subparsers)`` that registers a parser with ``set_defaults(func=...)`` -- in
+its own module next to the library code it calls (e.g. ``align/cfp_command.py``) -- and append it to
+``_COMMANDS``. Heavy imports happen inside the command functions, so ``--help`` is fast. Command functions do not
+catch errors: they raise ``marginface.errors.UserError`` (or ValueError / FileNotFoundError) with a message that
+names the thing and the fix, and ``main`` prints it in one line and returns 2.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+
+from marginface.errors import UserError
 
 
 def _add_losses(subparsers: argparse._SubParsersAction) -> None:
@@ -50,16 +55,12 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from marginface.evaluation import verification
 
-    try:
-        results = verification.evaluate_cli_sets(
-            checkpoint=args.checkpoint, backbone=args.backbone, embedding_size=args.embedding_size,
-            bins=args.bins, pairs=args.pairs, images=args.images, embeddings=args.embeddings,
-            metric=args.metric, batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
-            workers=args.workers,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"marginface eval: {err}", file=sys.stderr)
-        return 2
+    results = verification.evaluate_cli_sets(
+        checkpoint=args.checkpoint, backbone=args.backbone, embedding_size=args.embedding_size,
+        bins=args.bins, pairs=args.pairs, images=args.images, embeddings=args.embeddings,
+        metric=args.metric, batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
+        workers=args.workers,
+    )
     print(verification.format_table(results))
     if args.roc:
         print(f"ROC plot: {verification.plot_roc(results, args.roc)}")
@@ -133,12 +134,8 @@ def _run_prepare_rec(args: argparse.Namespace) -> int:
     from marginface.data.folder import FolderDataset
     from marginface.data.recordio import write_recordio
 
-    try:
-        dataset = FolderDataset(args.src_folder, skip_bad=args.skip_bad, resize=args.resize)
-        stats = write_recordio(dataset, args.out_prefix)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"marginface prepare rec: {err}", file=sys.stderr)
-        return 2
+    dataset = FolderDataset(args.src_folder, skip_bad=args.skip_bad, resize=args.resize)
+    stats = write_recordio(dataset, args.out_prefix)
     print(f"wrote {stats.num_images} images of {stats.num_classes} identities to {stats.rec_path} "
           f"(index {stats.idx_path}); {stats.reencoded} re-encoded, {len(stats.skipped)} skipped")
     for path in stats.skipped:
@@ -179,11 +176,7 @@ def _align_options(args: argparse.Namespace):
 def _run_align(args: argparse.Namespace) -> int:
     from marginface.align.pipeline import align_folder
 
-    try:
-        report = align_folder(args.src, args.dst, _align_options(args))
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"marginface align: {err}", file=sys.stderr)
-        return 2
+    report = align_folder(args.src, args.dst, _align_options(args))
     print(report.summary())
     print(f"report: {args.dst}/align_report.json")
     return 0
@@ -211,11 +204,7 @@ def _add_prepare_lfw_bin(kinds: argparse._SubParsersAction) -> None:
 def _run_prepare_lfw_bin(args: argparse.Namespace) -> int:
     from marginface.align.lfw import build_verification_bin
 
-    try:
-        report = build_verification_bin(args.lfw, args.pairs, args.out, _align_options(args), args.aligned)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"marginface prepare lfw-bin: {err}", file=sys.stderr)
-        return 2
+    report = build_verification_bin(args.lfw, args.pairs, args.out, _align_options(args), args.aligned)
     print(f"packed {report.written} pre-aligned images" if args.aligned else report.summary())
     print(f"wrote {args.out}")
     return 0
@@ -246,15 +235,37 @@ def build_parser() -> argparse.ArgumentParser:
         prog="marginface",
         description="Face recognition with margin-based softmax losses: train, align, prepare, evaluate.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(subparsers)
     return parser
 
 
+# Errors a user can fix: printed as one or two lines, exit code 2 (argparse's own code for usage errors).
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user error prints ``marginface <command>: <message>`` and returns 2 (``--debug``:
+    the traceback), Ctrl-C prints one line and returns 130."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    # "prepare cfp", "clean outliers": the words the user typed, for the error prefix
+    command = " ".join(str(w) for w in (args.command, getattr(args, "prepare_kind", None)) if w)
+    try:
+        return int(args.func(args) or 0)
+    except _USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"marginface {command}: {err}", file=sys.stderr)
+        if not isinstance(err, UserError):
+            print("  (run with marginface --debug ... for the traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"marginface {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

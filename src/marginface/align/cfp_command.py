@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_prepare_cfp(kinds: argparse._SubParsersAction) -> None:
@@ -26,12 +25,8 @@ def run_prepare_cfp(args: argparse.Namespace) -> int:
     from marginface.align.cfp import build_cfp_bin
     from marginface.align.pipeline import AlignOptions
 
-    try:
-        report = build_cfp_bin(args.cfp, args.protocol, args.out,
-                               AlignOptions(detector=args.detector, workers=args.workers))
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"marginface prepare cfp: {err}", file=sys.stderr)
-        return 2
+    report = build_cfp_bin(args.cfp, args.protocol, args.out,
+                           AlignOptions(detector=args.detector, workers=args.workers))
     print(report.summary())
     for view, errors in report.map_validation.items():
         print(f"  fiducial map ({view}, held-out identities): {errors}")
