@@ -15,15 +15,17 @@ no head is charged for creating them.
 Each (head, C) runs in a fresh subprocess so peaks do not leak between runs. Memory on CPU is the process's
 peak resident set (``ru_maxrss``, which sees torch's allocations, unlike tracemalloc) at the end of the first
 backward, minus the resident set after setup (centres and inputs): the "extra" bytes forward + backward needed
-at their peak. The peak including the optimizer step is printed as well. Workers
-run with ``MALLOC_MMAP_THRESHOLD_=4194304`` (all heads alike; ``--glibc-default`` turns it off) so that freed
-temporaries leave the resident set instead of staying in glibc's heap.
+at their peak. The peak including the optimizer step is printed as well. ``--allocators`` chooses the malloc
+settings, each a separate table: ``default`` is glibc as a user runs it (dynamic mmap threshold: freed blocks up
+to 32 MiB stay in its heap, where they can fragment); ``mmap4m`` runs the workers with
+``MALLOC_MMAP_THRESHOLD_=4194304`` (a tuned setting: blocks of 4 MiB and more are mapped and unmapped each time).
 It includes the (C, D) weight gradient, which every head that produces a dense gradient must hold; the report
 also prints the figure without it. On CUDA it is ``max_memory_allocated`` minus the allocation after setup.
 Time: wall-clock seconds of forward + backward (and of the optimizer step), the median of ``--repeats`` runs
 after ``--warmup`` runs. Ratios are against the dense head measured in the same invocation.
 
     python benchmarks/heads.py --classes 100000 1000000 --warmup 0 --repeats 1
+    python benchmarks/heads.py --classes 200000 --modes dense chunked chunked_fused --allocators default mmap4m
     python benchmarks/heads.py --device cuda --classes 1000000 10000000
 """
 
@@ -129,17 +131,18 @@ def worker(args: argparse.Namespace) -> dict:
             "fwd_bwd_s": statistics.median(fb), "step_s": statistics.median(steps)}
 
 
-def run_case(args: argparse.Namespace, mode: str, classes: int) -> dict:
+#: malloc settings of the worker processes (--allocators): name -> environment additions
+ALLOCATORS = {"default": {}, "mmap4m": {"MALLOC_MMAP_THRESHOLD_": str(4 * 2**20)}}
+
+
+def run_case(args: argparse.Namespace, mode: str, classes: int, allocator: str) -> dict:
     """One worker subprocess; its last stdout line is the JSON result."""
     cmd = [sys.executable, __file__, "--worker", mode, "--num-classes", str(classes),
            "--batch", str(args.batch), "--dim", str(args.dim), "--device", args.device,
-           "--chunk-size", str(args.chunk_size), "--sample-rate", str(args.sample_rate),
-           "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
-    env = dict(os.environ)
-    if args.device == "cpu" and not args.glibc_default:
-        # Fixed 4 MiB mmap threshold: freed (B, chunk) temporaries go back to the OS at once, so the peak RSS
-        # tracks live tensors instead of glibc's retained heap (its dynamic threshold keeps them cached).
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 * 2**20))
+           "--sample-rate", str(args.sample_rate), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+    if args.chunk_size is not None:
+        cmd += ["--chunk-size", str(args.chunk_size)]
+    env = {**os.environ, **ALLOCATORS[allocator]}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{mode} at C={classes} failed:\n{done.stderr[-3000:]}")
@@ -170,12 +173,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--chunk-size", type=int, default=8192)
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="classes per chunk (default: the heads' own, sized from the batch)")
     parser.add_argument("--sample-rate", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--glibc-default", action="store_true",
-                        help="keep glibc's dynamic mmap threshold (RSS then includes its retained heap)")
+    parser.add_argument("--allocators", nargs="+", choices=list(ALLOCATORS), default=["default"],
+                        help="malloc settings, one table each: default (glibc as users run it), mmap4m (tuned)")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--num-classes", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -189,11 +193,12 @@ def main() -> None:
 
     print(f"B={args.batch} D={args.dim} device={args.device} chunk_size={args.chunk_size} "
           f"sample_rate={args.sample_rate} warmup={args.warmup} repeats={args.repeats}")
-    for classes in args.classes:
-        modes = tqdm(args.modes, desc=f"C={classes}", leave=False)
-        rows = {mode: run_case(args, mode, classes) for mode in modes}
-        print(f"C={classes}:")
-        report(rows)
+    for allocator in args.allocators:
+        for classes in args.classes:
+            modes = tqdm(args.modes, desc=f"{allocator} C={classes}", leave=False)
+            rows = {mode: run_case(args, mode, classes, allocator) for mode in modes}
+            print(f"allocator={allocator} C={classes}:")
+            report(rows)
 
 
 if __name__ == "__main__":

@@ -209,3 +209,36 @@ def test_bad_inputs_are_checked_like_the_loss():
         head(torch.randn(2, 4), torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="embeddings must have shape"):
         head(torch.randn(2, 3), torch.tensor([0, 1]))
+
+
+def test_auto_chunk_size_keeps_cpu_temporaries_within_the_byte_budget():
+    """None sizes chunks so that (N, chunk) and (chunk, D) float32 temporaries fit CPU_CHUNK_BYTES (4 MiB)."""
+    from marginface.heads.chunked import CPU_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, MIN_AUTO_CHUNK, auto_chunk_size
+
+    cpu = torch.device("cpu")
+    assert auto_chunk_size(512, 512, cpu) == 2048  # 512 x 2048 x 4 B = 4 MiB exactly
+    assert auto_chunk_size(512, 128, cpu) == 2048 and auto_chunk_size(128, 512, cpu) == 2048
+    assert auto_chunk_size(100, 100, cpu) == 8192  # 10,485 classes fit; the power of two below
+    for n, d in [(7, 3), (64, 512), (1000, 128), (4096, 512)]:
+        chunk = auto_chunk_size(n, d, cpu)
+        assert chunk & (chunk - 1) == 0 and chunk >= MIN_AUTO_CHUNK
+        assert chunk == MIN_AUTO_CHUNK or 4 * chunk * max(n, d) <= CPU_CHUNK_BYTES < 8 * chunk * max(n, d)
+    assert auto_chunk_size(10**6, 512, cpu) == MIN_AUTO_CHUNK  # huge N: the floor, not a 4-class matmul
+    assert auto_chunk_size(512, 512, torch.device("meta")) == DEFAULT_CHUNK_SIZE
+
+
+def test_default_chunking_equals_dense_over_several_chunks(monkeypatch):
+    """chunk_size None (the default) splits the classes by the byte rule and still equals DenseHead."""
+    from marginface.heads import chunked
+
+    monkeypatch.setattr(chunked, "CPU_CHUNK_BYTES", 4 * 16 * 8)  # 8 classes per chunk at N = 9, D = 16
+    monkeypatch.setattr(chunked, "MIN_AUTO_CHUNK", 1)
+    dense_loss = build("arcface", {})
+    chunk_loss = twin(dense_loss)
+    head = ChunkedHead(chunk_loss)
+    x, labels = batch(16, 37)
+    assert head.chunk_size is None
+    plan = chunked.ChunkPlan(chunk_loss, positions=labels, chunk_size=None)
+    assert plan.chunk_size == 8 and len(list(plan.chunks())) == 5
+    assert_same_result(run(head, chunk_loss, x, labels), run(DenseHead(dense_loss), dense_loss, x, labels), 1e-5,
+                       "auto chunks")

@@ -22,7 +22,7 @@ from marginface.losses.base import MarginLoss
 HEAD_KINDS = ("dense", "chunked", "partial_fc")
 
 
-def create_head(kind: str, loss: MarginLoss, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+def create_head(kind: str, loss: MarginLoss, *, chunk_size: int | None = None,
                 sample_rate: float = 0.1, seed: int = 0, sparse_grad: bool = True, sharded: bool = False,
                 num_classes: int | None = None, process_group=None) -> nn.Module:
     """Build a head by kind: "dense", "chunked" or "partial_fc" (``sample_rate`` in (0, 1]).

@@ -33,15 +33,36 @@ from torch import Tensor, nn
 from marginface.heads.fused_update import FusedRowUpdate, PendingTargets
 from marginface.losses.base import MarginContext, MarginLoss, autocast_disabled
 
-#: classes per chunk; at B = 512 one float32 chunk is 16 MiB (see docs/heads.md for the measured choice).
+#: ``chunk_size=None`` (the default) sizes chunks by bytes: one (N, chunk) or (chunk, D) float32 temporary is at
+#: most this many bytes on the CPU. glibc's malloc keeps freed blocks of a few MiB in its heap (its mmap threshold
+#: rises to the largest block freed, up to 32 MiB), where they fragment: with 16 MiB chunk temporaries the
+#: resident set grew by ~0.3 GiB over the live tensors at C = 200k, B = D = 512; with 4 MiB ones it stays close to
+#: them, and the smaller matmuls were no slower on the CPU (docs/heads.md, "Chunk size and the allocator").
+CPU_CHUNK_BYTES = 4 * 2**20
+#: classes per chunk on accelerators (their caching allocators reuse blocks; wide matmuls keep kernels busy).
 DEFAULT_CHUNK_SIZE = 8192
+#: never fewer classes per chunk than this from the byte rule (huge batches would otherwise give tiny matmuls).
+MIN_AUTO_CHUNK = 256
 
 
-def check_chunk_size(chunk_size: int) -> int:
-    """Return ``chunk_size`` if it is an int >= 1, else raise ValueError naming the fix."""
+def check_chunk_size(chunk_size: int | None) -> int | None:
+    """Return ``chunk_size`` if it is None (sized per batch) or an int >= 1, else raise ValueError naming the fix."""
+    if chunk_size is None:
+        return None
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1 (classes per chunk), got {chunk_size!r}")
+        raise ValueError(f"chunk_size must be an int >= 1 (classes per chunk) or None (sized from the batch), "
+                         f"got {chunk_size!r}")
     return chunk_size
+
+
+def auto_chunk_size(num_samples: int, row_size: int, device: torch.device) -> int:
+    """Classes per chunk when none is given: on the CPU the largest power of two whose (num_samples, chunk) and
+    (chunk, row_size) float32 temporaries stay within :data:`CPU_CHUNK_BYTES` (at least :data:`MIN_AUTO_CHUNK`);
+    elsewhere :data:`DEFAULT_CHUNK_SIZE`."""
+    if device.type != "cpu":
+        return DEFAULT_CHUNK_SIZE
+    fit = CPU_CHUNK_BYTES // (4 * max(num_samples, row_size, 1))
+    return max(MIN_AUTO_CHUNK, 1 << (fit.bit_length() - 1)) if fit >= 1 else MIN_AUTO_CHUNK
 
 
 def active_update(fused: FusedRowUpdate | None, loss: MarginLoss) -> FusedRowUpdate | None:
@@ -139,6 +160,7 @@ def target_similarity(loss: MarginLoss, feats: Tensor, labels: Tensor,
 class ChunkPlan:
     """Which classes one head visits, and where each sample's target sits among them.
 
+    ``chunk_size`` classes per chunk (None: :func:`auto_chunk_size` of this batch).
     ``index`` (n,) sorted indices into ``loss.weight`` (None: all of ``loss.weight``, in order);
     ``positions`` (B,) each sample's target position in ``[0, n)``, or -1 when its class is not in the plan
     (a class owned by another rank). ``sparse_grad``: return the weight gradient as a sparse COO tensor of the
@@ -148,7 +170,7 @@ class ChunkPlan:
 
     loss: MarginLoss
     positions: Tensor
-    chunk_size: int
+    chunk_size: int | None  # None: auto_chunk_size for this batch
     index: Tensor | None = None
     sparse_grad: bool = False
     sink: GradSink = dataclasses.field(default_factory=GradSink)
@@ -156,6 +178,9 @@ class ChunkPlan:
 
     def __post_init__(self) -> None:
         self.sink.expects_pending = self.fused is not None  # the target gather finishes the fused update
+        if self.chunk_size is None:
+            weight = self.loss.weight
+            self.chunk_size = auto_chunk_size(self.positions.numel(), weight[0].numel(), weight.device)
 
     @property
     def num_classes(self) -> int:
@@ -403,10 +428,11 @@ class ChunkedHead(nn.Module):
     ``head(embeddings (B, D), labels (B,))`` returns the same mean loss and gradients (embeddings, centres,
     other loss parameters) as ``DenseHead(loss)`` while holding at most a few (B, chunk_size) tensors; the
     weight gradient is dense (C, ...), unless :meth:`fuse_optimizer` moved the centres' SGD update into the
-    backward (then there is none). Only losses with ``objective == "softmax"``.
+    backward (then there is none). Only losses with ``objective == "softmax"``. ``chunk_size`` None sizes the
+    chunks from the batch (:func:`auto_chunk_size`).
     """
 
-    def __init__(self, loss: MarginLoss, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(self, loss: MarginLoss, chunk_size: int | None = None) -> None:
         super().__init__()
         check_softmax_objective(loss, "ChunkedHead")
         self.loss = loss

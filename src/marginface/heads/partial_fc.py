@@ -22,7 +22,6 @@ import torch
 from torch import Tensor, nn
 
 from marginface.heads.chunked import (
-    DEFAULT_CHUNK_SIZE,
     ChunkPlan,
     check_chunk_size,
     check_softmax_objective,
@@ -70,7 +69,7 @@ class PartialFCHead(nn.Module):
     After each forward ``last_index`` (n,) holds the visited class indices, sorted.
     """
 
-    def __init__(self, loss: MarginLoss, sample_rate: float = 0.1, chunk_size: int = DEFAULT_CHUNK_SIZE,
+    def __init__(self, loss: MarginLoss, sample_rate: float = 0.1, chunk_size: int | None = None,
                  seed: int = 0, sparse_grad: bool = True) -> None:
         super().__init__()
         check_softmax_objective(loss, "PartialFCHead")

@@ -30,7 +30,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from marginface.heads.chunked import (
-    DEFAULT_CHUNK_SIZE,
     ChunkPlan,
     active_update,
     check_chunk_size,
@@ -152,7 +151,7 @@ class ShardedHead(nn.Module):
     generator seeded ``seed + rank``); ``last_index`` then holds the global indices this rank visited.
     """
 
-    def __init__(self, loss: MarginLoss, num_classes: int, chunk_size: int = DEFAULT_CHUNK_SIZE,
+    def __init__(self, loss: MarginLoss, num_classes: int, chunk_size: int | None = None,
                  sample_rate: float = 1.0, seed: int = 0, sparse_grad: bool = True,
                  process_group=None) -> None:
         super().__init__()

@@ -93,8 +93,9 @@ class LossConfig:
     """The loss's parameters by full name, e.g. {scale: 64, margin: 0.5}; defaults are the papers'."""
     head: str = "dense"
     """'dense' (B x C logits), 'chunked' (never materialises B x C) or 'partial_fc' (sampled centres)."""
-    chunk_size: int = 8192
-    """Classes per chunk for the chunked head."""
+    chunk_size: int | None = None
+    """Classes per chunk for the chunked / partial_fc heads; null: sized from the batch (4 MiB temporaries on the
+    CPU, 8192 classes on accelerators; docs/heads.md)."""
     sample_rate: float = 1.0
     """Fraction of class centres sampled per step by the partial_fc head, in (0, 1]."""
     sharded: bool = False
@@ -108,7 +109,8 @@ class LossConfig:
         _require(isinstance(self.params, dict), "loss.params", "must be a mapping of parameter names to values")
         _require(self.head in ("dense", "chunked", "partial_fc"), "loss.head",
                  f"must be 'dense', 'chunked' or 'partial_fc', got {self.head!r}")
-        _require(self.chunk_size >= 1, "loss.chunk_size", f"must be >= 1, got {self.chunk_size}")
+        _require(self.chunk_size is None or self.chunk_size >= 1, "loss.chunk_size",
+                 f"must be >= 1 or null, got {self.chunk_size}")
         _require(0.0 < self.sample_rate <= 1.0, "loss.sample_rate", f"must lie in (0, 1], got {self.sample_rate}")
         _require(not self.fused_update or self.head == "chunked", "loss.fused_update",
                  f"needs loss.head 'chunked', got {self.head!r}")
