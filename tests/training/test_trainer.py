@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -55,6 +56,13 @@ def logged_steps(run_dir: Path) -> int:
         return 0
 
 
+def raw_log_rows(run_dir: Path) -> list[tuple[str, str, str]]:
+    """(step, key, value) rows of log.csv as written, timing values blanked."""
+    with open(run_dir / "log.csv", newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    return [(step, key, "" if key == "img_per_s" else value) for step, key, value in rows]
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_follows_the_uninterrupted_trajectory(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -70,6 +78,9 @@ def test_sigkill_mid_run_then_resume_follows_the_uninterrupted_trajectory(tmp_pa
     resumed = run_cli(killed)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
     assert read_log(killed)["loss"] == read_log(straight)["loss"]
+    # the raw log too: one row per (step, key), as in the straight run (no rows of the killed run past its
+    # checkpoint); img_per_s values are timings and differ, the steps and keys may not
+    assert raw_log_rows(killed) == raw_log_rows(straight)
     final = "checkpoints/step_00000008/model.safetensors"
     a, b = load_file(str(straight / final)), load_file(str(killed / final))
     assert a.keys() == b.keys()
@@ -237,3 +248,26 @@ def test_written_models_carry_a_card(tmp_path):
     step = load_model(ckpt.latest_checkpoint(tmp_path))
     assert step.card.backbone == trainer.config.model.backbone
     assert len(step.card.weights_sha256) == 64
+
+
+def test_resumed_logger_keeps_one_row_per_step_in_csv_and_tensorboard(tmp_path):
+    """A logger resumed at step 3 drops what a killed run logged after step 3, in log.csv and TensorBoard."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from marginface.training.trainer import _RunLogger
+
+    killed = _RunLogger(tmp_path, True)
+    for step in range(1, 6):  # steps 4 and 5 happened after the step-3 checkpoint, then the kill
+        killed.log(step, {"loss": 10.0 + step})
+    killed.close()
+    resumed = _RunLogger(tmp_path, True, resumed_at=3)
+    for step in (4, 5, 6):
+        resumed.log(step, {"loss": float(step)})
+    resumed.close()
+    expected = [(1, 11.0), (2, 12.0), (3, 13.0), (4, 4.0), (5, 5.0), (6, 6.0)]
+    assert read_log(tmp_path)["loss"] == expected
+    assert [row[:2] for row in raw_log_rows(tmp_path)] == [(str(s), "loss") for s, _ in expected]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == expected

@@ -252,7 +252,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        logger = _RunLogger(self.run_dir, self.dist.is_main)
+        logger = _RunLogger(self.run_dir, self.dist.is_main, resumed_at=self.step)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.dist.is_main, desc="train", unit="step")
         self.model.train()
         tick, seen = time.perf_counter(), 0
@@ -339,17 +339,24 @@ class Trainer:
 
 
 class _RunLogger:
-    """CSV (always) and TensorBoard (when installed) logs of a run, written by the main process only."""
+    """CSV (always) and TensorBoard (when installed) logs of a run, written by the main process only.
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    A run resumed at step N (``resumed_at``) first drops what a killed run logged after its step-N checkpoint —
+    the CSV rows past N (rewritten atomically) and, through ``purge_step``, TensorBoard's events past N — so
+    that every log holds exactly one row per step, as the uninterrupted run's.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, resumed_at: int = 0) -> None:
         self.enabled, self.path, self.tb = enabled, run_dir / "log.csv", None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resumed_at and self.path.exists():
+            _truncate_log(self.path, resumed_at)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_at + 1 if resumed_at else None)
         except ImportError:  # the logging extra is optional
             self.tb = None
 
@@ -370,6 +377,19 @@ class _RunLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Keep the header and the rows of steps <= ``last_step`` of a CSV log (atomic: temporary file + rename)."""
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= last_step]
+    if len(kept) == len(rows):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+    os.replace(tmp, path)
 
 
 def read_log(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
