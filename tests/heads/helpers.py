@@ -14,6 +14,8 @@ from marginface import losses
 VARIANTS: dict[str, list[dict]] = {
     "arcface": [{"margin": 1.2}],
     "circle": [{"detach_weights": False}],
+    "mv_softmax": [{"easy_margin": True}],
+    "normface": [{"learn_scale": True}],
     "softmax": [{"bias": False}],
     "sphereface": [{"margin": 3, "lambda_base": 0.0, "lambda_min": 0.0}],
 }

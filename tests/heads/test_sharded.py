@@ -192,3 +192,11 @@ def test_shard_range_covers_every_class_once():
         assert max(e - s for s, e in ranges) - min(e - s for s, e in ranges) <= 1
     with pytest.raises(ValueError, match="num_classes"):
         shard_range(3, 4, 0)
+
+
+def test_a_parameter_shared_by_all_classes_is_refused():
+    """NormFace's learned scale would be trained separately on each rank: refused with the fix named."""
+    loss = build("normface", {"learn_scale": True})
+    with pytest.raises(ValueError, match="learned_scale.*learn_scale=False"):
+        ShardedHead(loss, num_classes=74)
+    ShardedHead(build("softmax", {}), num_classes=74)  # a per-class bias is sharded with its rows: accepted

@@ -12,7 +12,9 @@ VARIANTS: dict[str, list[dict]] = {
     "combined": [{"m1": 1.35, "m2": 0.2, "m3": 0.1}, {"m1": 0.9, "m2": 0.4, "m3": 0.15}],
     "sphereface": [{"lambda_base": 0.0, "lambda_min": 0.0}, {"margin": 3, "lambda_base": 0.0, "lambda_min": 0.0},
                    {"margin": 2, "lambda_min": 1.0}],
-    "mv_softmax": [{"base": "arc"}, {"mode": "fixed"}, {"base": "arc", "mode": "fixed", "t": 0.5}],
+    "mv_softmax": [{"base": "arc"}, {"mode": "fixed"}, {"base": "arc", "mode": "fixed", "t": 0.5},
+                   {"easy_margin": True}, {"base": "arc", "easy_margin": True}],
+    "normface": [{"learn_scale": True, "scale": 10.0}],
     "circle": [{"detach_weights": False}],
     "softmax": [{"bias": False}],
     # the successors: the branches their defaults miss; secondary switches are checked in test_successors.py

@@ -95,7 +95,7 @@ def softmax_ref(x, params, labels, loss, state, training):
 
 @reference("normface")
 def normface_ref(x, params, labels, loss, state, training):
-    s = loss.scale
+    s = params["learned_scale"].clamp(min=loss.scale_floor) if loss.learn_scale else loss.scale
     rows = per_element(x, params["weight"], labels, lambda i, c: s * c, lambda i, c, cy: s * c)
     return cross_entropy_rows(rows, labels)
 
@@ -174,7 +174,11 @@ def mv_softmax_ref(x, params, labels, loss, state, training):
             return s * ((t + 1) * c + t) if loss.mode == "adaptive" else s * (c + t)
         return s * c
 
-    rows = per_element(x, params["weight"], labels, lambda i, c: s * margined(c), other)
+    def target(i, c):  # easy_margin: the authors' code leaves cos <= m (AM) / cos <= 0 (Arc) unmargined
+        easy_floor = m if loss.base == "am" else 0.0
+        return s * (c if loss.easy_margin and scalar(c) <= easy_floor else margined(c))
+
+    rows = per_element(x, params["weight"], labels, target, other)
     return cross_entropy_rows(rows, labels)
 
 

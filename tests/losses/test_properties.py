@@ -136,6 +136,16 @@ def test_arcface_easy_margin_is_the_documented_exception():
     assert curve[1] > curve[0]  # the jump that keeps easy_margin out of the default
 
 
+@pytest.mark.parametrize(("base", "edge"), [("am", math.acos(0.35)), ("arc", math.pi / 2)])
+def test_mv_softmax_easy_margin_is_a_documented_exception(base, edge):
+    """The authors' code (easy_margin) leaves cos <= m (AM) / cos <= 0 (Arc) unmargined: a jump up there."""
+    loss = build("mv_softmax", {"base": base, "easy_margin": True})
+    thetas = torch.tensor([edge - 1e-3, edge + 1e-3], dtype=torch.float64)
+    curve = target_logit_curve(loss, thetas, 1.0)
+    assert curve[1] > curve[0]
+    assert curve[1].item() == pytest.approx(loss.scale * math.cos(edge + 1e-3), rel=1e-12)  # no margin past the edge
+
+
 # ----------------------------------------------------------------------------- special cases of the combined margin
 @pytest.mark.parametrize("margin", [0.5, 1.0, 1.4])
 def test_combined_margin_reduces_to_arcface(margin):

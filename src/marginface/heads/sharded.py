@@ -141,6 +141,17 @@ def _check_equal_batches(batch_size: int, device: torch.device, group) -> None:
         )
 
 
+def check_per_class_parameters(loss: MarginLoss) -> None:
+    """Refuse loss parameters shared by all classes (NormFace's learned scale): each rank would train its own copy
+    from its own classes' gradient, since nothing all-reduces the loss's parameters."""
+    rows = loss.weight.shape[0]
+    shared = [name for name, p in loss.named_parameters() if name != "weight" and (p.dim() == 0 or p.shape[0] != rows)]
+    if shared:
+        raise ValueError(f"{type(loss).__name__} has parameters shared by all classes ({', '.join(shared)}), which "
+                         "a sharded head cannot train consistently over ranks; use an unsharded head, or fix them "
+                         "(e.g. normface learn_scale=False)")
+
+
 class ShardedHead(nn.Module):
     """Margin cross-entropy over ``num_classes`` classes split across the ranks of ``process_group``.
 
@@ -156,6 +167,7 @@ class ShardedHead(nn.Module):
                  process_group=None) -> None:
         super().__init__()
         check_softmax_objective(loss, "ShardedHead")
+        check_per_class_parameters(loss)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes (all ranks together) must be an int >= 2, got {num_classes!r}")
         self.loss, self.num_classes = loss, num_classes

@@ -3,8 +3,10 @@
 The target logit carries an AM (``cos - m``) or Arc (``cos(theta + m)``) margin; a non-target class whose cosine
 exceeds that margined target cosine is a mis-classified vector and its logit is raised:
 ``adaptive``: ``(t + 1) cos(theta_j) + t``, ``fixed``: ``cos(theta_j) + t``; then everything is scaled by s.
-FaceX-Zoo's reference applies the AM margin only where ``cos > m`` (making the target logit jump up at
-``cos = m``); here the margin always applies, as in the paper.
+The authors' code (FaceX-Zoo ``MV_Softmax``) applies the margin only where ``cos > m`` (AM) or ``cos > 0`` (Arc),
+so the target logit jumps up there; here the margin always applies, as in the paper, and the authors' behaviour
+is the named switch ``easy_margin=True`` (the hard-example threshold stays the margined target cosine, as their
+mask). Like ArcFace's ``easy_margin`` it is a documented exception to "the margin never helps".
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class MVSoftmaxLoss(MarginLoss):
 
     def __init__(
         self, embedding_size: int, num_classes: int, scale: float = 32.0, margin: float | None = None,
-        t: float = 0.2, base: str = "am", mode: str = "adaptive",
+        t: float = 0.2, base: str = "am", mode: str = "adaptive", easy_margin: bool = False,
     ) -> None:
         super().__init__(embedding_size, num_classes, scale=scale)
         if base not in ("am", "arc"):
@@ -28,7 +30,7 @@ class MVSoftmaxLoss(MarginLoss):
             raise ValueError(f"mode must be 'adaptive' or 'fixed', got {mode!r}")
         if t < 0:
             raise ValueError(f"t (the mis-classified-vector weight) must be >= 0, got {t}")
-        self.base, self.mode, self.t = base, mode, float(t)
+        self.base, self.mode, self.t, self.easy_margin = base, mode, float(t), bool(easy_margin)
         self.margin = float(margin if margin is not None else (0.35 if base == "am" else 0.5))
         if self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
@@ -42,7 +44,10 @@ class MVSoftmaxLoss(MarginLoss):
         return ctx
 
     def target_transform(self, cos: Tensor, ctx: MarginContext) -> Tensor:
-        return self.scale * self.margined_cos(cos)
+        margined = self.margined_cos(cos)
+        if self.easy_margin:  # the authors' code: no margin at or below cos = m (AM) / cos = 0 (Arc)
+            margined = margined.where(cos > (self.margin if self.base == "am" else 0.0), cos)
+        return self.scale * margined
 
     def nontarget_logits(self, similarity: Tensor, ctx: MarginContext) -> Tensor:
         hard = similarity > ctx.extras["hard_threshold"][:, None]
@@ -50,4 +55,5 @@ class MVSoftmaxLoss(MarginLoss):
         return self.scale * raised.where(hard, similarity)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, base={self.base}, margin={self.margin}, t={self.t}, mode={self.mode}"
+        return (f"{super().extra_repr()}, base={self.base}, margin={self.margin}, t={self.t}, mode={self.mode}, "
+                f"easy_margin={self.easy_margin}")
