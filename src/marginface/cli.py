@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from marginface.analysis.command import add_plot
 from marginface.errors import UserError
 
 
@@ -227,6 +228,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_eval,
     _add_prepare,
     _add_align,
+    add_plot,
 ]
 
 

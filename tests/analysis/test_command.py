@@ -1,0 +1,40 @@
+"""`marginface plot KIND`: each kind writes its PNG and CSV; bad input is one clear error."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from marginface.cli import main
+
+
+@pytest.mark.parametrize("kind", ["target-logit", "boundaries", "significance"])
+def test_loss_figures_write_png_and_csv(tmp_path, capsys, kind):
+    out = tmp_path / f"{kind}.png"
+    assert main(["plot", kind, "--out", str(out), "--loss", "arcface:margin=0.5", "--loss", "cosface",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(report["files"]) == sorted([str(out), str(out.with_suffix(".csv"))])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size < 200_000
+    rows = list(csv.reader(out.with_suffix(".csv").open()))
+    assert len(rows) > 10
+
+
+def test_target_logit_csv_holds_the_curve(tmp_path, capsys):
+    out = tmp_path / "t.png"
+    main(["plot", "target-logit", "--out", str(out), "--loss", "cosface:margin=0.35"])
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    theta = np.array([float(r["theta_deg"]) for r in rows])
+    values = np.array([float(r["cosface(margin=0.35)"]) for r in rows])
+    assert theta[0] == 20 and theta[-1] == 100
+    np.testing.assert_allclose(values, np.cos(np.radians(theta)) - 0.35, atol=1e-9)
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["plot", "target-logit", "--out", str(tmp_path / "x.png"), "--loss", "arcfase"]) == 2
+    assert "unknown loss" in capsys.readouterr().err
+    assert main(["plot", "theta", "--run", str(tmp_path / "missing")]) == 2
+    assert main(["plot", "target-logit-training", "--run", str(tmp_path)]) == 2
