@@ -38,3 +38,39 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "unknown loss" in capsys.readouterr().err
     assert main(["plot", "theta", "--run", str(tmp_path / "missing")]) == 2
     assert main(["plot", "target-logit-training", "--run", str(tmp_path)]) == 2
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A 3-step run with the theta callback on and a checkpoint at every step (one thread: fast on busy CPUs)."""
+    import torch
+
+    from marginface.training.config import load_config
+    from marginface.training.trainer import Trainer
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    Trainer(load_config(None, [
+        "model.backbone=mobilefacenet", "model.embedding_size=16", "data.synthetic_identities=4",
+        "data.synthetic_images_per_identity=2", "batch_size=4", "steps=3", "log_every=1", "device=cpu",
+        "checkpoint_every=1", "optim.lr=0.05", "analysis.theta_every=1", f"output_dir={run}"])).setup().fit()
+    yield run
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_run_figures_from_the_log_and_from_checkpoints(tiny_run, capsys):
+    assert main(["plot", "theta", "--run", str(tiny_run), "--source", "log", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["steps"] == [0, 1, 2]
+    rows = list(csv.DictReader((tiny_run / "theta_log.csv").open()))
+    for step in (0, 1, 2):
+        assert sum(int(r["count"]) for r in rows if r["angle"] == "theta_y" and r["step"] == str(step)) == 4
+    assert main(["plot", "theta", "--run", str(tiny_run), "--steps", "1", "3", "--images", "6", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = list(csv.DictReader((tiny_run / "theta_checkpoints.csv").open()))
+    assert sum(int(r["count"]) for r in rows if r["angle"] == "theta_nn" and r["step"] == "3") == 6
+    assert main(["plot", "target-logit-training", "--run", str(tiny_run)]) == 0
+    assert (tiny_run / "target_logit_training.png").is_file()
+    assert main(["plot", "theta", "--run", str(tiny_run), "--steps", "7"]) == 2  # no such checkpoint

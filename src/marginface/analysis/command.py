@@ -120,20 +120,10 @@ def _report(args, written: list[Path], numbers: dict | None = None) -> int:
 
 
 def run_target_logit(args: argparse.Namespace) -> int:
-    import numpy as np
+    from marginface.analysis.curves import paper_specs
+    from marginface.analysis.figures import target_logit_figure
 
-    from marginface.analysis import draw
-    from marginface.analysis.curves import paper_specs, target_logit_curve
-
-    if not 0 <= args.theta_min < args.theta_max <= 180:
-        raise ValueError(f"need 0 <= --theta-min < --theta-max <= 180, got {args.theta_min}, {args.theta_max}")
-    theta = np.linspace(args.theta_min, args.theta_max, 161)
-    curves = {spec.label: (theta, target_logit_curve(spec, theta)) for spec in _specs(args, paper_specs)}
-    rows = [[float(t), *(float(c[1][i]) for c in curves.values())] for i, t in enumerate(theta)]
-    written = [draw.write_csv(_csv_path(args.out), ["theta_deg", *curves], rows),
-               draw.draw_curves(curves, args.out, xlabel="θ (degrees)", ylabel="target logit / scale",
-                                title="target logit curves")]
-    return _report(args, written)
+    return _report(args, target_logit_figure(_specs(args, paper_specs), args.out, args.theta_min, args.theta_max))
 
 
 def boundary_specs():
@@ -185,55 +175,18 @@ def run_significance(args: argparse.Namespace) -> int:
 
 
 def run_theta(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from marginface.analysis import angles, draw, runs
+    from marginface.analysis.figures import theta_figure
 
     out = args.out or str(Path(args.run) / f"theta_{args.source}.png")
-    edges = angles.bin_edges()
-    if args.source == "log":
-        from marginface.training.trainer import read_log
-
-        per_step = {name: angles.histogram_from_log(read_log(args.run), name) for name in ("theta_y", "theta_nn")}
-        if not per_step["theta_y"]:
-            raise ValueError(f"{args.run}/log.csv has no theta histograms: train with analysis.theta_every=N")
-        steps = runs.pick_steps(list(per_step["theta_y"]), args.steps)
-        hists = {name: {s: per_step[name][s] for s in steps} for name in per_step}
-        where = "training batches (logged)"
-    else:
-        steps = runs.pick_steps(list(runs.list_checkpoints(args.run)), args.steps)
-        hists = {"theta_y": {}, "theta_nn": {}}
-        for step in steps:
-            t_y, t_nn = runs.checkpoint_angles(args.run, step, args.images)
-            hists["theta_y"][step] = angles.angle_histogram(t_y)
-            hists["theta_nn"][step] = angles.angle_histogram(t_nn)
-        where = f"{args.images} training images per checkpoint"
-    rows = [[name, step, float(edges[i]), float(edges[i + 1]), int(counts[i])]
-            for name, by_step in hists.items() for step, counts in by_step.items() for i in range(len(counts))]
-    panels = {"θ_y (to the own centre)": {f"step {s}": c for s, c in hists["theta_y"].items()},
-              "nearest non-target angle": {f"step {s}": c for s, c in hists["theta_nn"].items()}}
-    written = [draw.write_csv(_csv_path(out), ["angle", "step", "bin_lo_deg", "bin_hi_deg", "count"], rows),
-               draw.draw_histograms(panels, edges, out, f"{Path(args.run).name}: {where}")]
-    centres = (edges[:-1] + edges[1:]) / 2
-    means = {f"theta_y_mean_step_{s}": round(float((c * centres).sum() / max(c.sum(), 1)), 2)
-             for s, c in hists["theta_y"].items()}
-    return _report(args, written, {**means, "steps": [int(s) for s in np.asarray(steps)]})
+    written, numbers = theta_figure(args.run, out, args.source, args.steps, args.images)
+    return _report(args, written, numbers)
 
 
 def run_training(args: argparse.Namespace) -> int:
-    from marginface.analysis import draw
-    from marginface.training.trainer import read_log
+    from marginface.analysis.figures import training_figure
 
-    series = {Path(run).name: read_log(run) for run in args.run}
-    for name, s in series.items():
-        if "theta_y_mean" not in s:
-            raise ValueError(f"run {name}: log.csv has no theta_y_mean; train with analysis.theta_every=N")
     out = args.out or str(Path(args.run[0]) / "target_logit_training.png")
-    keys = ("theta_y_mean", "theta_y_p10", "theta_y_p50", "theta_y_p90", "theta_nn_mean", "target_logit_mean")
-    rows = [[name, step, key, value] for name, s in series.items() for key in keys for step, value in s.get(key, [])]
-    written = [draw.write_csv(_csv_path(out), ["run", "step", "key", "value"], rows),
-               draw.draw_training_series(series, out)]
-    return _report(args, written)
+    return _report(args, training_figure(args.run, out))
 
 
 def run_toy(args: argparse.Namespace) -> int:

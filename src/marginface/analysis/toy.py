@@ -19,13 +19,14 @@ from torch import Tensor, nn
 
 from marginface.analysis.curves import LossSpec
 
-#: SphereFace's toy comparison: A-Softmax with m = 1..4 (lambda annealed to ~0 within the toy run), softmax.
+#: SphereFace's toy comparison: softmax, then A-Softmax with m = 1..4, lambda = 1000 / (1 + step) (3.3 after the
+#: default 300 steps: the margin is nearly pure by the end, soft enough at the start to converge).
 TOY_LOSSES = [
     "softmax",
     "sphereface:margin=1,lambda_base=0,lambda_min=0",
-    "sphereface:margin=2,lambda_power=2,lambda_min=0",
-    "sphereface:margin=3,lambda_power=2,lambda_min=0",
-    "sphereface:margin=4,lambda_power=2,lambda_min=0",
+    "sphereface:margin=2,lambda_gamma=1,lambda_min=0",
+    "sphereface:margin=3,lambda_gamma=1,lambda_min=0",
+    "sphereface:margin=4,lambda_gamma=1,lambda_min=0",
 ]
 
 
