@@ -162,7 +162,7 @@ def run_significance(args: argparse.Namespace) -> int:
     from marginface.analysis import draw
     from marginface.analysis.curves import significance_curve
 
-    theta = np.linspace(0.5, 179.5, 1433)
+    theta = np.linspace(0.5, 179.5, 359)
     results = {spec.label: significance_curve(spec, theta, args.classes, args.nontarget_angle, args.norm)
                for spec in _specs(args, significance_specs)}
     rows = [[k, float(t), float(r["p_target"][i]), float(r["ratio"][i])]
