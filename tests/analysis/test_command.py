@@ -33,6 +33,18 @@ def test_target_logit_csv_holds_the_curve(tmp_path, capsys):
     np.testing.assert_allclose(values, np.cos(np.radians(theta)) - 0.35, atol=1e-9)
 
 
+def test_toy_command_writes_features_of_the_requested_dimension(tmp_path, capsys):
+    out = tmp_path / "toy.png"
+    assert main(["plot", "toy", "--dim", "3", "--identities", "3", "--images", "4", "--image-size", "8",
+                 "--steps", "2", "--loss", "softmax", "--loss", "sphereface:margin=2", "--out", str(out),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "spread_deg softmax" in report and out.is_file()
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert len(rows) == 2 * 12 and set(rows[0]) == {"loss", "label", "f0", "f1", "f2"}
+    assert main(["plot", "toy", "--image-size", "12", "--out", str(out)]) == 2
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["plot", "target-logit", "--out", str(tmp_path / "x.png"), "--loss", "arcfase"]) == 2
     assert "unknown loss" in capsys.readouterr().err

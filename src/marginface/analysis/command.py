@@ -198,11 +198,15 @@ def run_toy(args: argparse.Namespace) -> int:
 
     if args.image_size % 8 or args.image_size < 8:
         raise ValueError(f"--image-size must be a positive multiple of 8, got {args.image_size}")
-    torch.set_num_threads(1)  # a tiny network: one thread is faster than two contending ones
     specs = _specs(args, lambda: [LossSpec.parse(t) for t in TOY_LOSSES])
-    results = toy_features(specs, dim=args.dim, num_identities=args.identities,
-                           images_per_identity=args.images, image_size=args.image_size, steps=args.steps,
-                           seed=args.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network: one thread is faster than two contending ones
+    try:
+        results = toy_features(specs, dim=args.dim, num_identities=args.identities,
+                               images_per_identity=args.images, image_size=args.image_size, steps=args.steps,
+                               seed=args.seed)
+    finally:
+        torch.set_num_threads(threads)
     rows = [[r.label, int(lab), *map(float, f)] for r in results for f, lab in zip(r.features, r.labels)]
     header = ["loss", "label", *(f"f{i}" for i in range(args.dim))]
     panels = [(f"{r.label}\nspread {r.spread_deg:.1f}°, acc {r.accuracy:.0%}", r.features, r.labels)
