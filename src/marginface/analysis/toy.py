@@ -1,11 +1,11 @@
 """SphereFace-style toy features: a small CNN with a 2-D or 3-D embedding trained on a few identities.
 
-The identities are synthetic (``marginface.data.synthetic``), rendered once at a small size: nothing to
-download, the same pixels on every machine, and enough images per identity (default 60) for a tiny network
-to separate the classes in a few hundred steps on a CPU. (Real faces -- e.g. the aligned CelebA subset --
-have ~20-30 images per identity and need a real backbone; the toy's point is the geometry of the loss, which
-a rendered population shows as well.) Each requested loss trains the same network from the same seed on the
-same batches, so the panels differ by the loss alone.
+The identities are synthetic (``marginface.data.synthetic``), rendered once at a small size (24 x 24 by
+default): nothing to download, the same pixels on every machine, and enough images per identity (default 60)
+for a tiny network to separate the classes in a few hundred steps on a CPU. (Real faces -- e.g. the aligned
+CelebA subset -- have ~20-30 images per identity and need a real backbone; the toy's point is the geometry of
+the loss, which a rendered population shows as well.) Each requested loss trains the same network from the
+same seed on the same batches, so the panels differ by the loss alone.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def train_toy(spec: LossSpec, images: Tensor, labels: Tensor, dim: int = 2, step
 
 
 def toy_features(specs: list[LossSpec], dim: int = 2, num_identities: int = 8, images_per_identity: int = 60,
-                 image_size: int = 32, steps: int = 300, seed: int = 0, progress: bool = True) -> list[ToyResult]:
+                 image_size: int = 24, steps: int = 300, seed: int = 0, progress: bool = True) -> list[ToyResult]:
     """Train one toy model per loss spec on the same rendered identities; results in the order of ``specs``."""
     from tqdm.auto import tqdm
 
