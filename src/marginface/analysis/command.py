@@ -189,6 +189,13 @@ def run_training(args: argparse.Namespace) -> int:
     return _report(args, training_figure(args.run, out))
 
 
+def _toy_title(result) -> str:
+    """Loss name, its parameters on the next line (they are long), then spread and accuracy."""
+    name, _, params = result.label.partition("(")
+    params = f"\n({params}" if params else ""
+    return f"{name}{params}\nspread {result.spread_deg:.1f}°, acc {result.accuracy:.0%}"
+
+
 def run_toy(args: argparse.Namespace) -> int:
     import torch
 
@@ -209,8 +216,7 @@ def run_toy(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     rows = [[r.label, int(lab), *map(float, f)] for r in results for f, lab in zip(r.features, r.labels)]
     header = ["loss", "label", *(f"f{i}" for i in range(args.dim))]
-    panels = [(f"{r.label}\nspread {r.spread_deg:.1f}°, acc {r.accuracy:.0%}", r.features, r.labels)
-              for r in results]
+    panels = [(_toy_title(r), r.features, r.labels) for r in results]
     written = [draw.write_csv(_csv_path(args.out), header, rows), draw.draw_toy(panels, args.out)]
     numbers = {f"spread_deg {r.label}": round(r.spread_deg, 2) for r in results}
     numbers.update({f"accuracy {r.label}": round(r.accuracy, 4) for r in results})

@@ -150,7 +150,7 @@ def draw_toy(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | P
     """Toy features per loss: ``(title, features (N, d), labels (N,))``; d = 2 raw features on the plane,
     d = 3 L2-normalised features on the unit sphere (an orthographic 3-D view)."""
     plt = _pyplot()
-    fig = plt.figure(figsize=(3.2 * len(panels), 3.4))
+    fig = plt.figure(figsize=(3.2 * len(panels), 3.8))
     for i, (title, feats, labels) in enumerate(panels):
         three_d = feats.shape[1] == 3
         ax = fig.add_subplot(1, len(panels), i + 1, projection="3d" if three_d else None)
@@ -166,6 +166,6 @@ def draw_toy(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | P
             ax.axhline(0, color="0.8", lw=0.5), ax.axvline(0, color="0.8", lw=0.5)
             ax.set_aspect("equal", adjustable="datalim")
             ax.tick_params(labelsize=6)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
