@@ -28,6 +28,9 @@ DEMO: dict[str, Any] = {
     # validated before and after only: every intermediate pass over the 1,200 held-out images costs ~25 steps
     "validation": {"synthetic_pairs": 600, "synthetic_identities": 60, "every": 0, "batch_size": 100},
     "analysis": {"theta_every": 10},
+    # bf16 autocast + channels_last: 1.22 vs 1.54 CPU-s per step (fp32) on a CPU with AVX512-BF16 (2026-12-02)
+    "precision": "bf16",
+    "channels_last": True,
     "batch_size": 32,
     "steps": 250,
     "log_every": 10,
@@ -36,8 +39,21 @@ DEMO: dict[str, Any] = {
 }
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively here (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slower."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private torch op: absent or failing means "don't rely on it"
+        return False
+
+
 def demo_config(output_dir: str, steps: int | None = None) -> TrainConfig:
+    """The demo's configuration; bf16 only where the CPU computes it natively (fp32 otherwise)."""
     values = {**DEMO, "output_dir": output_dir}
+    if not cpu_has_fast_bf16():
+        values["precision"] = "fp32"
     if steps is not None:
         values["steps"] = steps
         values["optim"] = {**DEMO["optim"], "milestones": [int(steps * 0.6), int(steps * 0.85)]}
