@@ -48,6 +48,8 @@ def test_toy_command_writes_features_of_the_requested_dimension(tmp_path, capsys
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["plot", "target-logit", "--out", str(tmp_path / "x.png"), "--loss", "arcfase"]) == 2
     assert "unknown loss" in capsys.readouterr().err
+    assert main(["plot", "boundaries", "--out", str(tmp_path / "x.svg")]) == 2
+    assert "ending in .png" in capsys.readouterr().err
     assert main(["plot", "theta", "--run", str(tmp_path / "missing")]) == 2
     assert main(["plot", "target-logit-training", "--run", str(tmp_path)]) == 2
 

@@ -31,6 +31,9 @@ def _pyplot():
 def save_figure(fig, path: str | Path) -> Path:
     """Save a figure to ``path`` atomically (temp file + rename) and close it."""
     path = Path(path)
+    if path.suffix.lower() != ".png":
+        _pyplot().close(fig)
+        raise ValueError(f"figures are written as PNG: give an output path ending in .png, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=DPI)
