@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from marginface.analysis.command import add_plot
 from marginface.errors import UserError
 
 
@@ -97,7 +98,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="train on synthetic identities for a few minutes (CPU)")
     parser.add_argument("--output-dir", default="runs/demo")
-    parser.add_argument("--steps", type=int, default=None, help="default: the demo's 150 steps")
+    parser.add_argument("--steps", type=int, default=None, help="default: the demo's 250 steps")
     parser.set_defaults(func=_run_demo)
 
 
@@ -227,6 +228,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_eval,
     _add_prepare,
     _add_align,
+    add_plot,
 ]
 
 

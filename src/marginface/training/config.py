@@ -170,6 +170,18 @@ class ValidationConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """Training-time analysis (``marginface.analysis``); off by default."""
+
+    theta_every: int = 0
+    """Every this many steps, log theta_y / nearest non-target angle statistics (quantiles, 5-degree histogram)
+    and the mean target logit of the training batch (no extra forward); 0: off. ``marginface plot theta``."""
+
+    def __post_init__(self) -> None:
+        _require(self.theta_every >= 0, "analysis.theta_every", f"must be >= 0, got {self.theta_every}")
+
+
+@dataclass
 class TrainConfig:
     """One training run."""
 
@@ -178,6 +190,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     batch_size: int = 512
     """Global batch size (split evenly over processes under torchrun)."""
     grad_accum_steps: int = 1

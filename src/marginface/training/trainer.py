@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from marginface import backbones, losses
+from marginface.analysis.angles import attach_theta_recorder
 from marginface.training import checkpoint as ckpt
 from marginface.training.config import TrainConfig, config_to_dict, resolve_epochs
 from marginface.training.data import FlipByIndex, StepBatchSampler, build_dataset
@@ -110,6 +111,7 @@ class Trainer:
                                  "need their gradient all-reduced")
             self.model.head.fuse_optimizer(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.theta_recorder = attach_theta_recorder(self)  # analysis.theta_every: a hook on the head's input
         self._resume()
         self.validation_sets = self._build_validation_sets()
         if self.dist.is_main:
@@ -258,6 +260,8 @@ class Trainer:
         tick, seen = time.perf_counter(), 0
         for images, labels in self.data_loader():
             loss_value = self.train_step(images, labels)
+            if self.theta_recorder and (recorded := self.theta_recorder.pop()):
+                logger.log(*recorded)
             seen += images.shape[0] * self.dist.world_size
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 rate = seen / max(time.perf_counter() - tick, 1e-9)

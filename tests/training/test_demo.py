@@ -1,0 +1,53 @@
+"""The demo's run folder: figures of its own run and an HTML report that references only files that exist."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from marginface.analysis.report import referenced_files, write_report
+from marginface.training.config import load_config
+from marginface.training.demo import DemoTrainer, _RenderedOnce, demo_config, write_demo_figures
+
+
+@pytest.mark.slow
+def test_demo_report_references_only_existing_files(tmp_path):
+    before_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny network on shared cores
+    try:
+        config = load_config(None, [
+            "model.backbone=mobilefacenet", "model.embedding_size=16", "data.synthetic_identities=4",
+            "data.synthetic_images_per_identity=4", "batch_size=8", "steps=3", "log_every=1", "device=cpu",
+            "checkpoint_every=3", "optim.lr=0.01", "analysis.theta_every=1", "validation.synthetic_pairs=20",
+            "validation.synthetic_identities=4", f"output_dir={tmp_path}"])
+        trainer = DemoTrainer(config).setup()
+        trainer.dataset = _RenderedOnce(trainer.dataset)
+        trainer.validate()
+        before = trainer.verification["synthetic_heldout"]
+        trainer.fit()
+        report = write_demo_figures(trainer, before, trainer.verification["synthetic_heldout"], 1.0)
+    finally:
+        torch.set_num_threads(before_threads)
+    files = referenced_files(report)
+    assert {"roc.png", "theta.png", "target_logit_training.png", "target_logit.png"} <= set(files)
+    assert all((tmp_path / f).is_file() for f in files), files
+
+
+def test_report_leaves_out_missing_figures(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"\x89PNG")
+    report = write_report(tmp_path, "t <x>", {"k": "v & w"}, [("A", "a.png"), ("B", "missing.png")])
+    assert referenced_files(report) == ["a.png"]
+    assert "not drawn: missing.png" in report.read_text() and "t &lt;x&gt;" in report.read_text()
+
+
+def test_rendered_once_returns_the_same_pixels():
+    from marginface.data.synthetic import SyntheticFaces
+
+    faces = SyntheticFaces(2, 2, seed=3)
+    cached = _RenderedOnce(faces)
+    assert torch.equal(cached[3][0], faces[3][0]) and torch.equal(cached[3][0], cached[3][0])
+
+
+def test_demo_steps_override_keeps_a_valid_schedule():
+    config = demo_config("x", steps=40)
+    assert config.steps == 40 and config.optim.milestones == [24, 34] and config.analysis.theta_every > 0
