@@ -187,3 +187,15 @@ def test_two_processes_mine_the_global_batch_like_one_process(tmp_path):
     assert len(params) > 50
     for key, value in params.items():
         torch.testing.assert_close(ddp[f"backbone.{key}"], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "semi_hard"])
+def test_triplet_training_lowers_the_loss_on_a_fixed_batch(tmp_path, mining):
+    """2 identities x 2 images, no flips: every P x K batch is the same 4 images; 5 steps must lower the loss."""
+    config = tiny_config(tmp_path, *PK, "loss.name=triplet", f"loss.params={{margin: 0.5, mining: {mining}}}",
+                         "data.synthetic_identities=2", "data.flip=false", "batch_size=4", "steps=5",
+                         "checkpoint_every=100", "grad_clip=5.0")
+    Trainer(config).setup().fit()
+    values = [v for _, v in read_log(tmp_path)["loss"]]
+    assert all(map(torch.isfinite, torch.tensor(values))), values
+    assert values[-1] < values[0], f"{mining}: loss did not decrease: {values}"
