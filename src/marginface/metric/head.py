@@ -48,10 +48,14 @@ class TripletHead(nn.Module):
     def __init__(self, triplet: TripletLoss, margin_head: nn.Module | None = None, weight: float = 1.0) -> None:
         super().__init__()
         self.triplet, self.margin_head, self.weight = triplet, margin_head, float(weight)
+        self.last_triplet: torch.Tensor | None = None
+        """The unweighted triplet term of the last forward (detached), for logging."""
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         all_embeddings, all_labels = gather_batch(embeddings, labels)
-        loss = self.weight * self.triplet(all_embeddings, all_labels)
+        triplet = self.triplet(all_embeddings, all_labels)
+        self.last_triplet = triplet.detach()
+        loss = self.weight * triplet
         if self.margin_head is not None:
             loss = loss + self.margin_head(embeddings, labels)
         return loss

@@ -48,6 +48,13 @@ class DataConfig:
     """Plain file of identity folder names to leave out (``marginface clean overlap``); source 'folder'."""
     image_list: str | None = None
     """Plain file of ``identity/file`` names to train on (``marginface clean outliers``); source 'folder'."""
+    sampler: str = "random"
+    """'random' (a shuffle of all images) or 'pk' (P identities x K images per batch, P = batch_size / K;
+    what a triplet loss needs; ``training/pk_sampler.py``)."""
+    pk_images_per_identity: int = 4
+    """K of the 'pk' sampler (>= 2)."""
+    pk_small_identities: str = "replace"
+    """'pk' sampler, identities with fewer than K images: 'replace' (their images repeat) or 'skip'."""
 
     def __post_init__(self) -> None:
         _require(self.source in ("synthetic", "folder", "rec"), "data.source",
@@ -60,6 +67,10 @@ class DataConfig:
         for name in ("exclude_identities", "image_list"):
             _require(getattr(self, name) is None or self.source == "folder", f"data.{name}",
                      "needs source 'folder' (for a .rec, pass the list to `marginface prepare rec`)")
+        _require(self.sampler in ("random", "pk"), "data.sampler", f"must be 'random' or 'pk', got {self.sampler!r}")
+        _require(self.pk_images_per_identity >= 2, "data.pk_images_per_identity", "must be >= 2 (a positive pair)")
+        _require(self.pk_small_identities in ("replace", "skip"), "data.pk_small_identities",
+                 f"must be 'replace' or 'skip', got {self.pk_small_identities!r}")
 
 
 @dataclass
@@ -76,11 +87,18 @@ class ModelConfig:
     """Embedding-layer option A-E (E = BN-Dropout-FC-BN, the ArcFace paper's choice)."""
     checkpointing: bool = False
     """Activation checkpointing: less training memory, about one extra forward of compute."""
+    init_from: str | None = None
+    """Fine-tuning: start from this model's backbone weights (``best.safetensors``, a checkpoint folder, an
+    insightface .pth); its card must name the same backbone, embedding_size and output. A resume overrides it."""
+    init_loss: bool = False
+    """With ``init_from``: also load the loss's class centres and state from it (same loss and classes):
+    continuing a margin-softmax training, the fair baseline of a fine-tuning."""
 
     def __post_init__(self) -> None:
         _require(self.embedding_size >= 2, "model.embedding_size", "must be >= 2")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must lie in [0, 1), got {self.dropout}")
         _require(self.output in tuple("ABCDE"), "model.output", f"must be one of A-E, got {self.output!r}")
+        _require(not self.init_loss or bool(self.init_from), "model.init_loss", "needs model.init_from")
 
 
 @dataclass
@@ -104,6 +122,12 @@ class LossConfig:
     fused_update: bool = False
     """Chunked head only: apply the centres' SGD update inside backward, chunk by chunk, so their (C, D) gradient
     never exists (grad_accum_steps 1, no fp16; under torchrun only with loss.sharded)."""
+    triplet_weight: float = 0.0
+    """lambda of the combined objective margin softmax + lambda * triplet (0: none). With ``name: triplet`` the
+    triplet loss is the whole objective and its parameters are ``params``."""
+    triplet_params: dict[str, Any] = field(default_factory=dict)
+    """Triplet parameters of the combined objective: margin, distance, mining, semi_hard_fallback
+    (``marginface.metric.TripletLoss``)."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.params, dict), "loss.params", "must be a mapping of parameter names to values")
@@ -116,6 +140,9 @@ class LossConfig:
                  f"needs loss.head 'chunked', got {self.head!r}")
         _require(not self.sharded or self.head in ("chunked", "partial_fc"), "loss.sharded",
                  f"needs loss.head 'chunked' or 'partial_fc' (a sharded head is chunked), got {self.head!r}")
+        _require(self.triplet_weight >= 0, "loss.triplet_weight", f"must be >= 0, got {self.triplet_weight}")
+        _require(not (self.name == "triplet" and self.triplet_weight), "loss.triplet_weight",
+                 "is for a margin loss + triplet; with loss.name triplet put its parameters in loss.params")
 
 
 @dataclass
@@ -237,6 +264,13 @@ class TrainConfig:
                      "updates the centres in every backward: set grad_accum_steps=1")
             _require(self.precision != "fp16", "loss.fused_update",
                      "cannot see fp16's gradient scaling: use precision bf16 or fp32")
+        if self.data.sampler == "pk":
+            _require(self.batch_size % self.data.pk_images_per_identity == 0, "batch_size",
+                     f"must be P x K: a multiple of data.pk_images_per_identity={self.data.pk_images_per_identity}")
+        if self.loss.name == "triplet" or self.loss.triplet_weight:  # training/finetune.py
+            from marginface.training.finetune import check_triplet_config
+
+            check_triplet_config(self)
         if self.validation.synthetic_pairs:
             _require(self.data.source == "synthetic", "validation.synthetic_pairs",
                      "needs data.source 'synthetic' (held-out synthetic identities)")

@@ -28,9 +28,11 @@ from torch.utils.data import DataLoader
 from marginface import backbones, losses
 from marginface.analysis.angles import attach_theta_recorder
 from marginface.training import checkpoint as ckpt
+from marginface.training import finetune
 from marginface.training.config import TrainConfig, config_to_dict, resolve_epochs
 from marginface.training.data import FlipByIndex, StepBatchSampler, build_dataset
 from marginface.training.distributed import DistInfo, barrier, init_from_env, mean_across_ranks
+from marginface.training.pk_sampler import pk_batch_sampler
 from marginface.training.schedules import learning_rate
 
 
@@ -89,11 +91,18 @@ class Trainer:
                                          dropout=cfg.model.dropout, output=cfg.model.output,
                                          checkpointing=cfg.model.checkpointing)
         self.shard = self._shard_classes(self.dataset.num_classes)
-        self.loss = losses.create(cfg.loss.name, embedding_size=cfg.model.embedding_size,
-                                  num_classes=self.shard[1] - self.shard[0], **cfg.loss.params)
-        if cfg.loss.sharded:  # the same centres whatever the number of ranks
-            self.loss.init_rows(self.shard[0], cfg.seed)
-        head = build_head(cfg, self.loss, self.dist, self.dataset.num_classes)
+        if finetune.uses_triplet(cfg):  # triplet alone, or margin softmax + lambda * triplet (training/finetune.py)
+            self.loss, head = finetune.triplet_objective(cfg, self.dist, self.dataset.num_classes)
+        else:
+            self.loss = losses.create(cfg.loss.name, embedding_size=cfg.model.embedding_size,
+                                      num_classes=self.shard[1] - self.shard[0], **cfg.loss.params)
+            if cfg.loss.sharded:  # the same centres whatever the number of ranks
+                self.loss.init_rows(self.shard[0], cfg.seed)
+            head = build_head(cfg, self.loss, self.dist, self.dataset.num_classes)
+        if cfg.model.init_from:  # fine-tuning: a trained model's backbone (and loss state); a resume overrides it
+            line = finetune.init_from_model(cfg, self.backbone, self.loss)
+            if self.dist.is_main:
+                print(line)
         self.model = FaceModel(self.backbone, head).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -214,8 +223,11 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def data_loader(self) -> DataLoader:
         cfg = self.config
-        sampler = StepBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps,
-                                   self.dist.rank, self.dist.world_size, flip=cfg.data.flip)
+        if cfg.data.sampler == "pk":  # P identities x K images per batch (training/pk_sampler.py)
+            sampler = pk_batch_sampler(self.dataset, cfg, self.step, self.dist)
+        else:
+            sampler = StepBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps,
+                                       self.dist.rank, self.dist.world_size, flip=cfg.data.flip)
         return DataLoader(FlipByIndex(self.dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
 
@@ -266,7 +278,8 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 rate = seen / max(time.perf_counter() - tick, 1e-9)
                 lr = self.optimizer.param_groups[0]["lr"]
-                logger.log(self.step, {"loss": loss_value, "lr": lr, "img_per_s": rate})
+                logger.log(self.step, {"loss": loss_value, "lr": lr, "img_per_s": rate,
+                                        **finetune.loss_stats(self.model.head)})
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
                 tick, seen = time.perf_counter(), 0
             bar.update(1)
