@@ -214,7 +214,8 @@ class FaceRecognizer:
                             f"marginface calibrate {self.model.path} --pairs ... --far 1e-3 first, "
                             "or pass a threshold")
         vectors, infos = self.embed_with_info([_single(a, "a"), _single(b, "b")])
-        score = float(np.dot(vectors[0].astype(np.float64), vectors[1].astype(np.float64)))
+        # clipped: two float32 unit vectors can have a float64 dot a few ulps above 1
+        score = float(np.clip(np.dot(vectors[0].astype(np.float64), vectors[1].astype(np.float64)), -1, 1))
         return Verification(score, score >= threshold, float(threshold), infos)
 
     def identify(self, image: Any, gallery: Gallery, k: int = 5) -> tuple[list[Match], FaceInfo]:
