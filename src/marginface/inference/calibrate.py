@@ -99,7 +99,7 @@ def folder_pairs(recognizer: Any, folder: str | os.PathLike, max_images: int = 4
         keep = np.sort(np.random.default_rng(seed).choice(total, max_images, replace=False))
         images = [images[i] for i in keep]
     labels = np.unique([p.parent.name for p in images], return_inverse=True)[1]
-    emb = recognizer.embed_with_info(images, progress=True)[0]
+    emb = recognizer.embed_with_info(images, progress=True)[0].astype(np.float64)  # as verify() scores
     upper = np.triu_indices(len(images), k=1)
     scores = (emb @ emb.T)[upper]
     issame = labels[upper[0]] == labels[upper[1]]
@@ -120,6 +120,7 @@ def pairs_file_pairs(recognizer: Any, pairs: str | os.PathLike,
         faces, issame = load_verification_bin(path)
         pixels = torch.clamp(faces * 127.5 + 127.5, 0, 255)  # the loader's [-1, 1] back to 0..255
         emb = np.concatenate([recognizer.embed(pixels[i : i + 512]) for i in range(0, len(pixels), 512)])
+        emb = emb.astype(np.float64)  # scores in float64, as verify() computes them
         return np.sum(emb[0::2] * emb[1::2], axis=1), np.asarray(issame, bool), f"{path} ({len(issame)} pairs)"
     if images is None:
         raise UserError(f"{path} is a pairs.txt: also give the image folder it refers to (--images DIR)")
@@ -128,7 +129,7 @@ def pairs_file_pairs(recognizer: Any, pairs: str | os.PathLike,
     parsed = read_pairs(path)
     files = resolve_images(parsed, images)
     names = parsed.unique_names()
-    emb = recognizer.embed_with_info([files[n] for n in names], progress=True)[0]
+    emb = recognizer.embed_with_info([files[n] for n in names], progress=True)[0].astype(np.float64)
     row = {n: i for i, n in enumerate(names)}
     a = emb[[row[n] for n in parsed.names[:, 0]]]
     b = emb[[row[n] for n in parsed.names[:, 1]]]

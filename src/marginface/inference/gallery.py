@@ -88,8 +88,9 @@ class Gallery:
         self._row: dict[str, int] = {}
         self._images = np.zeros(0, np.int64)
         self._norms = np.zeros(0, np.float64)  # ||sum of normalised embeddings|| per identity
-        self._index: dict[str, Any] = {}  # "flat" / "ivf" -> (faiss index, rows indexed)
+        self._index: dict[str, Any] = {}  # "ivf" -> (faiss index, rows indexed)
         self.path: Path | None = None
+        self.model_path = ""  # where the enrolling model's file was (a default for ``marginface identify``)
         self.approximate_above, self.nprobe = APPROXIMATE_ABOVE, 16
 
     @classmethod
@@ -152,7 +153,7 @@ class Gallery:
         """Enrol new identities at once: ``names`` (N,) and the (N, D) sums of their normalised embeddings
         (one unit embedding each is its own sum); ``images`` (N,) counts, default 1."""
         self.check_model(model, "embeddings")
-        sums = np.asarray(sums, dtype=np.float64)
+        sums = np.asarray(sums)
         if sums.ndim != 2 or sums.shape != (len(names), self.dim):
             raise ValueError(f"sums must be ({len(names)}, {self.dim}), got {sums.shape}")
         for name in names:
@@ -162,11 +163,11 @@ class Gallery:
         if duplicates:
             raise ValueError(f"identities already enrolled or repeated: {sorted(duplicates)[:5]}; use add() to "
                              "enrol more images of an identity")
-        norms = np.linalg.norm(sums, axis=1)
+        norms = np.sqrt(np.einsum("ij,ij->i", sums, sums, dtype=np.float64))
         if not np.isfinite(norms).all() or (norms == 0).any():
             raise ValueError("embedding sums contain NaN/inf or zero rows")
         start = len(self)
-        self._reserve(start + len(names))
+        self.reserve(start + len(names))
         self._vectors[start : start + len(names)] = sums / norms[:, None]
         self._images = np.concatenate([self._images, np.asarray(images or [1] * len(names), np.int64)])
         self._norms = np.concatenate([self._norms, norms])
@@ -181,7 +182,8 @@ class Gallery:
             seen.add(n)
         return dup
 
-    def _reserve(self, rows: int) -> None:
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` identities at once (bulk enrolment without repeated growth)."""
         if rows > len(self._vectors):
             grown = np.zeros((max(rows, 2 * len(self._vectors)), self.dim), np.float32)
             grown[: len(self)] = self.vectors
@@ -222,23 +224,20 @@ class Gallery:
                 for srow, rrow in zip(scores, rows)]
 
     def search_rows(self, probes: np.ndarray, k: int, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """faiss search of (P, D) unit probes: (P, k) cosines and (P, k) rows (-1 = empty slot)."""
+        """faiss search of (P, D) unit probes: (P, k) cosines and (P, k) rows (-1 = empty slot).
+
+        Exact search is ``faiss.knn`` straight on the template matrix (no index copy, nothing to build);
+        batching probes is what makes it fast (one pass over the templates serves the whole batch).
+        """
+        import faiss
+
         if not len(self):
             raise ValueError("the gallery is empty: enrol identities first")
         exact = len(self) <= self.approximate_above if exact is None else exact
-        index = self._flat() if exact else self._ivf()
-        return index.search(np.ascontiguousarray(probes, np.float32), min(k, len(self)))
-
-    def _flat(self) -> Any:
-        import faiss
-
-        index, rows = self._index.get("flat", (None, 0))
-        if index is None:
-            index = faiss.IndexFlatIP(self.dim)
-        if rows < len(self):
-            index.add(self.vectors[rows:])
-        self._index["flat"] = (index, len(self))
-        return index
+        probes, k = np.ascontiguousarray(probes, np.float32), min(k, len(self))
+        if exact:
+            return faiss.knn(probes, self.vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+        return self._ivf().search(probes, k)
 
     def _ivf(self) -> Any:
         import faiss
@@ -335,7 +334,7 @@ class Gallery:
             db.execute("CREATE TABLE identities (row INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, "
                        "images INTEGER NOT NULL, norm REAL NOT NULL)")
             meta = {"format": FORMAT, "model_key": self.model_key, "card": self.card_json, "dim": str(self.dim),
-                    "count": str(len(self)), "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    "count": str(len(self)), "model_path": self.model_path, "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
             db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
             db.executemany("INSERT INTO identities VALUES (?, ?, ?, ?)",
                            zip(range(len(self)), self._names, self._images.tolist(), self._norms.tolist()))
@@ -388,6 +387,7 @@ class Gallery:
                              f"{count} identities of D={dim}")
         gallery = cls(meta["model_key"], dim, meta["card"])
         gallery._vectors = vectors
+        gallery.model_path = meta.get("model_path", "")
         gallery._names = [r[0] for r in rows]
         gallery._row = {n: i for i, n in enumerate(gallery._names)}
         gallery._images = np.array([r[1] for r in rows], np.int64)
