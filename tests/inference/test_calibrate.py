@@ -77,3 +77,46 @@ def test_calibrate_folder_writes_card_atomically(tmp_path):
     check = rec.verify(files[0], files[5])
     assert check.threshold == result.threshold and check.same == (check.score >= result.threshold)
     assert rec.verify(files[0], files[0]).same and result.tar > 0.5  # the tiny model separates these faces
+
+
+def _identity_faces(tmp_path, people=3, per=3):
+    rng = np.random.default_rng(3)
+    files = {}
+    for p in range(people):
+        base = rng.integers(0, 256, (112, 112, 3))
+        for j in range(1, per + 1):
+            folder = tmp_path / "lfw" / f"P{p}"
+            folder.mkdir(parents=True, exist_ok=True)
+            noisy = np.clip(base + rng.normal(0, 15, base.shape), 0, 255).astype(np.uint8)
+            files[(p, j)] = folder / f"P{p}_{j:04d}.jpg"
+            Image.fromarray(noisy).save(files[(p, j)], quality=95)
+    return files
+
+
+def test_calibrate_from_pairs_txt_and_bin_agree(tmp_path):
+    from marginface.data.bins import write_verification_bin
+
+    files = _identity_faces(tmp_path)
+    same = [(0, 1, 0, 2), (1, 1, 1, 3), (2, 2, 2, 3)]
+    diff = [(0, 1, 1, 1), (0, 2, 2, 1), (1, 2, 2, 2)]
+    lines = ["1 3"] + [f"P{a} {i} {j}" for a, i, _, j in same] + [f"P{a} {i} P{b} {j}" for a, i, b, j in diff]
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    order = [(a, i, a, j) for a, i, _, j in same] + diff
+    encoded = []
+    for a, i, b, j in order:
+        encoded += [files[(a, i)].read_bytes(), files[(b, j)].read_bytes()]
+    write_verification_bin(tmp_path / "p.bin", encoded, [True] * 3 + [False] * 3)
+    model = save_tiny(tmp_path / "m.safetensors", flip=False)
+    from marginface.inference.calibrate import pairs_file_pairs
+    from marginface.inference.recognizer import FaceRecognizer
+
+    rec = FaceRecognizer.load(model)
+    s_txt, y_txt, _ = pairs_file_pairs(rec, tmp_path / "pairs.txt", tmp_path / "lfw")
+    s_bin, y_bin, _ = pairs_file_pairs(rec, tmp_path / "p.bin")
+    np.testing.assert_array_equal(y_txt, y_bin)
+    np.testing.assert_allclose(s_txt, s_bin, atol=2e-3)  # .bin faces are decoded by another JPEG decoder
+    assert s_txt[:3].min() > s_txt[3:].max()  # the tiny model separates noisy copies from other "people"
+    with pytest.raises(UserError, match="--images"):
+        pairs_file_pairs(rec, tmp_path / "pairs.txt")
+    result = calibrate_model(model, far=1 / 3, pairs=str(tmp_path / "p.bin"))
+    assert result.impostors == 3 and result.tar == 1.0
