@@ -32,6 +32,7 @@ def test_embed_every_input_kind_agrees(recognizer, tmp_path):
     np.testing.assert_allclose(emb, ref, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert all(i.aligned_input for i in infos) and infos[0].input.endswith("f0.png")
+    np.testing.assert_allclose(recognizer.embed(faces), ref, atol=1e-5)  # an (N, H, W, 3) array: N images
 
 
 def test_flip_tta_is_sum_of_raw_outputs(recognizer):

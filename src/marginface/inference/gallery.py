@@ -4,8 +4,9 @@
 ``t = sum_i e_i / ||sum_i e_i||``. Enrolling more images later updates it exactly: the gallery keeps each
 identity's image count and ``||sum_i e_i||`` (so the sum is ``t * ||sum||``).
 
-**Search.** Scores are cosines (inner products of unit vectors). Exact search (faiss ``IndexFlatIP``) is the
-default up to :data:`APPROXIMATE_ABOVE` identities; above it, an IVF index (``IndexIVFFlat``, ``nlist``
+**Search.** Scores are cosines (inner products of unit vectors). Exact search (``faiss.knn`` on the template
+matrix, no copy) is the default up to :data:`APPROXIMATE_ABOVE` identities; above it, an IVF index
+(``IndexIVFFlat``, ``nlist``
 ~ 1 cell per 1,000 identities, ``nprobe`` cells visited) built on first use — its recall@1 against exact
 search is measured in ``benchmarks/inference.py`` and reported in docs/inference.md. ``exact=True/False``
 overrides per call.

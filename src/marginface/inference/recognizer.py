@@ -230,9 +230,12 @@ def _chw(rgb: np.ndarray) -> np.ndarray:
 
 
 def _as_list(inputs: Any) -> Sequence[Any]:
-    """One input or a sequence of them -> a list (a single array/tensor/path/PIL image is one input)."""
+    """One input or a sequence of them -> a list (a single path/PIL image/(H, W[, C]) array/tensor is one input;
+    an (N, H, W, C) array is N images)."""
     if isinstance(inputs, list | tuple):
         return inputs
+    if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
+        return list(inputs)
     return [inputs]
 
 
