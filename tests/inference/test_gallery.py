@@ -85,6 +85,11 @@ def test_other_model_is_refused(tmp_path):
     gallery.save(tmp_path / "g")
     with pytest.raises(UserError, match="different models"):
         Gallery.load(tmp_path / "g").search(np.ones(D), 1, model=_card("b"))
+    other = Gallery.create(_card("b"))
+    other.add("x", np.ones(D), _card("b"))
+    with pytest.raises(UserError, match="holds a gallery of another model"):
+        other.save(tmp_path / "g")
+    assert len(Gallery.load(tmp_path / "g")) == 50
 
 
 def test_save_load_roundtrip(tmp_path):

@@ -6,10 +6,9 @@ identity's image count and ``||sum_i e_i||`` (so the sum is ``t * ||sum||``).
 
 **Search.** Scores are cosines (inner products of unit vectors). Exact search (``faiss.knn`` on the template
 matrix, no copy) is the default up to :data:`APPROXIMATE_ABOVE` identities; above it, an IVF index
-(``IndexIVFFlat``, ``nlist``
-~ 1 cell per 1,000 identities, ``nprobe`` cells visited) built on first use — its recall@1 against exact
-search is measured in ``benchmarks/inference.py`` and reported in docs/inference.md. ``exact=True/False``
-overrides per call.
+(``IndexIVFFlat``, ``nlist`` ~ 1 cell per 1,000 identities, ``nprobe`` cells visited) built on first use;
+its recall@1 against exact search is measured in ``benchmarks/inference.py`` and reported in
+docs/inference.md. ``exact=True/False`` overrides per call.
 
 **Compatibility.** A gallery records the model card's compatibility key (weights SHA-256 + precision) and
 refuses probes and enrolments from any other model: embeddings of two models are not comparable.
@@ -311,6 +310,12 @@ class Gallery:
         if any(folder.iterdir()) and not (folder / _CURRENT).is_file():
             raise UserError(f"{folder} exists and is not a gallery folder (no {_CURRENT} file): choose a new or "
                             "empty folder")
+        elsewhere = self.path is None or folder.resolve() != self.path.resolve()
+        if elsewhere and (folder / _CURRENT).is_file():
+            other = _stored_model_key(folder)
+            if other != self.model_key:
+                raise UserError(f"{folder} holds a gallery of another model ({other[:16]}...); saving this one "
+                                f"({self.model_key[:16]}...) there would replace it: choose another folder")
         versions = _versions(folder)
         version = f"v{(int(versions[-1][1:]) + 1) if versions else 1:06d}"
         tmp = folder / f".tmp-{version}-{os.getpid()}"
@@ -405,6 +410,20 @@ class Gallery:
 # ------------------------------------------------------------------------------------------ file helpers
 def _versions(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit())
+
+
+def _stored_model_key(folder: Path) -> str:
+    """The model key recorded by the current version of the gallery at ``folder`` ("" if unreadable)."""
+    db_path = folder / (folder / _CURRENT).read_text().strip() / _DB
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'model_key'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return ""
+    return row[0] if row else ""
 
 
 def _damaged_message(folder: Path, version: str, err: Exception) -> str:
