@@ -119,7 +119,7 @@ def run_parity(args: argparse.Namespace) -> dict:
         print(f"{name}:", flush=True)
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             tmp = Path(tmp)
-            source = load_model(save_random_model(name, tmp / "m.safetensors", calib[:64]))
+            source = load_model(save_random_model(name, tmp / "m.safetensors", calib[:32]))
             paths = export_variants(tmp / "m.safetensors", tmp, calib)
             ref = source.forward(eval_faces)
             row = {"torch_fp32_ms": ms_per_image(source, eval_faces)}
