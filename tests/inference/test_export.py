@@ -56,8 +56,10 @@ def test_fp16_and_int8(exported, tmp_path):
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     ex._write_with_card(tmp_path / "q.onnx", tmp_path / "q2.onnx", loaded.card, "int8", str(model))
-    cos8 = np.sum(loaded.embed_pixels(faces) * load_model(tmp_path / "q2.onnx").embed_pixels(faces), axis=1)
-    assert cos8.mean() > 0.9  # random-init weights: a loose sanity bound; real numbers in docs/inference.md
+    ref, q = loaded.embed_pixels(faces), load_model(tmp_path / "q2.onnx").embed_pixels(faces)
+    # random-init weights lose much more to INT8 than trained ones (docs/inference.md has both), so check
+    # only that each INT8 embedding is still nearest to its own face's fp32 embedding
+    assert (np.argmax(q @ ref.T, axis=1) == np.arange(len(faces))).all()
 
 
 def test_bad_export_requests(exported, tmp_path):
@@ -71,3 +73,22 @@ def test_bad_export_requests(exported, tmp_path):
     Image.new("RGB", (200, 150)).save(tmp_path / "big.png")
     with pytest.raises(UserError, match="big.png is 200x150.*aligned 112x112"):
         ex._aligned_faces(tmp_path, 112, 10)
+
+
+def test_torchscript_fallback_when_dynamo_fails(exported, tmp_path, monkeypatch):
+    import torch
+
+    model, _, _ = exported
+    real = torch.onnx.export
+
+    def dynamo_breaks(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("simulated torch.export failure")
+        return real(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_breaks)
+    report = ex.export_onnx(model, tmp_path / "ts.onnx")
+    assert report.exporter.startswith("torchscript (dynamo failed: RuntimeError: simulated")
+    assert report.parity_min_cosine >= 0.9999
+    x = np.random.default_rng(0).uniform(0, 255, (3, 3, 112, 112)).astype(np.float32)
+    assert load_model(tmp_path / "ts.onnx").forward(x).shape == (3, 32)  # batch stays dynamic
