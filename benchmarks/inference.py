@@ -84,8 +84,10 @@ def ms_per_image(model, faces: np.ndarray, batch: int = 8, repeats: int = 3) -> 
     return 1000 * best / len(x)
 
 
-def export_variants(model_path: Path, out_dir: Path, calibration: np.ndarray) -> dict[str, Path]:
-    """fp32 / fp16 / int8 ONNX files of ``model_path`` (one torch export; the others derived from it)."""
+def export_variants(model_path: Path, out_dir: Path, calibration: np.ndarray, minmax: bool = False
+                    ) -> dict[str, Path]:
+    """fp32 / fp16 / int8 (percentile; with ``minmax`` also int8-minmax) ONNX files of ``model_path`` (one
+    torch export; the others derived from it)."""
     from marginface.inference import export as ex
     from marginface.inference import load_model
 
@@ -94,11 +96,15 @@ def export_variants(model_path: Path, out_dir: Path, calibration: np.ndarray) ->
     exporter = ex._export_fp32(loaded.runner, 112, fp32, 18)
     ex._to_fp16(fp32, out_dir / "raw_fp16.onnx")
     normalised = loaded.normalise_input(torch.from_numpy(calibration)).numpy()
-    ex._quantize_int8(fp32, out_dir / "raw_int8.onnx", normalised, str(out_dir))
+    ex._quantize_int8(fp32, out_dir / "raw_int8.onnx", normalised, str(out_dir), "percentile")
+    variants = ["fp32", "fp16", "int8"]
+    if minmax:
+        ex._quantize_int8(fp32, out_dir / "raw_int8-minmax.onnx", normalised, str(out_dir), "minmax")
+        variants.append("int8-minmax")
     paths = {}
-    for precision in ("fp32", "fp16", "int8"):
-        paths[precision] = out_dir / f"{precision}.onnx"
-        ex._write_with_card(out_dir / f"raw_{precision}.onnx", paths[precision], loaded.card, precision,
+    for variant in variants:
+        paths[variant] = out_dir / f"{variant}.onnx"
+        ex._write_with_card(out_dir / f"raw_{variant}.onnx", paths[variant], loaded.card, variant.split("-")[0],
                             str(model_path))
     print(f"  exporter: {exporter}")
     return paths
@@ -151,7 +157,7 @@ def run_lfw(args: argparse.Namespace) -> dict:
     calib = _aligned_faces_seeded(CELEBA112, args.calibration, seed=2)
     results = {}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        paths = export_variants(Path(args.model), Path(tmp), calib)
+        paths = export_variants(Path(args.model), Path(tmp), calib, minmax=True)
         models = {"torch fp32": load_model(args.model), **{f"ORT {p}": load_model(v) for p, v in paths.items()}}
         ref = None
         for label, model in models.items():

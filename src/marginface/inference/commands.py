@@ -159,6 +159,8 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--int8", action="store_true", help="INT8 static quantization (needs --calibration-images)")
     parser.add_argument("--calibration-images", help="aligned 112x112 faces (folder, searched recursively)")
     parser.add_argument("--calibration-count", type=int, default=200, help="faces used to calibrate INT8")
+    parser.add_argument("--int8-method", default="percentile", choices=["percentile", "minmax", "entropy"],
+                        help="how INT8 activation ranges are set from the calibration faces")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=_run_export)
 
@@ -167,7 +169,8 @@ def _run_export(args: argparse.Namespace) -> int:
     from marginface.inference.export import export_onnx
 
     report = export_onnx(args.model, args.onnx, fp16=args.fp16, int8=args.int8,
-                         calibration_images=args.calibration_images, calibration_count=args.calibration_count)
+                         calibration_images=args.calibration_images, calibration_count=args.calibration_count,
+                         int8_method=args.int8_method)
     _print_json(report) if args.json else print(report.describe())
     return 0
 

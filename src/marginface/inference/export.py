@@ -11,9 +11,11 @@ exactly like the original.
   dynamo export raises; the report says which ran.
 - fp16: the fp32 graph converted by onnxruntime's ``convert_float_to_float16`` with fp32 input/output
   (``keep_io_types``): weights and activations fp16 inside.
-- INT8: onnxruntime static quantization (QDQ format, per-channel int8 weights, int8 activations, MinMax
-  calibration) on aligned faces from ``calibration_images`` — real faces, because activation ranges seen on
-  noise are not those seen on faces.
+- INT8: onnxruntime static quantization (QDQ format, per-channel int8 weights, int8 activations) calibrated
+  on aligned faces from ``calibration_images`` — real faces, because activation ranges seen on noise are not
+  those seen on faces. Activation ranges: ``percentile`` (default: the 0.001 / 99.999 percentiles of each
+  activation, so a few outliers do not stretch the int8 grid; it gave a higher cosine to fp32 than ``minmax``
+  in our measurement, docs/inference.md), ``minmax`` or ``entropy``.
 
 The card of an export is the source card with ``precision`` set; its ``weights_sha256`` stays the source
 weights' hash, so an fp32 export shares galleries with the torch model while fp16/INT8 exports (different
@@ -33,6 +35,8 @@ import numpy as np
 import torch
 
 from marginface.errors import UserError
+
+INT8_METHODS = ("percentile", "minmax", "entropy")
 
 
 @dataclass
@@ -54,7 +58,7 @@ class ExportReport:
 
 def export_onnx(model: str | os.PathLike, out: str | os.PathLike, *, fp16: bool = False, int8: bool = False,
                 calibration_images: str | os.PathLike | None = None, calibration_count: int = 200,
-                opset: int = 18) -> ExportReport:
+                int8_method: str = "percentile", opset: int = 18) -> ExportReport:
     """Export the model at ``model`` (any :func:`load_model` torch format) to ``out`` (.onnx).
 
     Raises:
@@ -65,6 +69,8 @@ def export_onnx(model: str | os.PathLike, out: str | os.PathLike, *, fp16: bool 
 
     if fp16 and int8:
         raise UserError("choose one of --fp16 and --int8")
+    if int8_method not in INT8_METHODS:
+        raise UserError(f"unknown INT8 calibration method {int8_method!r}; use one of {', '.join(INT8_METHODS)}")
     if int8 and calibration_images is None:
         raise UserError("--int8 needs --calibration-images DIR: aligned faces (e.g. the output of marginface align)")
     loaded = load_model(model)
@@ -82,7 +88,7 @@ def export_onnx(model: str | os.PathLike, out: str | os.PathLike, *, fp16: bool 
         if fp16:
             _to_fp16(fp32, final)
         elif int8:
-            _quantize_int8(fp32, final, loaded.normalise_input(torch.from_numpy(faces)).numpy(), tmp)
+            _quantize_int8(fp32, final, loaded.normalise_input(torch.from_numpy(faces)).numpy(), tmp, int8_method)
         else:
             final = fp32
         _write_with_card(final, out, loaded.card, precision, str(model))
@@ -135,17 +141,19 @@ class _FacesReader:
         return next(self.batches, None)
 
 
-def _quantize_int8(src: Path, dst: Path, faces: np.ndarray, tmp: str) -> None:
+def _quantize_int8(src: Path, dst: Path, faces: np.ndarray, tmp: str, method: str = "percentile") -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    calibrate_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                        "entropy": CalibrationMethod.Entropy}[method]
     prepared = Path(tmp) / "prepared.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(dst), _FacesReader(faces.astype(np.float32), "input"),
                         quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                        activation_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                        activation_type=QuantType.QInt8, calibrate_method=calibrate_method)
 
 
 def _write_with_card(src: Path, out: Path, card: Any, precision: str, source: str) -> None:
