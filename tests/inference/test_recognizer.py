@@ -60,6 +60,8 @@ def test_verify_uses_card_threshold_and_needs_one(recognizer, tmp_path):
     assert score == pytest.approx(float(emb[0] @ emb[1]), abs=1e-6)
     assert same == (score >= 0.5) and result.threshold == 0.5
     assert recognizer.verify(a, a).same
+    with pytest.raises(ValueError, match="pass one image"):
+        recognizer.verify(_faces(2), b)
     bare = FaceRecognizer.load(save_tiny(tmp_path / "n.safetensors"))
     with pytest.raises(UserError, match="no calibrated threshold.*marginface calibrate"):
         bare.verify(a, b)

@@ -240,7 +240,8 @@ def _as_list(inputs: Any) -> Sequence[Any]:
 
 
 def _single(item: Any, name: str) -> Any:
-    if isinstance(item, list | tuple) or (isinstance(item, torch.Tensor) and item.ndim == 4 and len(item) != 1):
+    batched = isinstance(item, torch.Tensor | np.ndarray) and item.ndim == 4 and len(item) != 1
+    if isinstance(item, list | tuple) or batched:
         raise ValueError(f"{name}: pass one image, not a sequence")
     return item
 
