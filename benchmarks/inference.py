@@ -126,7 +126,7 @@ def run_parity(args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             tmp = Path(tmp)
             source = load_model(save_random_model(name, tmp / "m.safetensors", calib[:32]))
-            paths = export_variants(tmp / "m.safetensors", tmp, calib)
+            paths = export_variants(tmp / "m.safetensors", tmp, calib, minmax=args.minmax)
             ref = source.forward(eval_faces)
             row = {"torch_fp32_ms": ms_per_image(source, eval_faces)}
             for precision, path in paths.items():
@@ -137,12 +137,13 @@ def run_parity(args: argparse.Namespace) -> dict:
                 row[precision]["ratio_to_torch"] = row[precision]["ms"] / row["torch_fp32_ms"]
             rows[name] = row
             print(f"  {json.dumps(row)}", flush=True)
+    variants = [v for v in ("fp32", "fp16", "int8", "int8-minmax") if v in next(iter(rows.values()))]
     print("\n| backbone | torch fp32 ms/img | " + " | ".join(
-        f"ORT {p} min cos / mean cos / time vs torch" for p in ("fp32", "fp16", "int8")) + " |")
-    print("|---|---|---|---|---|")
+        f"ORT {p} min cos / mean cos / time vs torch" for p in variants) + " |")
+    print("|---|---|" + "---|" * len(variants))
     for name, row in rows.items():
         cells = [f"{row[p]['min_cos']:.6f} / {row[p]['mean_cos']:.6f} / {row[p]['ratio_to_torch']:.2f}x"
-                 for p in ("fp32", "fp16", "int8")]
+                 for p in variants]
         print(f"| {name} | {row['torch_fp32_ms']:.1f} | " + " | ".join(cells) + " |")
     return rows
 
@@ -282,6 +283,7 @@ def main() -> None:
     parser.add_argument("--backbones", default="iresnet18,iresnet50,iresnet100,mobilefacenet")
     parser.add_argument("--faces", type=int, default=32, help="parity: real LFW faces compared")
     parser.add_argument("--calibration", type=int, default=128, help="INT8 calibration faces (CelebA)")
+    parser.add_argument("--minmax", action="store_true", help="parity: also INT8 with MinMax activation ranges")
     parser.add_argument("--model", help="lfw: the trained model")
     parser.add_argument("--bin", default=LFW_BIN)
     parser.add_argument("--n", type=int, default=1_000_000)
