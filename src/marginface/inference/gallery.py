@@ -91,7 +91,7 @@ class Gallery:
         self._index: dict[str, Any] = {}  # "ivf" -> (faiss index, rows indexed)
         self.path: Path | None = None
         self.model_path = ""  # where the enrolling model's file was (a default for ``marginface identify``)
-        self.approximate_above, self.nprobe = APPROXIMATE_ABOVE, 16
+        self.approximate_above, self.nprobe = APPROXIMATE_ABOVE, 64  # see docs/inference.md (recall)
 
     @classmethod
     def create(cls, model: Any) -> Gallery:
