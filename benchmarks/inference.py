@@ -84,8 +84,8 @@ def ms_per_image(model, faces: np.ndarray, batch: int = 8, repeats: int = 3) -> 
     return 1000 * best / len(x)
 
 
-def export_variants(model_path: Path, out_dir: Path, calibration: np.ndarray, minmax: bool = False
-                    ) -> dict[str, Path]:
+def export_variants(model_path: Path, out_dir: Path, calibration: np.ndarray, minmax: bool = False,
+                    fp32_only: bool = False) -> dict[str, Path]:
     """fp32 / fp16 / int8 (percentile; with ``minmax`` also int8-minmax) ONNX files of ``model_path`` (one
     torch export; the others derived from it)."""
     from marginface.inference import export as ex
@@ -94,6 +94,11 @@ def export_variants(model_path: Path, out_dir: Path, calibration: np.ndarray, mi
     loaded = load_model(model_path)
     fp32 = out_dir / "raw_fp32.onnx"
     exporter = ex._export_fp32(loaded.runner, 112, fp32, 18)
+    export_variants.last_exporter = exporter
+    print(f"  exporter: {exporter}")
+    if fp32_only:
+        ex._write_with_card(fp32, out_dir / "fp32.onnx", loaded.card, "fp32", str(model_path))
+        return {"fp32": out_dir / "fp32.onnx"}
     ex._to_fp16(fp32, out_dir / "raw_fp16.onnx")
     normalised = loaded.normalise_input(torch.from_numpy(calibration)).numpy()
     ex._quantize_int8(fp32, out_dir / "raw_int8.onnx", normalised, str(out_dir), "percentile")
@@ -106,7 +111,6 @@ def export_variants(model_path: Path, out_dir: Path, calibration: np.ndarray, mi
         paths[variant] = out_dir / f"{variant}.onnx"
         ex._write_with_card(out_dir / f"raw_{variant}.onnx", paths[variant], loaded.card, variant.split("-")[0],
                             str(model_path))
-    print(f"  exporter: {exporter}")
     return paths
 
 
@@ -126,9 +130,9 @@ def run_parity(args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             tmp = Path(tmp)
             source = load_model(save_random_model(name, tmp / "m.safetensors", calib[:32]))
-            paths = export_variants(tmp / "m.safetensors", tmp, calib, minmax=args.minmax)
+            paths = export_variants(tmp / "m.safetensors", tmp, calib, minmax=args.minmax, fp32_only=args.fp32_only)
             ref = source.forward(eval_faces)
-            row = {"torch_fp32_ms": ms_per_image(source, eval_faces)}
+            row = {"exporter": export_variants.last_exporter, "torch_fp32_ms": ms_per_image(source, eval_faces)}
             for precision, path in paths.items():
                 model = load_model(path)
                 cos = cosines(ref, model.forward(eval_faces))
@@ -138,6 +142,7 @@ def run_parity(args: argparse.Namespace) -> dict:
             rows[name] = row
             print(f"  {json.dumps(row)}", flush=True)
     variants = [v for v in ("fp32", "fp16", "int8", "int8-minmax") if v in next(iter(rows.values()))]
+    print("\nexporter per backbone: " + ", ".join(f"{n}: {r['exporter']}" for n, r in rows.items()))
     print("\n| backbone | torch fp32 ms/img | " + " | ".join(
         f"ORT {p} min cos / mean cos / time vs torch" for p in variants) + " |")
     print("|---|---|" + "---|" * len(variants))
@@ -284,6 +289,7 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=32, help="parity: real LFW faces compared")
     parser.add_argument("--calibration", type=int, default=128, help="INT8 calibration faces (CelebA)")
     parser.add_argument("--minmax", action="store_true", help="parity: also INT8 with MinMax activation ranges")
+    parser.add_argument("--fp32-only", action="store_true", help="parity: export and compare fp32 only")
     parser.add_argument("--model", help="lfw: the trained model")
     parser.add_argument("--bin", default=LFW_BIN)
     parser.add_argument("--n", type=int, default=1_000_000)
