@@ -154,3 +154,28 @@ def test_sqlite_holds_names_and_no_pickle(tmp_path):
     db = sqlite3.connect(tmp_path / "g" / version / "gallery.sqlite")
     assert [r[0] for r in db.execute("SELECT name FROM identities ORDER BY row")] == ["id0", "id1", "id2"]
     np.load(tmp_path / "g" / version / "vectors.npy", allow_pickle=False)
+
+
+def test_enroll_folder_skips_bad_images_when_asked(tmp_path):
+    from PIL import Image
+
+    from marginface.inference.recognizer import FaceRecognizer
+    from tests.inference.helpers import save_tiny
+
+    rec = FaceRecognizer.load(save_tiny(tmp_path / "m.safetensors", flip=False))
+    rng = np.random.default_rng(0)
+    for person in ("ann", "bob"):
+        (tmp_path / "people" / person).mkdir(parents=True)
+        for j in range(2):
+            Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(
+                tmp_path / "people" / person / f"{j}.png")
+    (tmp_path / "people" / "bob" / "broken.png").write_bytes(b"not an image")
+    gallery = Gallery.create(rec.card)
+    with pytest.raises(ValueError, match="broken.png"):
+        gallery.enroll_folder(rec, tmp_path / "people")
+    gallery = Gallery.create(rec.card)
+    report = gallery.enroll_folder(rec, tmp_path / "people", skip_bad=True)
+    assert report["images"] == 4 and [s["path"][-10:] for s in report["skipped"]] == ["broken.png"]
+    assert gallery.images("ann") == 2 and gallery.images("bob") == 2
+    ref = rec.embed(sorted((tmp_path / "people" / "bob").glob("[01].png"))).astype(np.float64).sum(0)
+    np.testing.assert_allclose(gallery.template("bob"), ref / np.linalg.norm(ref), atol=1e-6)

@@ -280,25 +280,35 @@ class Gallery:
         skipped, several = [], []
         bar = tqdm(total=len(images), desc="enrol", unit="img")
         for name, paths in by_identity.items():
-            vectors = []
-            for path in paths:
-                try:
-                    vector, (info,) = recognizer.embed_with_info(path)
-                except ValueError as err:  # NoFaceError and unreadable files are ValueErrors
-                    if not skip_bad:
-                        raise
-                    skipped.append({"path": str(path), "error": str(err)})
-                    continue
-                finally:
-                    bar.update(1)
-                vectors.append(vector)
-                if info.several:
-                    several.append({"path": str(path), "faces": info.faces, "kept": info.kept})
-            if vectors:
-                self.add(name, np.concatenate(vectors), recognizer.card)
+            vectors, infos = self._embed_identity(recognizer, paths, skip_bad, skipped)
+            bar.update(len(paths))
+            several += [{"path": i.input, "faces": i.faces, "kept": i.kept} for i in infos if i.several]
+            if len(vectors):
+                self.add(name, vectors, recognizer.card)
         bar.close()
         return {"identities": len(by_identity), "images": len(images) - len(skipped), "skipped": skipped,
                 "several_faces": several, "gallery_size": len(self)}
+
+    @staticmethod
+    def _embed_identity(recognizer: Any, paths: list[Path], skip_bad: bool, skipped: list[dict]
+                        ) -> tuple[np.ndarray, list[Any]]:
+        """One identity's images in one batch; with ``skip_bad``, a failing batch is redone image by image and
+        the unreadable / faceless images are appended to ``skipped``."""
+        try:
+            return recognizer.embed_with_info(paths)
+        except ValueError:  # NoFaceError and unreadable files are ValueErrors
+            if not skip_bad:
+                raise
+        vectors, infos = [], []
+        for path in paths:
+            try:
+                vector, info = recognizer.embed_with_info(path)
+            except ValueError as err:
+                skipped.append({"path": str(path), "error": str(err)})
+                continue
+            vectors.append(vector)
+            infos += info
+        return (np.concatenate(vectors) if vectors else np.zeros((0, recognizer.card.embedding_size))), infos
 
     # ------------------------------------------------------------------------------------------ disk
     def save(self, path: str | os.PathLike | None = None) -> Path:
