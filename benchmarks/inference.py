@@ -1,7 +1,7 @@
 """Inference benchmarks: ONNX parity/latency per precision, LFW accuracy per precision, a 1M-identity gallery.
 
 Usage:
-    python benchmarks/inference.py parity [--backbones iresnet18,iresnet50,iresnet100,mobilefacenet]
+    python benchmarks/inference.py parity [--backbones iresnet18,iresnet50,iresnet100,mobilefacenet | --model M]
     python benchmarks/inference.py lfw --model RUN/best.safetensors [--bin /work/cache/lfw.bin]
     python benchmarks/inference.py gallery [--n 1000000] [--dim 512]
 
@@ -125,12 +125,13 @@ def run_parity(args: argparse.Namespace) -> dict:
     eval_faces = _aligned_faces_seeded(LFW112, args.faces, seed=1)
     calib = _aligned_faces_seeded(CELEBA112, args.calibration, seed=2)
     rows = {}
-    for name in args.backbones.split(","):
+    for name in [args.model] if args.model else args.backbones.split(","):
         print(f"{name}:", flush=True)
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             tmp = Path(tmp)
-            source = load_model(save_random_model(name, tmp / "m.safetensors", calib[:32]))
-            paths = export_variants(tmp / "m.safetensors", tmp, calib, minmax=args.minmax, fp32_only=args.fp32_only)
+            weights = Path(args.model) if args.model else save_random_model(name, tmp / "m.safetensors", calib[:32])
+            source = load_model(weights)
+            paths = export_variants(weights, tmp, calib, minmax=args.minmax, fp32_only=args.fp32_only)
             ref = source.forward(eval_faces)
             row = {"exporter": export_variants.last_exporter, "torch_fp32_ms": ms_per_image(source, eval_faces)}
             for precision, path in paths.items():
@@ -290,7 +291,8 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=128, help="INT8 calibration faces (CelebA)")
     parser.add_argument("--minmax", action="store_true", help="parity: also INT8 with MinMax activation ranges")
     parser.add_argument("--fp32-only", action="store_true", help="parity: export and compare fp32 only")
-    parser.add_argument("--model", help="lfw: the trained model")
+    parser.add_argument("--model", help="lfw: the trained model; parity: use this trained model instead of "
+                        "random-init backbones")
     parser.add_argument("--bin", default=LFW_BIN)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
