@@ -15,7 +15,7 @@ exactly like the original.
   on aligned faces from ``calibration_images`` — real faces, because activation ranges seen on noise are not
   those seen on faces. Activation ranges: ``percentile`` (default: the 0.001 / 99.999 percentiles of each
   activation, so a few outliers do not stretch the int8 grid; it gave a higher cosine to fp32 than ``minmax``
-  in our measurement, docs/inference.md), ``minmax`` or ``entropy``.
+  on random-init weights, a tie on trained ones: docs/inference.md), ``minmax`` or ``entropy``.
 
 The card of an export is the source card with ``precision`` set; its ``weights_sha256`` stays the source
 weights' hash, so an fp32 export shares galleries with the torch model while fp16/INT8 exports (different
