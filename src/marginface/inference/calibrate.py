@@ -1,0 +1,163 @@
+"""Threshold calibration: the cosine threshold at a target false-accept rate, written into the model card.
+
+Decision rule everywhere: two faces are the same person iff ``cosine >= threshold``.
+
+- **At a target FAR** (the default threshold): the lowest threshold whose measured FAR on the impostor
+  (different-identity) pairs is <= the target, i.e. at most ``floor(far * impostors)`` impostor pairs accepted
+  — :func:`marginface.evaluation.metrics.tar_at_far`'s operating point, no interpolation. A FAR below
+  ``1 / impostors`` cannot be measured on that many pairs and is refused.
+- **At best accuracy**: :func:`marginface.evaluation.metrics.best_threshold` (the midpoint cut maximising
+  accuracy on these pairs; optimistic, as it is fitted on the data it is measured on).
+
+Pairs come from a labelled folder (``DIR/<identity>/<images>``: every same-identity pair is genuine, every
+other pair an impostor), an LFW-format ``pairs.txt`` with its image folder, or an insightface ``.bin``.
+Scores are computed with the model's own pipeline (:class:`~marginface.inference.recognizer.FaceRecognizer`,
+flip TTA per the card), so the threshold applies to exactly what ``verify`` computes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from marginface.errors import UserError
+from marginface.evaluation import metrics
+
+
+@dataclass
+class Calibration:
+    """A calibrated threshold and what supports it.
+
+    Attributes:
+        far: the target FAR.
+        threshold: accept iff ``cosine >= threshold``; at most ``far * impostors`` impostor pairs accepted.
+        achieved_far: the FAR measured at ``threshold`` (<= ``far``).
+        tar: the true-accept rate measured at ``threshold``.
+        impostors, genuine: numbers of different- and same-identity pairs.
+        best_threshold, best_accuracy: the accuracy-maximising threshold and its accuracy on these pairs.
+        data: where the pairs came from.
+    """
+
+    far: float
+    threshold: float
+    achieved_far: float
+    tar: float
+    impostors: int
+    genuine: int
+    best_threshold: float
+    best_accuracy: float
+    data: str = ""
+
+    def card_thresholds(self, flip_tta: bool) -> dict[str, Any]:
+        """The ``thresholds`` entry of a model card (``default`` is the threshold at the target FAR)."""
+        return {"default": self.threshold, **asdict(self), "flip_tta": flip_tta,
+                "date": datetime.date.today().isoformat()}
+
+    def describe(self) -> str:
+        return (f"threshold {self.threshold:.4f} at FAR <= {self.far:g} (measured FAR {self.achieved_far:.3g}, "
+                f"TAR {self.tar:.4f}) on {self.impostors} impostor / {self.genuine} genuine pairs; best-accuracy "
+                f"threshold {self.best_threshold:.4f} (accuracy {self.best_accuracy:.4f}) [{self.data}]")
+
+
+def calibrate_scores(scores: np.ndarray, issame: np.ndarray, far: float, data: str = "") -> Calibration:
+    """Calibrate on (N,) pair cosines and (N,) same-identity flags. Raises UserError when ``far`` is below
+    ``1 / impostors`` (not measurable) or a class of pairs is missing."""
+    issame = np.asarray(issame, dtype=bool)
+    impostors, genuine = int((~issame).sum()), int(issame.sum())
+    if impostors == 0 or genuine == 0:
+        raise UserError(f"calibration needs both genuine and impostor pairs; got {genuine} genuine and "
+                        f"{impostors} impostor pairs from {data or 'the data'}")
+    if not 0 < far <= 1:
+        raise UserError(f"--far must be in (0, 1], got {far}")
+    if far * impostors < 1 - 1e-9:
+        raise UserError(f"FAR {far:g} cannot be measured on {impostors} impostor pairs (the smallest measurable "
+                        f"FAR is 1/{impostors} = {1 / impostors:.3g}): use at least {int(np.ceil(1 / far))} "
+                        "impostor pairs (a bigger folder or pairs file) or a larger --far")
+    point = metrics.tar_at_far(scores, issame, far)
+    best_t, best_acc = metrics.best_threshold(scores, issame)
+    return Calibration(float(far), float(point.threshold[0]), float(point.achieved_far[0]), float(point.tar[0]),
+                       impostors, genuine, float(best_t), float(best_acc), data)
+
+
+# ------------------------------------------------------------------------------------------ pair sources
+def folder_pairs(recognizer: Any, folder: str | os.PathLike, max_images: int = 4000,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """All pairs of the images of ``folder/<identity>/``: (scores, issame, description).
+
+    More than ``max_images`` images: a seeded random subset of that many (all pairs grow as N^2).
+    """
+    from marginface.align.pipeline import list_images
+
+    images, _ = list_images(folder)
+    total = len(images)
+    if total > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(total, max_images, replace=False))
+        images = [images[i] for i in keep]
+    labels = np.unique([p.parent.name for p in images], return_inverse=True)[1]
+    emb = recognizer.embed_with_info(images, progress=True)[0].astype(np.float64)  # as verify() scores
+    upper = np.triu_indices(len(images), k=1)
+    scores = (emb @ emb.T)[upper]
+    issame = labels[upper[0]] == labels[upper[1]]
+    return scores, issame, f"folder {folder} ({len(images)} of {total} images, all pairs)"
+
+
+def pairs_file_pairs(recognizer: Any, pairs: str | os.PathLike,
+                     images: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Pairs of an insightface ``.bin`` (aligned faces) or of an LFW ``pairs.txt`` over ``images``."""
+    path = Path(pairs)
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file {path} does not exist")
+    if path.suffix.lower() == ".bin":
+        import torch
+
+        from marginface.data.bins import load_verification_bin
+
+        faces, issame = load_verification_bin(path)
+        pixels = torch.clamp(faces * 127.5 + 127.5, 0, 255)  # the loader's [-1, 1] back to 0..255
+        emb = np.concatenate([recognizer.embed(pixels[i : i + 512]) for i in range(0, len(pixels), 512)])
+        emb = emb.astype(np.float64)  # scores in float64, as verify() computes them
+        return np.sum(emb[0::2] * emb[1::2], axis=1), np.asarray(issame, bool), f"{path} ({len(issame)} pairs)"
+    if images is None:
+        raise UserError(f"{path} is a pairs.txt: also give the image folder it refers to (--images DIR)")
+    from marginface.evaluation.pairs import read_pairs, resolve_images
+
+    parsed = read_pairs(path)
+    files = resolve_images(parsed, images)
+    names = parsed.unique_names()
+    emb = recognizer.embed_with_info([files[n] for n in names], progress=True)[0].astype(np.float64)
+    row = {n: i for i, n in enumerate(names)}
+    a = emb[[row[n] for n in parsed.names[:, 0]]]
+    b = emb[[row[n] for n in parsed.names[:, 1]]]
+    return np.sum(a * b, axis=1), parsed.issame.astype(bool), f"{path} over {images} ({len(parsed)} pairs)"
+
+
+def calibrate_model(model: str | os.PathLike, far: float, *, pairs: str | None = None, images: str | None = None,
+                    folder: str | None = None, write: bool = True, device: str = "cpu",
+                    max_images: int = 4000) -> Calibration:
+    """Calibrate the model at ``model`` on ``pairs`` (.bin or pairs.txt + ``images``) or a labelled ``folder``;
+    with ``write``, store the result in its card (atomic rewrite of the file)."""
+    from marginface.inference.model import write_card
+    from marginface.inference.recognizer import FaceRecognizer
+
+    if (pairs is None) == (folder is None):
+        raise UserError("give exactly one source of pairs: --pairs FILE (.bin or pairs.txt + --images) or --folder DIR")
+    suffix = Path(model).suffix.lower()
+    if write and suffix not in (".safetensors", ".onnx") and not Path(model).is_dir():
+        raise UserError(f"{model}: a card can only be written into .safetensors or .onnx files; export it "
+                        "(marginface export) or pass --no-write to only print the threshold")
+    recognizer = FaceRecognizer.load(model, device=device)
+    if folder is not None:
+        scores, issame, data = folder_pairs(recognizer, folder, max_images)
+    else:
+        scores, issame, data = pairs_file_pairs(recognizer, pairs, images)
+    result = calibrate_scores(scores, issame, far, data)
+    if write:
+        card = recognizer.card
+        card.thresholds = result.card_thresholds(card.input.flip_tta)
+        write_card(recognizer.model.path, card)
+    return result

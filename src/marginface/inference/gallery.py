@@ -1,0 +1,470 @@
+"""``Gallery``: enrolled identities (one template each), top-k search on faiss, saved to a folder without pickle.
+
+**Template.** An identity's template is the L2-normalised mean of the L2-normalised embeddings of its images:
+``t = sum_i e_i / ||sum_i e_i||``. Enrolling more images later updates it exactly: the gallery keeps each
+identity's image count and ``||sum_i e_i||`` (so the sum is ``t * ||sum||``).
+
+**Search.** Scores are cosines (inner products of unit vectors). Exact search (``faiss.knn`` on the template
+matrix, no copy) is the default up to :data:`APPROXIMATE_ABOVE` identities; above it, an IVF index
+(``IndexIVFFlat``, ``nlist`` ~ 1 cell per 1,000 identities, ``nprobe`` cells visited) built on first use;
+its recall@1 against exact search is measured in ``benchmarks/inference.py`` and reported in
+docs/inference.md. ``exact=True/False`` overrides per call.
+
+**Compatibility.** A gallery records the model card's compatibility key (weights SHA-256 + precision) and
+refuses probes and enrolments from any other model: embeddings of two models are not comparable.
+
+**On disk** (``G/``, no pickle anywhere)::
+
+    G/CURRENT                 the name of the complete version to read, e.g. "v000004" (replaced atomically)
+    G/v000004/vectors.npy     (N, D) float32 templates, row i = identity of row i
+    G/v000004/gallery.sqlite  meta (format, model key and card, D, N) and identities (row, name, images, norm)
+    G/v000003/                the previous version, kept as a backup
+
+A save writes a new version in a temporary folder, fsyncs it, renames it into place and only then replaces
+``CURRENT`` (``os.replace``, atomic): a crash at any point leaves ``CURRENT`` naming a complete version, so
+nothing already saved is lost. A damaged current version (files truncated or edited after the fact) is a
+clear error naming the file and the intact previous version to load instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from marginface.errors import UserError
+
+#: above this many identities a search without ``exact=`` uses the IVF index (see docs/inference.md).
+APPROXIMATE_ABOVE = 250_000
+FORMAT = "marginface-gallery-1"
+_VECTORS, _DB, _CURRENT = "vectors.npy", "gallery.sqlite", "CURRENT"
+
+
+@dataclass(frozen=True)
+class Match:
+    """One search result: the identity's name and its template's cosine with the probe."""
+
+    name: str
+    score: float
+
+
+def _key_of(model: Any) -> str:
+    """A ModelCard's compatibility key (or the key itself when a string is given)."""
+    return model if isinstance(model, str) else model.compatibility_key
+
+
+def _unit_rows(x: np.ndarray, dim: int, what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    x = x[None] if x.ndim == 1 else x
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{what} must be (N, {dim}), got shape {x.shape}")
+    norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    if not np.isfinite(norms).all() or (norms == 0).any():
+        raise ValueError(f"{what} contain NaN/inf or all-zero rows")
+    return (x / norms).astype(np.float32)
+
+
+class Gallery:
+    """Identities and their templates for one model. Build with :meth:`create` or :meth:`load`.
+
+    Args:
+        model_key: the model card's ``compatibility_key``.
+        dim: embedding size D.
+        card_json: the model card (JSON), kept for ``marginface info``-style reporting.
+    """
+
+    def __init__(self, model_key: str, dim: int, card_json: str = "{}") -> None:
+        self.model_key, self.dim, self.card_json = model_key, int(dim), card_json
+        self._vectors = np.zeros((0, self.dim), np.float32)  # capacity >= len; rows [0, len) used
+        self._names: list[str] = []
+        self._row: dict[str, int] = {}
+        self._images = np.zeros(0, np.int64)
+        self._norms = np.zeros(0, np.float64)  # ||sum of normalised embeddings|| per identity
+        self._index: dict[str, Any] = {}  # "ivf" -> (faiss index, rows indexed)
+        self.path: Path | None = None
+        self.model_path = ""  # where the enrolling model's file was (a default for ``marginface identify``)
+        self.approximate_above, self.nprobe = APPROXIMATE_ABOVE, 64  # see docs/inference.md (recall)
+
+    @classmethod
+    def create(cls, model: Any) -> Gallery:
+        """An empty gallery for ``model`` (a ModelCard, e.g. ``recognizer.card``)."""
+        return cls(model.compatibility_key, model.embedding_size, model.to_json())
+
+    # ------------------------------------------------------------------------------------------ contents
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._row
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, D) float32 templates (a view; row i belongs to ``names[i]``)."""
+        return self._vectors[: len(self)]
+
+    def template(self, name: str) -> np.ndarray:
+        return self.vectors[self._lookup(name)].copy()
+
+    def images(self, name: str) -> int:
+        """How many images the template of ``name`` averages."""
+        return int(self._images[self._lookup(name)])
+
+    def _lookup(self, name: str) -> int:
+        if name not in self._row:
+            raise KeyError(f"identity {name!r} is not in the gallery ({len(self)} identities)")
+        return self._row[name]
+
+    def check_model(self, model: Any, what: str = "probes") -> None:
+        """Raise UserError unless ``model`` (card or key) is the gallery's model."""
+        key = _key_of(model)
+        if key != self.model_key:
+            where = f" at {self.path}" if self.path else ""
+            raise UserError(f"the gallery{where} was enrolled with model {self.model_key[:16]}... but these {what} "
+                            f"come from model {key[:16]}...: embeddings of different models (or precisions) are "
+                            "not comparable; use the gallery's model or enrol a new gallery with this one")
+
+    # ------------------------------------------------------------------------------------------ changes
+    def add(self, name: str, embeddings: np.ndarray, model: Any) -> None:
+        """Add (M, D) embeddings of one identity (new, or more images of an enrolled one) from ``model``."""
+        self.check_model(model, "embeddings")
+        e = _unit_rows(embeddings, self.dim, f"embeddings of {name!r}")
+        if name in self._row:
+            row = self._row[name]
+            total = self._vectors[row].astype(np.float64) * self._norms[row] + e.astype(np.float64).sum(0)
+            self._set_row(row, total, self._images[row] + len(e))
+            self._index.clear()
+        else:
+            self.add_many([name], e.astype(np.float64).sum(0, keepdims=True), model, images=[len(e)])
+
+    def add_many(self, names: Sequence[str], sums: np.ndarray, model: Any, images: Sequence[int] | None = None
+                 ) -> None:
+        """Enrol new identities at once: ``names`` (N,) and the (N, D) sums of their normalised embeddings
+        (one unit embedding each is its own sum); ``images`` (N,) counts, default 1."""
+        self.check_model(model, "embeddings")
+        sums = np.asarray(sums)
+        if sums.ndim != 2 or sums.shape != (len(names), self.dim):
+            raise ValueError(f"sums must be ({len(names)}, {self.dim}), got {sums.shape}")
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"identity names must be non-empty strings, got {name!r}")
+        duplicates = self._duplicates(names)
+        if duplicates:
+            raise ValueError(f"identities already enrolled or repeated: {sorted(duplicates)[:5]}; use add() to "
+                             "enrol more images of an identity")
+        norms = np.sqrt(np.einsum("ij,ij->i", sums, sums, dtype=np.float64))
+        if not np.isfinite(norms).all() or (norms == 0).any():
+            raise ValueError("embedding sums contain NaN/inf or zero rows")
+        start = len(self)
+        self.reserve(start + len(names))
+        self._vectors[start : start + len(names)] = sums / norms[:, None]
+        self._images = np.concatenate([self._images, np.asarray(images or [1] * len(names), np.int64)])
+        self._norms = np.concatenate([self._norms, norms])
+        self._names.extend(names)
+        self._row.update({n: start + i for i, n in enumerate(names)})
+
+    def _duplicates(self, names: Sequence[str]) -> set[str]:
+        seen, dup = set(), set()
+        for n in names:
+            if n in seen or n in self._row:
+                dup.add(n)
+            seen.add(n)
+        return dup
+
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` identities at once (bulk enrolment without repeated growth)."""
+        if rows > len(self._vectors):
+            grown = np.zeros((max(rows, 2 * len(self._vectors)), self.dim), np.float32)
+            grown[: len(self)] = self.vectors
+            self._vectors = grown
+
+    def _set_row(self, row: int, total: np.ndarray, images: int) -> None:
+        norm = float(np.linalg.norm(total))
+        self._vectors[row], self._norms[row], self._images[row] = total / norm, norm, images
+
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (its row is filled by the last identity's)."""
+        row, last = self._lookup(name), len(self) - 1
+        if row != last:
+            moved = self._names[last]
+            self._vectors[row], self._names[row] = self._vectors[last], moved
+            self._images[row], self._norms[row] = self._images[last], self._norms[last]
+            self._row[moved] = row
+        del self._row[name]
+        self._names.pop()
+        self._images, self._norms = self._images[:last], self._norms[:last]
+        self._index.clear()
+
+    def rename(self, old: str, new: str) -> None:
+        if new in self._row:
+            raise ValueError(f"cannot rename {old!r} to {new!r}: {new!r} is already enrolled")
+        if not new:
+            raise ValueError("identity names must be non-empty")
+        row = self._lookup(old)
+        self._names[row] = new
+        self._row[new] = self._row.pop(old)
+
+    # ------------------------------------------------------------------------------------------ search
+    def search(self, probes: np.ndarray, k: int = 5, *, model: Any, exact: bool | None = None) -> list[list[Match]]:
+        """Top-``k`` identities for each of (P, D) probes from ``model`` (card or key), best first."""
+        self.check_model(model)
+        scores, rows = self.search_rows(_unit_rows(probes, self.dim, "probes"), k, exact)
+        return [[Match(self._names[r], float(s)) for s, r in zip(srow, rrow) if r >= 0]
+                for srow, rrow in zip(scores, rows)]
+
+    def search_rows(self, probes: np.ndarray, k: int, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """faiss search of (P, D) unit probes: (P, k) cosines and (P, k) rows (-1 = empty slot).
+
+        Exact search is ``faiss.knn`` straight on the template matrix (no index copy, nothing to build);
+        batching probes is what makes it fast (one pass over the templates serves the whole batch).
+        """
+        import faiss
+
+        if not len(self):
+            raise ValueError("the gallery is empty: enrol identities first")
+        exact = len(self) <= self.approximate_above if exact is None else exact
+        probes, k = np.ascontiguousarray(probes, np.float32), min(k, len(self))
+        if exact:
+            return faiss.knn(probes, self.vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+        return self._ivf().search(probes, k)
+
+    def _ivf(self) -> Any:
+        import faiss
+
+        index, rows = self._index.get("ivf", (None, 0))
+        if index is None:
+            nlist = int(np.clip(len(self) // 1000, 1, 4096))
+            quantizer = faiss.IndexFlatIP(self.dim)
+            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.own_fields = True  # the index owns (and frees) its quantizer
+            quantizer.this.disown()
+            sample = np.random.default_rng(0).choice(len(self), min(len(self), 40 * nlist), replace=False)
+            index.train(self.vectors[np.sort(sample)])
+        if rows < len(self):
+            index.add(self.vectors[rows:])
+        index.nprobe = self.nprobe
+        self._index["ivf"] = (index, len(self))
+        return index
+
+    # ------------------------------------------------------------------------------------------ enrolment
+    def enroll(self, recognizer: Any, name: str, images: Any, **embed_kwargs: Any) -> None:
+        """Embed ``images`` (one or many, any input :class:`FaceRecognizer` takes) and add them as ``name``."""
+        self.check_model(recognizer.card, "images (the recognizer's model)")
+        self.add(name, recognizer.embed(images, **embed_kwargs), recognizer.card)
+
+    def enroll_folder(self, recognizer: Any, folder: str | os.PathLike, skip_bad: bool = False) -> dict[str, Any]:
+        """Enrol ``folder/<identity>/<images>`` (progress bar per image); returns what was done.
+
+        ``skip_bad``: unreadable images and images without a face are skipped and listed instead of raising.
+        """
+        from tqdm import tqdm
+
+        from marginface.align.pipeline import list_images
+
+        self.check_model(recognizer.card, "images (the recognizer's model)")
+        images, _ = list_images(folder)
+        by_identity: dict[str, list[Path]] = {}
+        for path in images:
+            by_identity.setdefault(path.parent.name, []).append(path)
+        skipped, several = [], []
+        bar = tqdm(total=len(images), desc="enrol", unit="img")
+        for name, paths in by_identity.items():
+            vectors, infos = self._embed_identity(recognizer, paths, skip_bad, skipped)
+            bar.update(len(paths))
+            several += [{"path": i.input, "faces": i.faces, "kept": i.kept} for i in infos if i.several]
+            if len(vectors):
+                self.add(name, vectors, recognizer.card)
+        bar.close()
+        return {"identities": len(by_identity), "images": len(images) - len(skipped), "skipped": skipped,
+                "several_faces": several, "gallery_size": len(self)}
+
+    @staticmethod
+    def _embed_identity(recognizer: Any, paths: list[Path], skip_bad: bool, skipped: list[dict]
+                        ) -> tuple[np.ndarray, list[Any]]:
+        """One identity's images in one batch; with ``skip_bad``, a failing batch is redone image by image and
+        the unreadable / faceless images are appended to ``skipped``."""
+        try:
+            return recognizer.embed_with_info(paths)
+        except ValueError:  # NoFaceError and unreadable files are ValueErrors
+            if not skip_bad:
+                raise
+        vectors, infos = [], []
+        for path in paths:
+            try:
+                vector, info = recognizer.embed_with_info(path)
+            except ValueError as err:
+                skipped.append({"path": str(path), "error": str(err)})
+                continue
+            vectors.append(vector)
+            infos += info
+        return (np.concatenate(vectors) if vectors else np.zeros((0, recognizer.card.embedding_size))), infos
+
+    # ------------------------------------------------------------------------------------------ disk
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the gallery to ``path`` (default: where it was loaded from) atomically; see the module doc."""
+        folder = Path(path) if path is not None else self.path
+        if folder is None:
+            raise ValueError("save(path): this gallery has no folder yet")
+        folder.mkdir(parents=True, exist_ok=True)
+        if any(folder.iterdir()) and not (folder / _CURRENT).is_file():
+            raise UserError(f"{folder} exists and is not a gallery folder (no {_CURRENT} file): choose a new or "
+                            "empty folder")
+        elsewhere = self.path is None or folder.resolve() != self.path.resolve()
+        if elsewhere and (folder / _CURRENT).is_file():
+            other = _stored_model_key(folder)
+            if other != self.model_key:
+                raise UserError(f"{folder} holds a gallery of another model ({other[:16]}...); saving this one "
+                                f"({self.model_key[:16]}...) there would replace it: choose another folder")
+        versions = _versions(folder)
+        version = f"v{(int(versions[-1][1:]) + 1) if versions else 1:06d}"
+        tmp = folder / f".tmp-{version}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self._write_version(tmp)
+        os.replace(tmp, folder / version)
+        _fsync_dir(folder)
+        _write_atomic(folder / _CURRENT, version)
+        _prune(folder, keep=(version, *versions[-1:]))
+        self.path = folder
+        return folder
+
+    def _write_version(self, tmp: Path) -> None:
+        with open(tmp / _VECTORS, "wb") as handle:
+            np.save(handle, self.vectors, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        db = sqlite3.connect(tmp / _DB)
+        try:
+            db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute("CREATE TABLE identities (row INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, "
+                       "images INTEGER NOT NULL, norm REAL NOT NULL)")
+            meta = {"format": FORMAT, "model_key": self.model_key, "card": self.card_json, "dim": str(self.dim),
+                    "count": str(len(self)), "model_path": self.model_path, "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            db.executemany("INSERT INTO identities VALUES (?, ?, ?, ?)",
+                           zip(range(len(self)), self._names, self._images.tolist(), self._norms.tolist()))
+            db.commit()
+        finally:
+            db.close()
+        with open(tmp / _DB, "rb+") as handle:
+            os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, version: str | None = None) -> Gallery:
+        """Read the gallery saved at ``path`` (its current version, or ``version`` e.g. ``"v000003"``)."""
+        folder = Path(path)
+        if not (folder / _CURRENT).is_file():
+            raise FileNotFoundError(f"{folder} is not a gallery folder (no {folder / _CURRENT}); create one with "
+                                    "marginface enroll --gallery DIR ...")
+        version = version or (folder / _CURRENT).read_text().strip()
+        vdir = folder / version
+        try:
+            gallery = cls._read_version(vdir)
+        except (OSError, ValueError, sqlite3.Error, KeyError) as err:
+            raise UserError(_damaged_message(folder, version, err)) from err
+        gallery.path = folder
+        return gallery
+
+    @classmethod
+    def _read_version(cls, vdir: Path) -> Gallery:
+        db_path, vec_path = vdir / _DB, vdir / _VECTORS
+        for file in (db_path, vec_path):
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} is missing")
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise ValueError(f"{db_path} fails SQLite's integrity check")
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            rows = db.execute("SELECT name, images, norm FROM identities ORDER BY row").fetchall()
+        finally:
+            db.close()
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{db_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        count, dim = int(meta["count"]), int(meta["dim"])
+        try:
+            vectors = np.load(vec_path, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"{vec_path} is truncated or not a .npy array ({err})") from err
+        if vectors.shape != (count, dim) or len(rows) != count or vectors.dtype != np.float32:
+            raise ValueError(f"{vec_path} holds {vectors.shape} {vectors.dtype} but {db_path} lists {len(rows)} of "
+                             f"{count} identities of D={dim}")
+        gallery = cls(meta["model_key"], dim, meta["card"])
+        gallery._vectors = vectors
+        gallery.model_path = meta.get("model_path", "")
+        gallery._names = [r[0] for r in rows]
+        gallery._row = {n: i for i, n in enumerate(gallery._names)}
+        gallery._images = np.array([r[1] for r in rows], np.int64)
+        gallery._norms = np.array([r[2] for r in rows], np.float64)
+        return gallery
+
+    def describe(self) -> str:
+        card = json.loads(self.card_json or "{}")
+        where = f", at {self.path}" if self.path else ""
+        return (f"{len(self)} identities ({int(self._images.sum())} images), D={self.dim}, model "
+                f"{card.get('backbone', '?')} sha256 {self.model_key[:16]}...{where}")
+
+
+# ------------------------------------------------------------------------------------------ file helpers
+def _versions(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit())
+
+
+def _stored_model_key(folder: Path) -> str:
+    """The model key recorded by the current version of the gallery at ``folder`` ("" if unreadable)."""
+    db_path = folder / (folder / _CURRENT).read_text().strip() / _DB
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'model_key'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return ""
+    return row[0] if row else ""
+
+
+def _damaged_message(folder: Path, version: str, err: Exception) -> str:
+    older = [v for v in _versions(folder) if v < version]
+    fix = (f"the previous save {folder / older[-1]} is intact: load it with Gallery.load({str(folder)!r}, "
+           f"version={older[-1]!r}) (CLI: --gallery-version {older[-1]}) and save again"
+           if older else "no earlier version is kept: restore the folder from a backup or enrol again")
+    return f"gallery {folder / version} is damaged: {err}; {fix}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prune(folder: Path, keep: Iterable[str]) -> None:
+    """Delete versions not in ``keep`` and temporary folders of interrupted saves."""
+    stale = [v for v in _versions(folder) if v not in set(keep)]
+    stale += [p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith(".tmp-")]
+    for name in stale:
+        shutil.rmtree(folder / name, ignore_errors=True)

@@ -1,0 +1,78 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from marginface.cli import main
+from marginface.inference import read_card
+from tests.inference.helpers import save_tiny
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model = save_tiny(root / "m.safetensors", flip=False)
+    rng = np.random.default_rng(0)
+    for ident in range(3):
+        base = rng.integers(0, 256, (112, 112, 3))
+        for j in range(2):
+            (root / "people" / f"p{ident}").mkdir(parents=True, exist_ok=True)
+            noisy = np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(root / "people" / f"p{ident}" / f"{j}.png")
+    return root, model
+
+
+def test_info_and_verify(setup, capsys):
+    root, model = setup
+    assert main(["info", str(model)]) == 0
+    assert "mobilefacenet" in capsys.readouterr().out
+    assert main(["info", str(model), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backbone"] == "mobilefacenet"
+    a, b = root / "people/p0/0.png", root / "people/p1/0.png"
+    assert main(["verify", str(a), str(b), "--model", str(model)]) == 2
+    assert "no calibrated threshold" in capsys.readouterr().err
+    assert main(["verify", str(a), str(b), "--model", str(model), "--threshold", "0.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["same"] == (out["score"] >= 0.5) and out["faces"][0]["aligned_input"]
+    assert main(["verify", str(a), str(a), "--model", str(model), "--threshold", "0.5"]) == 0
+    assert capsys.readouterr().out.startswith("same person: cosine 1.0000")
+
+
+def test_calibrate_enroll_identify(setup, tmp_path, capsys):
+    root, model = setup
+    copy = tmp_path / "m.safetensors"
+    copy.write_bytes(model.read_bytes())
+    assert main(["calibrate", str(copy), "--folder", str(root / "people"), "--far", "1e-3"]) == 2
+    assert "cannot be measured on 12 impostor pairs" in capsys.readouterr().err
+    assert main(["calibrate", str(copy), "--folder", str(root / "people"), "--far", "0.1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["impostors"] == 12 and read_card(copy).threshold == result["threshold"]
+    gallery = tmp_path / "g"
+    assert main(["enroll", str(root / "people"), "--gallery", str(gallery), "--model", str(copy)]) == 0
+    assert "gallery" in capsys.readouterr().out
+    probe = root / "people/p2/1.png"
+    assert main(["identify", str(probe), "--gallery", str(gallery), "-k", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    from marginface.inference import FaceRecognizer, Gallery
+
+    loaded = Gallery.load(gallery)
+    cos = loaded.vectors.astype(np.float64) @ FaceRecognizer.load(copy).embed(probe)[0].astype(np.float64)
+    best = np.argsort(-cos)[:2]
+    assert loaded.names[best[0]] == "p2"
+    assert [m["name"] for m in out["results"][0]["matches"]] == [loaded.names[i] for i in best]
+    assert out["results"][0]["matches"][0]["score"] == pytest.approx(cos[best[0]], abs=1e-5)
+    assert len(loaded) == 3 and loaded.images("p2") == 2
+    assert main(["identify", str(probe), "--gallery", str(gallery), "--model", str(root / "m.safetensors")]) == 0
+    other = save_tiny(tmp_path / "other.safetensors", seed=5)
+    assert main(["identify", str(probe), "--gallery", str(gallery), "--model", str(other)]) == 2
+    assert "not comparable" in capsys.readouterr().err
+
+
+def test_export_argument_errors(setup, tmp_path, capsys):
+    _, model = setup
+    assert main(["export", str(model), "--onnx", str(tmp_path / "x.onnx"), "--int8"]) == 2
+    assert "--calibration-images" in capsys.readouterr().err
+    (tmp_path / "bad.safetensors").write_bytes(b"not a model")
+    assert main(["info", str(tmp_path / "bad.safetensors")]) == 2
+    assert "not a readable safetensors model" in capsys.readouterr().err
