@@ -1,0 +1,87 @@
+import json
+import re
+from pathlib import Path
+
+from marginface.cleaning.lists import read_lines, read_merge_map
+from marginface.cli import main
+from marginface.data.folder import FolderDataset
+from marginface.data.recordio import RecordIODataset
+
+
+def _html_refs_exist(page: Path) -> int:
+    refs = re.findall(r"src='([^']+)'", page.read_text())
+    assert all((page.parent / r).is_file() for r in refs), refs
+    return len(refs)
+
+
+def test_outliers_command_flags_the_planted_swap_and_writes_a_usable_image_list(planted, tmp_path, capsys):
+    train, train_npz, _, _ = planted
+    out = tmp_path / "out"
+    assert main(["clean", "outliers", "--embeddings", str(train_npz), "--out", str(out), "--threshold", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "flagged 1 images in 1 identities" in text and "kept 47" in text
+    assert [line.split("\t")[0] for line in read_lines(out / "outliers.tsv")] == ["a/07.png"]
+    keep = read_lines(out / "image_list.txt")
+    assert len(keep) == 47 and "a/07.png" not in keep
+    ds = FolderDataset(tmp_path / "train", image_list=keep)
+    assert len(ds) == 47 and ds.num_classes == 6
+    assert _html_refs_exist(out / "index.html") == 1
+
+
+def test_outliers_calibrated_and_robust_rule_json(planted, tmp_path, capsys):
+    _, train_npz, _, _ = planted
+    for rule in ("threshold", "robust"):
+        out = tmp_path / rule
+        assert main(["clean", "outliers", "--embeddings", str(train_npz), "--out", str(out), "--rule", rule,
+                     "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["flagged_images"] == 1 and report["calibration"]["threshold"] == report["threshold"]
+        assert json.loads((out / "report.json").read_text())["rule"] == rule
+
+
+def test_duplicates_command_finds_the_planted_pair_and_merge_map(planted, tmp_path, capsys):
+    _, train_npz, _, _ = planted
+    out = tmp_path / "dup"
+    assert main(["clean", "duplicates", "--embeddings", str(train_npz), "--out", str(out)]) == 0
+    assert "1 duplicate pairs" in capsys.readouterr().out
+    assert [line.split("\t")[:2] for line in read_lines(out / "duplicates.tsv")] == [["e", "f"]]
+    merge = read_merge_map(out / "merge_map.tsv")
+    assert merge in ({"e": "f"}, {"f": "e"})
+    ds = FolderDataset(tmp_path / "train", merge_identities=merge)
+    assert ds.num_classes == 5 and len(ds) == 48
+    assert _html_refs_exist(out / "index.html") == 1
+
+
+def test_overlap_command_excludes_the_planted_test_identity_in_train_and_prepare_rec(planted, tmp_path, capsys):
+    _, train_npz, _, test_npz = planted
+    out = tmp_path / "ov"
+    assert main(["clean", "overlap", "--train", str(train_npz), "--test", str(test_npz), "--test", str(test_npz),
+                 "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["excluded_identities"] == 1 and report["overlap_pairs"] == {"test.1": 1, "test.2": 1}
+    assert read_lines(out / "exclude_identities.txt") == ["a"]
+    assert sorted(line.split("\t")[:3] for line in read_lines(out / "overlap.tsv")) == [["a", "test.1", "x"],
+                                                                                       ["a", "test.2", "x"]]
+    assert _html_refs_exist(out / "index.html") == 2
+    rec = tmp_path / "rec" / "train"
+    assert main(["prepare", "rec", str(tmp_path / "train"), str(rec), "--exclude-identities",
+                 str(out / "exclude_identities.txt")]) == 0
+    ds = RecordIODataset(rec)
+    assert ds.num_classes == 5 and len(ds) == 40
+
+
+def test_prepare_rec_image_list(planted, tmp_path, capsys):
+    from marginface.cleaning.lists import write_lines
+
+    keep = write_lines(tmp_path / "keep.txt", ["b/00.png", "b/01.png", "c/03.png"])
+    assert main(["prepare", "rec", str(tmp_path / "train"), str(tmp_path / "r"), "--image-list", str(keep)]) == 0
+    assert "wrote 3 images of 2 identities" in capsys.readouterr().out
+    assert main(["prepare", "rec", str(tmp_path / "train"), str(tmp_path / "r"), "--image-list",
+                 str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt does not exist" in capsys.readouterr().err
+
+
+def test_clean_errors_are_one_line(tmp_path, capsys):
+    assert main(["clean", "outliers", "--embeddings", str(tmp_path / "no.npz"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marginface clean outliers:") and "no.npz does not exist" in err
