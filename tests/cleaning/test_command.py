@@ -85,3 +85,14 @@ def test_clean_errors_are_one_line(tmp_path, capsys):
     assert main(["clean", "outliers", "--embeddings", str(tmp_path / "no.npz"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("marginface clean outliers:") and "no.npz does not exist" in err
+
+
+def test_noise_command_reports_precision_recall_of_both_rules(planted, tmp_path, capsys):
+    _, train_npz, _, _ = planted
+    assert main(["clean", "noise", "--embeddings", str(train_npz), "--fraction", "0.1", "--seeds", "0", "1",
+                 "--threshold", "0.5", "--json"]) == 0
+    level = json.loads(capsys.readouterr().out)["levels"][0]
+    assert level["images"] == 48 and level["fraction"] == 0.1 and len(level["swapped_images"]) == 2
+    # the planted a/07 (really c) is a natural error on top: precision < 1 is allowed, recall must be perfect
+    assert level["threshold"]["recall"] == 1.0 and level["threshold"]["precision"] > 0.7
+    assert main(["clean", "noise", "--embeddings", str(train_npz), "--min-images", "99"]) == 2

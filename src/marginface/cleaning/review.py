@@ -121,3 +121,44 @@ def pair_items(a: LabelledEmbeddings, b: LabelledEmbeddings, pairs: Sequence[tup
     return [Item(f"{names[0]}{a.classes[i]} ~ {names[1]}{b.classes[j]}: centroid distance {d:.3f}",
                  [_identity_row(a, i, names[0] or "A"), _identity_row(b, j, names[1] or "B")],
                  [f"{a.classes[i]}\t{b.classes[j]}\t{d:.4f}"]) for i, j, d in pairs[:max_items]]
+
+
+def subset(data: LabelledEmbeddings, min_images: int) -> LabelledEmbeddings:
+    """Only the identities with at least ``min_images`` images (labels renumbered)."""
+    from marginface.cleaning.embedders import from_names
+
+    counts = np.bincount(data.labels)
+    rows = np.flatnonzero(counts[data.labels] >= min_images)
+    if rows.size == 0:
+        raise ValueError(f"no identity has {min_images} or more images")
+    part = from_names([data.names[i] for i in rows], data.embeddings[rows])
+    return LabelledEmbeddings(part.names, part.labels, part.classes, part.embeddings, data.root,
+                              None if data.paths is None else [data.paths[i] for i in rows])
+
+
+def noise_precision_recall(data: LabelledEmbeddings, fraction: float, seeds: Sequence[int] = (0, 1, 2),
+                           threshold: float | None = None, k: float = 3.0) -> dict:
+    """Outlier precision/recall on planted label noise, both rules, mean and std over ``seeds``.
+
+    Each seed swaps the labels of ``fraction`` of the images between pairs of different identities
+    (:func:`~marginface.cleaning.centroids.inject_label_noise`); the calibration (when ``threshold`` is None)
+    runs on the *noisy* labels, as it would for a user. Natural label errors already in the data count as false
+    positives here, so precision is a lower bound.
+    """
+    results: dict[str, list[tuple[float, float, float]]] = {"threshold": [], "robust": []}
+    swapped = []
+    for seed in seeds:
+        noisy, truth = cc.inject_label_noise(data.labels, fraction, seed)
+        swapped.append(int(truth.sum()))
+        noisy_data = LabelledEmbeddings(data.names, noisy, data.classes, data.embeddings, data.root, data.paths)
+        for rule in results:
+            found = find_outliers(noisy_data, rule, threshold, k)
+            results[rule].append((*cc.precision_recall(found.flags, truth), found.threshold))
+    out = {"images": len(data.names), "identities": len(data.classes), "fraction": fraction,
+           "swapped_images": swapped, "seeds": list(seeds)}
+    for rule, rows in results.items():
+        arr = np.array(rows)
+        out[rule] = {"precision": float(arr[:, 0].mean()), "precision_std": float(arr[:, 0].std()),
+                     "recall": float(arr[:, 1].mean()), "recall_std": float(arr[:, 1].std()),
+                     "threshold": float(arr[:, 2].mean())}
+    return out
