@@ -2,6 +2,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from marginface.cleaning.lists import read_lines, read_merge_map
 from marginface.cli import main
 from marginface.data.folder import FolderDataset
@@ -96,3 +98,35 @@ def test_noise_command_reports_precision_recall_of_both_rules(planted, tmp_path,
     # the planted a/07 (really c) is a natural error on top: precision < 1 is allowed, recall must be perfect
     assert level["threshold"]["recall"] == 1.0 and level["threshold"]["precision"] > 0.7
     assert main(["clean", "noise", "--embeddings", str(train_npz), "--min-images", "99"]) == 2
+
+
+@pytest.mark.slow
+def test_embed_command_with_a_model_file_matches_load_model(tmp_path, capsys):
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from marginface import backbones
+    from marginface.cleaning.embedders import load_npz
+    from marginface.inference import load_model
+
+    torch.manual_seed(0)
+    state = {f"backbone.{k}": v.contiguous()
+             for k, v in backbones.create("mobilefacenet", embedding_size=16).state_dict().items()}
+    save_file(state, str(tmp_path / "m.safetensors"))
+    rng = np.random.default_rng(0)
+    for name in ("p/1.png", "p/2.png", "q/1.png"):
+        (tmp_path / "img" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(tmp_path / "img" / name)
+    args = ["clean", "embed", str(tmp_path / "img"), "--out", str(tmp_path / "e.npz"), "--model",
+            str(tmp_path / "m.safetensors"), "--backbone", "mobilefacenet", "--embedding-size", "16"]
+    assert main(args) == 0
+    assert "embedded 3 images of 2 identities" in capsys.readouterr().out
+    data = load_npz(tmp_path / "e.npz")
+    model = load_model(tmp_path / "m.safetensors", backbone="mobilefacenet", embedding_size=16)
+    ref = model.embed_pixels(np.array(Image.open(tmp_path / "img" / "q/1.png"))[None].transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(data.embeddings[2], ref[0], atol=1e-5)
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "img" / "q" / "2.png")
+    assert main(args) == 2
+    assert "takes aligned 112x112 faces" in capsys.readouterr().err

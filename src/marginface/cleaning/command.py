@@ -48,9 +48,11 @@ def _add_embed(kinds: argparse._SubParsersAction) -> None:
                               "loose crops) or a marginface checkpoint (aligned 112x112 images).")
     parser.add_argument("root", help="image folder, root/<identity>/<image>")
     parser.add_argument("--out", required=True, help="output .npz (names, embeddings, root, paths)")
-    parser.add_argument("--model", default="dlib", help="'dlib' or a marginface .safetensors checkpoint")
-    parser.add_argument("--backbone", default="mobilefacenet", help="backbone of the checkpoint")
-    parser.add_argument("--embedding-size", type=int, default=128, help="embedding size of the checkpoint")
+    parser.add_argument("--model", default="dlib", help="'dlib', or a model file marginface.inference.load_model "
+                        "reads (.safetensors with its card, insightface .pth, .onnx) for aligned faces")
+    parser.add_argument("--backbone", default=None, help="backbone, for a safetensors file without a card")
+    parser.add_argument("--embedding-size", type=int, default=None, help="embedding size, for a file without a card")
+    parser.add_argument("--config", default=None, help="the run's config.json, for a file without a card")
     parser.add_argument("--pattern", default="*/*", help="glob under root, e.g. '*/frontal/*' for CFP")
     parser.add_argument("--max-per-identity", type=int, default=None, help="embed at most K images per identity")
     parser.add_argument("--min-images", type=int, default=1, help="skip identities with fewer images")
@@ -63,7 +65,7 @@ def run_embed(args: argparse.Namespace) -> int:
     import time
     from collections import Counter
 
-    from marginface.cleaning.embedders import checkpoint_embedder, embed_folder, save_npz
+    from marginface.cleaning.embedders import embed_folder, model_embedder, save_npz
 
     counts: Counter = Counter()
     if args.model == "dlib":
@@ -71,7 +73,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
         embedder = dlib_embedder(args.workers, counts)
     else:
-        embedder = checkpoint_embedder(args.model, args.backbone, args.embedding_size)
+        embedder = model_embedder(args.model, backbone=args.backbone, embedding_size=args.embedding_size,
+                                  config=args.config)
     start = time.perf_counter()
     data = embed_folder(args.root, embedder, args.pattern, args.max_per_identity, args.min_images)
     save_npz(args.out, data)

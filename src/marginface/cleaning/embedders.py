@@ -139,3 +139,34 @@ def checkpoint_embedder(checkpoint: str | Path, backbone: str = "mobilefacenet",
         return embed_files(model, paths, preprocess=None, batch_size=batch_size, flip=flip, workers=workers)
 
     return embed
+
+
+def model_embedder(path: str | Path, *, backbone: str | None = None, embedding_size: int | None = None,
+                   config: str | Path | None = None, batch_size: int = 128) -> Embedder:
+    """An :data:`Embedder` from any model :func:`marginface.inference.load_model` reads (a marginface
+    safetensors file with its card, an insightface ``.pth``, ``.onnx``), for *aligned* faces of the model's
+    input size; flip TTA as the model card says. ``backbone`` / ``embedding_size`` / ``config``: for files
+    without a card only."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from marginface.inference.model import load_model
+
+    model = load_model(path, backbone=backbone, embedding_size=embedding_size, config=config)
+    size = model.card.input.size
+
+    def read(p: Path) -> np.ndarray:
+        with Image.open(p) as im:
+            if im.size != (size, size):
+                raise ValueError(f"{p} is {im.size[0]}x{im.size[1]}, the model takes aligned {size}x{size} faces "
+                                 "(run marginface align first, or embed raw photos with --model dlib)")
+            return np.asarray(im.convert("RGB"))
+
+    def embed(paths: Sequence[Path]) -> np.ndarray:
+        out = [np.zeros((0, model.card.embedding_size), np.float32)]
+        for i in tqdm(range(0, len(paths), batch_size), desc="embed", unit="batch"):
+            batch = np.stack([read(p) for p in paths[i: i + batch_size]]).transpose(0, 3, 1, 2)
+            out.append(model.embed_pixels(batch))
+        return np.concatenate(out)
+
+    return embed
