@@ -128,9 +128,9 @@ class Calibration:
     def summary(self) -> dict:
         q = (0.01, 0.05, 0.5, 0.95, 0.99)
         return {"threshold": self.threshold,
-                "same_split_half": {"n": int(self.same.size), **{f"q{int(p * 100)}": float(np.quantile(self.same, p))
+                "same": {"n": int(self.same.size), **{f"q{int(p * 100)}": float(np.quantile(self.same, p))
                                                                    for p in q}},
-                "different_nearest": {"n": int(self.different.size),
+                "different": {"n": int(self.different.size),
                                       **{f"q{int(p * 100)}": float(np.quantile(self.different, p)) for p in q}},
                 "same_above_threshold": float((self.same > self.threshold).mean()),
                 "different_below_threshold": float((self.different <= self.threshold).mean())}

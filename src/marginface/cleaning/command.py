@@ -118,9 +118,10 @@ def _finish(args: argparse.Namespace, out, report: dict, title: str, items: list
 def _calibration_lines(summary: dict | None, threshold: float) -> list[str]:
     if summary is None:
         return [f"threshold {threshold:.4f} (given)"]
-    s, d = summary["same_split_half"], summary["different_nearest"]
-    return [f"threshold {threshold:.4f} (calibrated: equal error between {s['n']} same-identity distances, median "
-            f"{s['q50']:.3f}, q95 {s['q95']:.3f}, and {d['n']} nearest-other-identity distances, q5 {d['q5']:.3f}, "
+    s, d = summary["same"], summary["different"]
+    return [f"threshold {threshold:.4f} (calibrated, minimum total error between {s['n']} same-identity "
+            f"distances, median {s['q50']:.3f}, q95 {s['q95']:.3f}, and {d['n']} nearest-other-identity "
+            f"distances, q5 {d['q5']:.3f}, "
             f"median {d['q50']:.3f}; {100 * summary['same_above_threshold']:.1f}% same above, "
             f"{100 * summary['different_below_threshold']:.1f}% different below)"]
 
