@@ -208,8 +208,6 @@ def _add_overlap(kinds: argparse._SubParsersAction) -> None:
                         help="embeddings of a test set (.npz; several files of one root are one set); "
                         "repeat --test for several test sets")
     _common(parser)
-    parser.add_argument("--holdout", type=int, default=1, help="calibration: held-out images per identity "
-                        "(the size of the smallest test identities)")
     parser.set_defaults(func=run_overlap)
 
 
@@ -224,22 +222,25 @@ def run_overlap(args: argparse.Namespace) -> int:
     labels = [Path(files[0]).stem for files in args.test]
     labels = [f"{x}.{t + 1}" if labels.count(x) > 1 else x for t, x in enumerate(labels)]  # unique names
     out = _out_dir(args)
-    found, threshold, summary = find_overlap(train, tests, args.threshold, args.holdout)
+    found, thresholds, summaries = find_overlap(train, tests, args.threshold)
     write_lines(out / "overlap.tsv", (f"{train.classes[a]}\t{labels[t]}\t{tests[t].classes[b]}\t{d:.4f}"
                                       for a, t, b, d in found),
                 "train identity\ttest set\ttest identity\tcentroid cosine distance")
     excluded = sorted({train.classes[a] for a, _, _, _ in found})
     write_lines(out / "exclude_identities.txt", excluded,
-                f"training identities within {threshold:.4f} of a test identity ({', '.join(labels)})")
+                "training identities close to a test identity: "
+                + ", ".join(f"{x} (threshold {t:.4f})" for x, t in zip(labels, thresholds)))
     per_set = {labels[t]: sum(1 for f in found if f[1] == t) for t in range(len(tests))}
     report = {"train_images": len(train.names), "train_identities": len(train.classes),
-              "test_identities": {labels[t]: len(x.classes) for t, x in enumerate(tests)}, "threshold": threshold,
-              "calibration": summary, "overlap_pairs": per_set, "excluded_identities": len(excluded)}
+              "test_identities": {labels[t]: len(x.classes) for t, x in enumerate(tests)},
+              "thresholds": dict(zip(labels, thresholds)), "calibrations": dict(zip(labels, summaries)),
+              "overlap_pairs": per_set, "excluded_identities": len(excluded)}
     lines = [f"read {len(train.classes)} training identities; test sets: "
-             + ", ".join(f"{labels[t]} {len(x.classes)} identities" for t, x in enumerate(tests)),
-             *_calibration_lines(summary, threshold),
-             "overlap pairs: " + ", ".join(f"{k} {v}" for k, v in per_set.items())
-             + f"; {len(excluded)} training identities to exclude (exclude_identities.txt)"]
+             + ", ".join(f"{labels[t]} {len(x.classes)} identities" for t, x in enumerate(tests))]
+    for t, label in enumerate(labels):
+        lines += [f"{label}: " + line for line in _calibration_lines(summaries[t], thresholds[t])]
+    lines.append("overlap pairs: " + ", ".join(f"{k} {v}" for k, v in per_set.items())
+                 + f"; {len(excluded)} training identities to exclude (exclude_identities.txt)")
     items = []
     for t, test in enumerate(tests):
         pairs = [(a, b, d) for a, tt, b, d in found if tt == t]

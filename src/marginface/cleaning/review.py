@@ -62,23 +62,37 @@ def find_duplicates(data: LabelledEmbeddings, threshold: float | None = None,
         summary
 
 
-def find_overlap(train: LabelledEmbeddings, tests: Sequence[LabelledEmbeddings], threshold: float | None = None,
-                 holdout: int = 1, min_images: int = 4) -> tuple[list[tuple[int, int, int, float]], float, dict | None]:
-    """Train identities within ``threshold`` of a test identity: ``(train label, test set index, test label, d)``.
+def overlap_calibration(train: LabelledEmbeddings, test: LabelledEmbeddings, min_images: int = 4) -> cc.Calibration:
+    """Calibrate the overlap threshold for one test set, comparing like with like.
 
-    Without ``threshold`` it is calibrated on all the sets with ``holdout`` images vs the rest (a test identity
-    may have a single image, so its centroid is an image: the calibration compares like with like).
+    The overlap test compares a training centroid with a test centroid of however many images the test
+    identities have: when most have ``min_images`` or more, split-half centroids of both sets (centroid vs
+    centroid); otherwise ``k`` held-out images vs the rest, k = the test set's median images per identity.
     """
-    summary = None
-    if threshold is None:
-        cal = cc.calibrate([(d.embeddings, d.labels) for d in (train, *tests)], min_images, holdout=holdout)
-        threshold, summary = cal.threshold, cal.summary()
+    k = int(np.median(np.bincount(test.labels)))
+    sets = [(d.embeddings, d.labels) for d in (train, test)]
+    return cc.calibrate(sets, min_images) if k >= min_images else cc.calibrate(sets, min_images, holdout=k)
+
+
+def find_overlap(train: LabelledEmbeddings, tests: Sequence[LabelledEmbeddings], threshold: float | None = None,
+                 min_images: int = 4) -> tuple[list[tuple[int, int, int, float]], list[float], list[dict | None]]:
+    """Train identities within the threshold of a test identity: ``(train label, test set, test label, d)``.
+
+    Returns the pairs (closest first), the threshold of each test set (``threshold``, or calibrated per test
+    set by :func:`overlap_calibration`) and each calibration's summary (None when given).
+    """
     train_cents = cc.centroids(train.embeddings, train.labels)
-    found = []
+    found, thresholds, summaries = [], [], []
     for t, test in enumerate(tests):
+        summary, limit = None, threshold
+        if threshold is None:
+            cal = overlap_calibration(train, test, min_images)
+            limit, summary = cal.threshold, cal.summary()
+        thresholds.append(float(limit))
+        summaries.append(summary)
         found += [(a, t, b, d) for a, b, d in cc.overlap(train_cents, cc.centroids(test.embeddings, test.labels),
-                                                         threshold)]
-    return sorted(found, key=lambda f: f[3]), float(threshold), summary
+                                                         limit)]
+    return sorted(found, key=lambda f: f[3]), thresholds, summaries
 
 
 def nearest_to_centroid(data: LabelledEmbeddings, label: int, n: int = 6) -> list[tuple[int, float]]:
