@@ -130,3 +130,14 @@ def test_embed_command_with_a_model_file_matches_load_model(tmp_path, capsys):
     Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "img" / "q" / "2.png")
     assert main(args) == 2
     assert "takes aligned 112x112 faces" in capsys.readouterr().err
+
+
+def test_overlap_thresholds_per_test_set(planted, tmp_path, capsys):
+    _, train_npz, _, test_npz = planted
+    base = ["clean", "overlap", "--train", str(train_npz), "--test", str(test_npz), "--test", str(test_npz),
+            "--out", str(tmp_path / "o"), "--no-sheet", "--json", "--threshold"]
+    assert main(base + ["0.5", "1e-9"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["overlap_pairs"] == {"test.1": 1, "test.2": 0} and report["thresholds"]["test.2"] == 1e-9
+    assert main(base + ["0.5", "0.5", "0.5"]) == 2
+    assert "one per test set (2)" in capsys.readouterr().err

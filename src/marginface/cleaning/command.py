@@ -32,10 +32,11 @@ def _source_args(parser: argparse.ArgumentParser, flag: str = "--embeddings", wh
                         "name; several files from one image root are concatenated), e.g. from 'clean embed'")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, per_test: bool = False) -> None:
     parser.add_argument("--out", required=True, help="output folder for the lists, report.json and the sheet")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="centroid cosine distance (1 - cos); default: calibrated from the data")
+    parser.add_argument("--threshold", type=float, default=None, nargs="+" if per_test else None,
+                        help="centroid cosine distance (1 - cos); default: calibrated from the data"
+                        + ("; one for all test sets or one per --test" if per_test else ""))
     parser.add_argument("--sheet", action=argparse.BooleanOptionalAction, default=True,
                         help="write the contact sheet (PNG per flagged item + index.html)")
     parser.add_argument("--max-sheet", type=int, default=60, help="at most this many flagged items on the sheet")
@@ -207,7 +208,7 @@ def _add_overlap(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--test", required=True, nargs="+", action="append", metavar="NPZ",
                         help="embeddings of a test set (.npz; several files of one root are one set); "
                         "repeat --test for several test sets")
-    _common(parser)
+    _common(parser, per_test=True)
     parser.set_defaults(func=run_overlap)
 
 
@@ -222,7 +223,8 @@ def run_overlap(args: argparse.Namespace) -> int:
     labels = [Path(files[0]).stem for files in args.test]
     labels = [f"{x}.{t + 1}" if labels.count(x) > 1 else x for t, x in enumerate(labels)]  # unique names
     out = _out_dir(args)
-    found, thresholds, summaries = find_overlap(train, tests, args.threshold)
+    threshold = args.threshold[0] if args.threshold and len(args.threshold) == 1 else args.threshold
+    found, thresholds, summaries = find_overlap(train, tests, threshold)
     write_lines(out / "overlap.tsv", (f"{train.classes[a]}\t{labels[t]}\t{tests[t].classes[b]}\t{d:.4f}"
                                       for a, t, b, d in found),
                 "train identity\ttest set\ttest identity\tcentroid cosine distance")

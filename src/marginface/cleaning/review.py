@@ -74,18 +74,24 @@ def overlap_calibration(train: LabelledEmbeddings, test: LabelledEmbeddings, min
     return cc.calibrate(sets, min_images) if k >= min_images else cc.calibrate(sets, min_images, holdout=k)
 
 
-def find_overlap(train: LabelledEmbeddings, tests: Sequence[LabelledEmbeddings], threshold: float | None = None,
+def find_overlap(train: LabelledEmbeddings, tests: Sequence[LabelledEmbeddings],
+                 threshold: float | Sequence[float] | None = None,
                  min_images: int = 4) -> tuple[list[tuple[int, int, int, float]], list[float], list[dict | None]]:
     """Train identities within the threshold of a test identity: ``(train label, test set, test label, d)``.
 
-    Returns the pairs (closest first), the threshold of each test set (``threshold``, or calibrated per test
-    set by :func:`overlap_calibration`) and each calibration's summary (None when given).
+    Returns the pairs (closest first), the threshold of each test set (``threshold``: one for all or one per
+    test set; None: calibrated per test set by :func:`overlap_calibration`) and each calibration's summary
+    (None when given).
     """
+    if threshold is None or np.ndim(threshold) == 0:
+        threshold = [threshold] * len(tests)
+    if len(threshold) != len(tests):
+        raise ValueError(f"give one overlap threshold, or one per test set ({len(tests)}), not {len(threshold)}")
     train_cents = cc.centroids(train.embeddings, train.labels)
     found, thresholds, summaries = [], [], []
     for t, test in enumerate(tests):
-        summary, limit = None, threshold
-        if threshold is None:
+        summary, limit = None, threshold[t]
+        if limit is None:
             cal = overlap_calibration(train, test, min_images)
             limit, summary = cal.threshold, cal.summary()
         thresholds.append(float(limit))
