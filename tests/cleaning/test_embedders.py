@@ -17,6 +17,8 @@ def test_select_images_caps_skips_and_folds_nested_folders(tmp_path):
     got = em.select_images(tmp_path, "*/frontal/*", max_per_identity=2, min_images=2)
     assert got == [("001/frontal__01.jpg", "001/frontal/01.jpg"), ("001/frontal__02.jpg", "001/frontal/02.jpg"),
                    ("003/frontal__01.jpg", "003/frontal/01.jpg"), ("003/frontal__02.jpg", "003/frontal/02.jpg")]
+    rest = em.select_images(tmp_path, "*/frontal/*", max_per_identity=3, min_images=2, skip_per_identity=1)
+    assert [n for n, _ in rest] == ["001/frontal__02.jpg", "003/frontal__02.jpg", "003/frontal__03.jpg"]
     assert em.image_names(tmp_path / "001") == ["frontal/01.jpg", "frontal/02.jpg", "profile/01.jpg"]
 
 

@@ -57,6 +57,8 @@ def _add_embed(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--pattern", default="*/*", help="glob under root, e.g. '*/frontal/*' for CFP")
     parser.add_argument("--max-per-identity", type=int, default=None, help="embed at most K images per identity")
     parser.add_argument("--min-images", type=int, default=1, help="skip identities with fewer images")
+    parser.add_argument("--skip-per-identity", type=int, default=0, help="leave out the first N images of each "
+                        "identity (embedded earlier with --max-per-identity N); the .npz files concatenate")
     parser.add_argument("--workers", type=int, default=2, help="processes for dlib (0: this one)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run_embed)
@@ -77,7 +79,8 @@ def run_embed(args: argparse.Namespace) -> int:
         embedder = model_embedder(args.model, backbone=args.backbone, embedding_size=args.embedding_size,
                                   config=args.config)
     start = time.perf_counter()
-    data = embed_folder(args.root, embedder, args.pattern, args.max_per_identity, args.min_images)
+    data = embed_folder(args.root, embedder, args.pattern, args.max_per_identity, args.min_images,
+                        args.skip_per_identity)
     save_npz(args.out, data)
     report = {"images": len(data.names), "identities": len(data.classes), "seconds": round(time.perf_counter() - start),
               "faces_found_by": dict(counts), "out": str(args.out)}

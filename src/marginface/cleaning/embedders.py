@@ -90,12 +90,14 @@ def image_names(root: str | Path) -> list[str]:
 
 
 def select_images(root: str | Path, pattern: str = "*/*", max_per_identity: int | None = None,
-                  min_images: int = 1) -> list[tuple[str, str]]:
+                  min_images: int = 1, skip_per_identity: int = 0) -> list[tuple[str, str]]:
     """``(name, path relative to root)`` of the images matching ``pattern`` under ``root`` (sorted).
 
     The identity is the first folder of the relative path; deeper folders are folded into the file part of the
     name (``001/frontal/01.jpg`` -> ``001/frontal__01.jpg``) so that every name is ``identity/file``. Identities
-    with fewer than ``min_images`` matches are skipped; at most ``max_per_identity`` (the first, sorted) are kept.
+    with fewer than ``min_images`` matches are skipped; of the others, the sorted images from position
+    ``skip_per_identity`` to ``max_per_identity`` (exclusive) are kept — so a later call with ``skip_per_identity``
+    = an earlier ``max_per_identity`` embeds the rest, and :func:`concat` joins the two files.
     """
     from marginface.data.folder import IMAGE_EXTENSIONS
 
@@ -110,14 +112,15 @@ def select_images(root: str | Path, pattern: str = "*/*", max_per_identity: int 
     out = []
     for identity, files in sorted(by_identity.items()):
         if len(files) >= min_images:
-            out += [(identity + "/" + f.split("/", 1)[1].replace("/", "__"), f) for f in files[:max_per_identity]]
+            out += [(identity + "/" + f.split("/", 1)[1].replace("/", "__"), f)
+                    for f in files[skip_per_identity:max_per_identity]]
     return out
 
 
 def embed_folder(root: str | Path, embedder: Embedder, pattern: str = "*/*", max_per_identity: int | None = None,
-                 min_images: int = 1) -> LabelledEmbeddings:
+                 min_images: int = 1, skip_per_identity: int = 0) -> LabelledEmbeddings:
     """Embed the images :func:`select_images` picks under ``root`` with ``embedder``."""
-    chosen = select_images(root, pattern, max_per_identity, min_images)
+    chosen = select_images(root, pattern, max_per_identity, min_images, skip_per_identity)
     if not chosen:
         raise ValueError(f"no images matching {pattern!r} under {root}")
     emb = np.asarray(embedder([Path(root) / rel for _, rel in chosen]), np.float32)
