@@ -20,3 +20,13 @@ def test_sheet_png_rows_and_html_references_existing_files(tmp_path):
     assert refs == ["sheet/0000.png", "sheet/0001.png"] and all((page.parent / r).is_file() for r in refs)
     assert "title &lt;x&gt;" in text and "2 pairs" in text
     assert "nothing flagged" in write_sheet(tmp_path / "empty", "t", []).read_text()
+
+
+def test_plot_distributions_writes_a_png(tmp_path):
+    from marginface.cleaning.sheets import plot_distributions
+
+    rng = np.random.default_rng(0)
+    png = plot_distributions([{"title": "t", "same": rng.normal(0.2, 0.05, 50), "different": rng.normal(0.6, 0.1, 50),
+                               "threshold": 0.4, "observed": rng.normal(0.5, 0.1, 20)}], tmp_path / "d.png")
+    with Image.open(png) as im:
+        assert im.width > 300 and im.height > 200

@@ -137,8 +137,9 @@ def _add_outliers(kinds: argparse._SubParsersAction) -> None:
                               "outliers.tsv and image_list.txt (the images kept; for data.image_list).")
     _source_args(parser)
     _common(parser)
-    parser.add_argument("--rule", choices=["threshold", "robust"], default="threshold",
-                        help="absolute threshold, or per identity median + k * 1.4826 * MAD (above --floor)")
+    parser.add_argument("--rule", choices=["threshold", "robust"], default="robust",
+                        help="per identity median + k * 1.4826 * MAD above --floor (default; better precision on "
+                        "planted noise, docs/cleaning.md), or the absolute threshold alone")
     parser.add_argument("--k", type=float, default=3.0, help="robust rule: MADs above the median")
     parser.add_argument("--floor", type=float, default=None, help="robust rule: never flag below this distance "
                         "(default: the threshold)")
@@ -227,7 +228,10 @@ def run_overlap(args: argparse.Namespace) -> int:
     labels = [f"{x}.{t + 1}" if labels.count(x) > 1 else x for t, x in enumerate(labels)]  # unique names
     out = _out_dir(args)
     threshold = args.threshold[0] if args.threshold and len(args.threshold) == 1 else args.threshold
-    found, thresholds, summaries = find_overlap(train, tests, threshold)
+    found, thresholds, calibrations = find_overlap(train, tests, threshold)
+    if args.sheet:
+        _plot_overlap(out, train, tests, labels, thresholds, calibrations)
+    summaries = [None if c is None else c.summary() for c in calibrations]
     write_lines(out / "overlap.tsv", (f"{train.classes[a]}\t{labels[t]}\t{tests[t].classes[b]}\t{d:.4f}"
                                       for a, t, b, d in found),
                 "train identity\ttest set\ttest identity\tcentroid cosine distance")
@@ -286,3 +290,15 @@ def run_noise(args: argparse.Namespace) -> int:
                          f"± {x['precision_std']:.3f}, recall {x['recall']:.3f} ± {x['recall_std']:.3f}")
     _print({"levels": reports}, args.json, "\n".join(lines))
     return 0
+
+
+def _plot_overlap(out, train, tests, labels, thresholds, calibrations) -> None:
+    from marginface.cleaning.review import nearest_test_distances
+    from marginface.cleaning.sheets import plot_distributions
+
+    panels = [{"title": f"{label}: calibration and each training identity's nearest test identity",
+               "same": c.same, "different": c.different, "threshold": t,
+               "observed": nearest_test_distances(train, test), "observed_label": "train -> nearest test"}
+              for label, test, t, c in zip(labels, tests, thresholds, calibrations) if c is not None]
+    if panels:
+        plot_distributions(panels, out / "distributions.png")

@@ -27,7 +27,7 @@ class Outliers:
     calibration: dict | None
 
 
-def find_outliers(data: LabelledEmbeddings, rule: str = "threshold", threshold: float | None = None,
+def find_outliers(data: LabelledEmbeddings, rule: str = "robust", threshold: float | None = None,
                   k: float = 3.0, floor: float | None = None, min_images: int = 4) -> Outliers:
     """Outliers by leave-one-out distance: ``rule='threshold'`` (absolute) or ``'robust'`` (median + k MAD).
 
@@ -76,12 +76,13 @@ def overlap_calibration(train: LabelledEmbeddings, test: LabelledEmbeddings, min
 
 def find_overlap(train: LabelledEmbeddings, tests: Sequence[LabelledEmbeddings],
                  threshold: float | Sequence[float] | None = None,
-                 min_images: int = 4) -> tuple[list[tuple[int, int, int, float]], list[float], list[dict | None]]:
+                 min_images: int = 4) -> tuple[list[tuple[int, int, int, float]], list[float],
+                                               list[cc.Calibration | None]]:
     """Train identities within the threshold of a test identity: ``(train label, test set, test label, d)``.
 
     Returns the pairs (closest first), the threshold of each test set (``threshold``: one for all or one per
-    test set; None: calibrated per test set by :func:`overlap_calibration`) and each calibration's summary
-    (None when given).
+    test set; None: calibrated per test set by :func:`overlap_calibration`) and each
+    :class:`~marginface.cleaning.centroids.Calibration` (None when the threshold was given).
     """
     if threshold is None or np.ndim(threshold) == 0:
         threshold = [threshold] * len(tests)
@@ -93,12 +94,18 @@ def find_overlap(train: LabelledEmbeddings, tests: Sequence[LabelledEmbeddings],
         summary, limit = None, threshold[t]
         if limit is None:
             cal = overlap_calibration(train, test, min_images)
-            limit, summary = cal.threshold, cal.summary()
+            limit, summary = cal.threshold, cal
         thresholds.append(float(limit))
         summaries.append(summary)
         found += [(a, t, b, d) for a, b, d in cc.overlap(train_cents, cc.centroids(test.embeddings, test.labels),
                                                          limit)]
     return sorted(found, key=lambda f: f[3]), thresholds, summaries
+
+
+def nearest_test_distances(train: LabelledEmbeddings, test: LabelledEmbeddings) -> np.ndarray:
+    """(C_train,) distance from each training centroid to its nearest test centroid."""
+    sim = cc.centroids(train.embeddings, train.labels) @ cc.centroids(test.embeddings, test.labels).T
+    return 1.0 - np.nanmax(sim, axis=1)
 
 
 def nearest_to_centroid(data: LabelledEmbeddings, label: int, n: int = 6) -> list[tuple[int, float]]:

@@ -87,3 +87,36 @@ def write_sheet(out_dir: str | Path, title: str, items: Sequence[Item], summary:
     tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
     os.replace(tmp, page)
     return page
+
+
+def plot_distributions(panels: Sequence[dict], out_png: str | Path) -> Path:
+    """Histograms of calibration distances, one panel per dict: ``title``, ``same``, ``different``, ``threshold``
+    and optionally ``observed`` (e.g. each training identity's nearest test distance) — all cosine distances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        series = [("same identity", panel["same"]), ("nearest other identity", panel["different"])]
+        if panel.get("observed") is not None:
+            series.append((panel.get("observed_label", "observed"), panel["observed"]))
+        top = max(float(np.quantile(np.asarray(v), 0.995)) for _, v in series)
+        bins = np.linspace(0, top, 60)
+        for label, values in series:
+            ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.5,
+                    label=f"{label} (n={len(values)})")
+        ax.axvline(panel["threshold"], color="k", linestyle="--", linewidth=1,
+                   label=f"threshold {panel['threshold']:.4f}")
+        ax.set_title(panel["title"], fontsize=9)
+        ax.set_xlabel("cosine distance 1 - cos")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    tmp = out_png.with_name(out_png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+    return out_png
