@@ -62,9 +62,10 @@ def test_overlap_command_excludes_the_planted_test_identity_in_train_and_prepare
     report = json.loads(capsys.readouterr().out)
     assert report["excluded_identities"] == 1 and report["overlap_pairs"] == {"test.1": 1, "test.2": 1}
     assert read_lines(out / "exclude_identities.txt") == ["a"]
+    assert "src='distributions.png'" in (out / "index.html").read_text()
     assert sorted(line.split("\t")[:3] for line in read_lines(out / "overlap.tsv")) == [["a", "test.1", "x"],
                                                                                        ["a", "test.2", "x"]]
-    assert _html_refs_exist(out / "index.html") == 2
+    assert _html_refs_exist(out / "index.html") == 3  # two pair sheets and the distributions
     rec = tmp_path / "rec" / "train"
     assert main(["prepare", "rec", str(tmp_path / "train"), str(rec), "--exclude-identities",
                  str(out / "exclude_identities.txt")]) == 0

@@ -1,6 +1,7 @@
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from marginface.cleaning.sheets import THUMB, Item, Row, draw_item, write_sheet
@@ -20,6 +21,8 @@ def test_sheet_png_rows_and_html_references_existing_files(tmp_path):
     assert refs == ["sheet/0000.png", "sheet/0001.png"] and all((page.parent / r).is_file() for r in refs)
     assert "title &lt;x&gt;" in text and "2 pairs" in text
     assert "nothing flagged" in write_sheet(tmp_path / "empty", "t", []).read_text()
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        write_sheet(tmp_path / "out", "t", [], figures=["missing.png"])
 
 
 def test_plot_distributions_writes_a_png(tmp_path):

@@ -114,7 +114,8 @@ def _finish(args: argparse.Namespace, out, report: dict, title: str, items: list
     if args.sheet:
         from marginface.cleaning.sheets import write_sheet
 
-        report["sheet"] = str(write_sheet(out, title, items[: args.max_sheet], lines))
+        figures = [name for name in ("distributions.png",) if (out / name).is_file()]
+        report["sheet"] = str(write_sheet(out, title, items[: args.max_sheet], lines, figures))
     write_lines(out / "report.json", [json.dumps(report, indent=1)])
     _print(report, args.json, "\n".join(lines + [f"wrote {out}/"]))
 

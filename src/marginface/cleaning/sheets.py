@@ -68,13 +68,21 @@ def draw_item(item: Item, out_png: str | Path, max_cells: int = 8) -> Path:
     return out_png
 
 
-def write_sheet(out_dir: str | Path, title: str, items: Sequence[Item], summary: Sequence[str] = ()) -> Path:
-    """One PNG per item under ``out_dir/sheet/`` and ``out_dir/index.html`` listing them; returns the HTML path."""
+def write_sheet(out_dir: str | Path, title: str, items: Sequence[Item], summary: Sequence[str] = (),
+                figures: Sequence[str] = ()) -> Path:
+    """One PNG per item under ``out_dir/sheet/`` and ``out_dir/index.html`` listing them; returns the HTML path.
+
+    ``figures``: file names inside ``out_dir`` (e.g. ``distributions.png``) shown under the summary; a name that
+    does not exist there is an error (the page must not reference missing files)."""
     out_dir = Path(out_dir)
     (out_dir / "sheet").mkdir(parents=True, exist_ok=True)
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(s)}</p>" for s in summary]
+    for name in figures:
+        if not (out_dir / name).is_file():
+            raise FileNotFoundError(f"figure {out_dir / name} does not exist")
+        parts.append(f"<img src='{html.escape(name)}' alt='{html.escape(name)}'>")
     for i, item in enumerate(items):
         png = draw_item(item, out_dir / "sheet" / f"{i:04d}.png")
         parts.append(f"<h2 id='item{i}'>{i + 1}. {html.escape(item.title)}</h2>")
