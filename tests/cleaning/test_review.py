@@ -33,3 +33,21 @@ def test_subset_and_noise_report():
     assert report["images"] == 36 and len(report["swapped_images"]) == 2
     for rule in ("threshold", "robust"):
         assert 0 <= report[rule]["precision"] <= 1 and 0 <= report[rule]["recall"] <= 1
+
+
+def test_nearest_to_centroid_and_nearest_test_distances_match_naive_loops():
+    from marginface.cleaning.review import nearest_test_distances, nearest_to_centroid
+
+    data, test = _set("x", [7, 5]), _set("y", [3, 4, 2], seed=5)
+    xn = data.embeddings.astype(np.float64) / np.linalg.norm(data.embeddings, axis=1, keepdims=True)
+    rows = np.flatnonzero(data.labels == 1)
+    c = xn[rows].mean(0) / np.linalg.norm(xn[rows].mean(0))
+    naive = sorted((1 - xn[r] @ c, r) for r in rows)[:3]
+    got = nearest_to_centroid(data, 1, n=3)
+    assert [r for r, _ in got] == [r for _, r in naive]
+    assert np.allclose([d for _, d in got], [d for d, _ in naive], atol=1e-6)
+    tn = test.embeddings.astype(np.float64) / np.linalg.norm(test.embeddings, axis=1, keepdims=True)
+    cents_t = [tn[test.labels == k].sum(0) / np.linalg.norm(tn[test.labels == k].sum(0)) for k in range(3)]
+    for k in range(2):
+        ck = xn[data.labels == k].sum(0) / np.linalg.norm(xn[data.labels == k].sum(0))
+        assert abs(nearest_test_distances(data, test)[k] - min(1 - ck @ t for t in cents_t)) < 1e-6
