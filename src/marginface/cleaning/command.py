@@ -294,7 +294,13 @@ def run_noise(args: argparse.Namespace) -> int:
 
 
 def _plot_overlap(out, train, tests, labels, thresholds, calibrations) -> None:
+    import importlib.util
+
     from marginface.cleaning.review import nearest_test_distances
+
+    if importlib.util.find_spec("matplotlib") is None:  # an optional extra: the lists and sheets do not need it
+        print("(no distributions.png: pip install 'marginface[plot]' for it)")
+        return
     from marginface.cleaning.sheets import plot_distributions
 
     panels = [{"title": f"{label}: calibration and each training identity's nearest test identity",
