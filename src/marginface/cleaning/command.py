@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_clean(subparsers: argparse._SubParsersAction) -> None:
@@ -299,7 +300,7 @@ def _plot_overlap(out, train, tests, labels, thresholds, calibrations) -> None:
     from marginface.cleaning.review import nearest_test_distances
 
     if importlib.util.find_spec("matplotlib") is None:  # an optional extra: the lists and sheets do not need it
-        print("(no distributions.png: pip install 'marginface[plot]' for it)")
+        print("(no distributions.png: pip install 'marginface[plot]' for it)", file=sys.stderr)
         return
     from marginface.cleaning.sheets import plot_distributions
 
