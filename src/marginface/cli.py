@@ -128,14 +128,21 @@ def _add_prepare_rec(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip corrupt/non-image files and empty identity folders (listed at the end)")
     parser.add_argument("--resize", action="store_true", help="resize faces that are not 112x112")
+    parser.add_argument("--exclude-identities", metavar="FILE", help="identities to leave out, one a line "
+                        "(e.g. marginface clean overlap's exclude_identities.txt)")
+    parser.add_argument("--image-list", metavar="FILE", help="identity/file names to keep, one a line "
+                        "(e.g. marginface clean outliers' image_list.txt)")
     parser.set_defaults(func=_run_prepare_rec)
 
 
 def _run_prepare_rec(args: argparse.Namespace) -> int:
+    from marginface.cleaning.lists import read_lines
     from marginface.data.folder import FolderDataset
     from marginface.data.recordio import write_recordio
 
-    dataset = FolderDataset(args.src_folder, skip_bad=args.skip_bad, resize=args.resize)
+    dataset = FolderDataset(args.src_folder, skip_bad=args.skip_bad, resize=args.resize,
+                            exclude_identities=args.exclude_identities and read_lines(args.exclude_identities),
+                            image_list=args.image_list and read_lines(args.image_list, "image list"))
     stats = write_recordio(dataset, args.out_prefix)
     print(f"wrote {stats.num_images} images of {stats.num_classes} identities to {stats.rec_path} "
           f"(index {stats.idx_path}); {stats.reencoded} re-encoded, {len(stats.skipped)} skipped")
@@ -218,6 +225,7 @@ _PREPARE_KINDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 from marginface.align.cfp_command import add_prepare_cfp  # noqa: E402 (light module: argparse only)
 from marginface.inference.commands import add_inference_commands  # noqa: E402 (light module: argparse only)
+from marginface.cleaning.command import add_clean  # noqa: E402 (light module: argparse only)
 
 _PREPARE_KINDS.append(add_prepare_cfp)
 
@@ -231,6 +239,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_align,
     add_plot,
     add_inference_commands,
+    add_clean,
 ]
 
 
@@ -255,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     the traceback), Ctrl-C prints one line and returns 130."""
     args = build_parser().parse_args(argv)
     # "prepare cfp", "clean outliers": the words the user typed, for the error prefix
-    command = " ".join(str(w) for w in (args.command, getattr(args, "prepare_kind", None)) if w)
+    command = " ".join(str(w) for w in (args.command, getattr(args, "prepare_kind", None),
+                                        getattr(args, "clean_kind", None)) if w)
     try:
         return int(args.func(args) or 0)
     except _USER_ERRORS as err:

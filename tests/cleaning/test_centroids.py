@@ -47,3 +47,32 @@ def test_planted_duplicates_and_overlap():
     test = cc.centroids(x[y >= 3], y[y >= 3] - 3)
     assert [(a, b) for a, b, _ in cc.overlap(train, test, cal.threshold)] == [(3, 0), (4, 1)] or \
         sorted((a, b) for a, b, _ in cc.overlap(train, test, cal.threshold)) == [(3, 0), (4, 1)]
+
+
+def test_min_error_threshold_matches_brute_force_and_ignores_contamination():
+    rng = np.random.default_rng(3)
+    same = np.concatenate([rng.normal(0.2, 0.05, 200), [0.9, 0.95]])  # two label errors
+    diff = np.concatenate([rng.normal(0.7, 0.08, 100), rng.normal(0.2, 0.05, 20)])  # 20 duplicates
+    t = cc.min_error_threshold(same, diff)
+
+    def err(x):
+        return np.mean(same > x) + np.mean(diff <= x)
+
+    grid = np.linspace(0, 1.2, 12001)
+    assert err(t) <= min(err(g) for g in grid) + 1e-12
+    assert np.mean(same > t) < 0.05  # the equal-error cut would put ~1/6 of the genuine pairs above it
+    assert np.mean(same > cc.equal_error_threshold(same, diff)) > 0.1
+
+
+def test_holdout_distances_match_naive_loop():
+    x, y = _ids(c=5, n=6, seed=4)
+    same, diff = cc.holdout_distances(x, y, holdout=2, min_rest=3, seed=7)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    rng = np.random.default_rng(7)
+    cents = [xn[y == k].sum(0) / np.linalg.norm(xn[y == k].sum(0)) for k in range(5)]
+    for k in range(5):
+        rows = rng.permutation(np.flatnonzero(y == k))
+        held, rest = xn[rows[:2]].sum(0), xn[rows[2:]].sum(0)
+        held /= np.linalg.norm(held)
+        assert abs(same[k] - (1 - held @ rest / np.linalg.norm(rest))) < 1e-12
+        assert abs(diff[k] - min(1 - held @ cents[j] for j in range(5) if j != k)) < 1e-12

@@ -17,3 +17,11 @@ def test_exclusion_list_and_image_list_reach_the_training_label_set(tmp_path):
     ds = build_dataset(DataConfig(source="folder", path=str(tmp_path / "data"), exclude_identities=str(exclude),
                                   image_list=str(keep)))
     assert ds.classes == ["a", "c"] and len(ds) == 3 and ds.num_classes == 2
+
+
+def test_shipped_exclusion_list_names_celeba_identities():
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "celeba299_exclude_test_overlap.txt"
+    names = read_lines(shipped)
+    assert names == ["07270", "07458", "07380", "07249", "07355", "07218", "07398"]

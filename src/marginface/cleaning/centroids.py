@@ -97,6 +97,26 @@ def equal_error_threshold(same: np.ndarray, different: np.ndarray) -> float:
     return float((grid[i] + grid[i + 1]) / 2) if i + 1 < grid.size else float(grid[i])
 
 
+def min_error_threshold(same: np.ndarray, different: np.ndarray) -> float:
+    """The distance minimising P(same > t) + P(different <= t), mid-way through its best interval.
+
+    Preferred to the equal-error cut for cleaning because both samples are contaminated in real data: when x% of
+    the "different" distances are really duplicates (as close as same-identity ones), the equal-error cut must put
+    x% of the genuine same-identity distances above it; the minimum total error does not move for them.
+    """
+    same, different = np.sort(np.asarray(same, float)), np.sort(np.asarray(different, float))
+    if same.size == 0 or different.size == 0:
+        raise ValueError("calibration needs both same-identity and different-identity distances")
+    grid = np.unique(np.concatenate([same, different]))
+    error = (1.0 - np.searchsorted(same, grid, side="right") / same.size
+             + np.searchsorted(different, grid, side="right") / different.size)
+    best = np.flatnonzero(np.isclose(error, error.min(), rtol=0, atol=1e-12))
+    breaks = np.flatnonzero(np.diff(best) != 1)
+    i, j = int(best[0]), int(best[breaks[0]] if breaks.size else best[-1])  # the first run of best grid points
+    # t anywhere in [grid[i], grid[j + 1]) gives this error: take the middle of that interval
+    return float((grid[i] + grid[j + 1]) / 2) if j + 1 < grid.size else float(grid[i])
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Same-identity (split-half) vs different-identity (nearest other centroid) centroid distances."""
@@ -108,9 +128,9 @@ class Calibration:
     def summary(self) -> dict:
         q = (0.01, 0.05, 0.5, 0.95, 0.99)
         return {"threshold": self.threshold,
-                "same_split_half": {"n": int(self.same.size), **{f"q{int(p * 100)}": float(np.quantile(self.same, p))
+                "same": {"n": int(self.same.size), **{f"q{int(p * 100)}": float(np.quantile(self.same, p))
                                                                    for p in q}},
-                "different_nearest": {"n": int(self.different.size),
+                "different": {"n": int(self.different.size),
                                       **{f"q{int(p * 100)}": float(np.quantile(self.different, p)) for p in q}},
                 "same_above_threshold": float((self.same > self.threshold).mean()),
                 "different_below_threshold": float((self.different <= self.threshold).mean())}
@@ -132,6 +152,33 @@ def split_half_distances(embeddings: np.ndarray, labels: np.ndarray, min_images:
     return np.array(out)
 
 
+def holdout_distances(embeddings: np.ndarray, labels: np.ndarray, holdout: int = 1, min_rest: int = 3,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Small-sample calibration, for a test set whose identities have only ``holdout`` images.
+
+    For each identity with >= ``holdout + min_rest`` images, ``holdout`` random images are held out: returns
+    ``(same, different)``, both (K,): the distance from the held-out images' centroid to the centroid of the rest
+    of its identity, and to the nearest *other* identity's full centroid.
+    """
+    x = _normalise(embeddings, "embeddings")
+    labels = np.asarray(labels, dtype=np.int64)
+    cents = centroids(x, labels)
+    rng = np.random.default_rng(seed)
+    same, different = [], []
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        if rows.size < holdout + min_rest:
+            continue
+        held = x[rows[:holdout]].sum(0)
+        held /= np.linalg.norm(held)
+        rest = x[rows[holdout:]].sum(0)
+        same.append(1.0 - held @ rest / np.linalg.norm(rest))
+        sim = cents @ held
+        sim[label] = -np.inf
+        different.append(1.0 - np.nanmax(sim))
+    return np.array(same), np.array(different)
+
+
 def nearest_other_distances(cents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For (C, D) unit centroids: (C,) distance to the nearest *other* centroid and (C,) its index."""
     sim = cents @ cents.T
@@ -140,14 +187,25 @@ def nearest_other_distances(cents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return 1.0 - sim[np.arange(len(cents)), nearest], nearest
 
 
-def calibrate(sets: Sequence[tuple[np.ndarray, np.ndarray]], min_images: int = 4, seed: int = 0) -> Calibration:
-    """Calibrate a centroid-distance threshold from ``(embeddings, labels)`` sets (each set on its own)."""
+def calibrate(sets: Sequence[tuple[np.ndarray, np.ndarray]], min_images: int = 4, seed: int = 0,
+              holdout: int | None = None) -> Calibration:
+    """Calibrate a centroid-distance threshold from ``(embeddings, labels)`` sets (each set on its own).
+
+    ``holdout=None``: split-half centroids vs nearest other centroid (two full identities, e.g. duplicates);
+    ``holdout=k``: k images vs the rest (:func:`holdout_distances`; a test set of k-image identities).
+    The threshold is :func:`min_error_threshold` of the pooled distances.
+    """
     same, different = [], []
     for emb, lab in sets:
-        same.append(split_half_distances(emb, lab, min_images, seed))
-        different.append(nearest_other_distances(centroids(emb, lab))[0])
+        if holdout is None:
+            same.append(split_half_distances(emb, lab, min_images, seed))
+            different.append(nearest_other_distances(centroids(emb, lab))[0])
+        else:
+            s, d = holdout_distances(emb, lab, holdout, max(min_images - holdout, 1), seed)
+            same.append(s)
+            different.append(d)
     same_all, diff_all = np.concatenate(same), np.concatenate(different)
-    return Calibration(same_all, diff_all, equal_error_threshold(same_all, diff_all))
+    return Calibration(same_all, diff_all, min_error_threshold(same_all, diff_all))
 
 
 def duplicate_pairs(cents: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
