@@ -224,8 +224,8 @@ _PREPARE_KINDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare_lfw_bin,
 ]
 from marginface.align.cfp_command import add_prepare_cfp  # noqa: E402 (light module: argparse only)
-from marginface.inference.commands import add_inference_commands  # noqa: E402 (light module: argparse only)
 from marginface.cleaning.command import add_clean  # noqa: E402 (light module: argparse only)
+from marginface.inference.commands import add_inference_commands  # noqa: E402 (light module: argparse only)
 
 _PREPARE_KINDS.append(add_prepare_cfp)
 
