@@ -219,6 +219,8 @@ from marginface.align.cfp_command import add_prepare_cfp  # noqa: E402 (light mo
 
 _PREPARE_KINDS.append(add_prepare_cfp)
 
+from marginface.training.search_command import add_search  # noqa: E402 (light module: argparse only)
+
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_losses,
@@ -227,6 +229,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_eval,
     _add_prepare,
     _add_align,
+    add_search,
 ]
 
 
