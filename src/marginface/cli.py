@@ -221,7 +221,6 @@ _PREPARE_KINDS.append(add_prepare_cfp)
 
 from marginface.training.search_command import add_search  # noqa: E402 (light module: argparse only)
 
-
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_losses,
     _add_train,

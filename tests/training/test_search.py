@@ -59,8 +59,8 @@ TINY = {
     "model": {"backbone": "mobilefacenet", "embedding_size": 32},
     "loss": {"name": "amlfs", "params": {"scale": 16.0}},
     "optim": {"lr": 0.05},
-    "validation": {"synthetic_pairs": 20, "synthetic_identities": 6, "batch_size": 20},
-    "batch_size": 4, "device": "cpu", "deterministic": True, "checkpoint_every": 1000,
+    "validation": {"synthetic_pairs": 8, "synthetic_identities": 4, "batch_size": 16},
+    "batch_size": 2, "device": "cpu", "deterministic": True, "checkpoint_every": 1000,
     "search": {"rounds": 2, "samples": 2, "steps_per_round": 2, "logit_intervals": 3, "prob_intervals": 2,
                "sigma": 0.3, "lr": 0.1, "seed": 3},
 }
@@ -108,6 +108,22 @@ def test_the_best_copy_is_broadcast_and_copies_are_independent_of_their_order(tm
     for key, value in alone.backbone.state_dict().items():
         assert torch.equal(saved[f"model.backbone.{key}"], value), key
     assert torch.equal(saved["model.loss.weight"], alone.loss.weight.detach())
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_every_search_preset_parses_and_is_named_dataset_backbone_loss(path):
+    config = load_search_config(path)
+    assert config.train.model.backbone in path.stem and config.train.loss.name in path.stem
+    assert config.train.steps == config.search.rounds * config.search.steps_per_round
+
+
+def test_search_refuses_torchrun(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="torchrun"):
+        run_search(tiny_search(tmp_path, "ddp"), progress=False)
 
 
 def test_search_config_errors_name_the_fix(tmp_path):

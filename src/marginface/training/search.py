@@ -291,6 +291,9 @@ def run_search(config: SearchConfig, max_rounds: int | None = None, progress: bo
     from marginface.training.trainer import Trainer
 
     settings, run_dir = config.search, Path(config.train.output_dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("marginface search runs in one process (the B copies in turn); one sample per torchrun "
+                          "rank is not implemented: launch it without torchrun")
     params = {**config.train.loss.params, **unpack(identity_mean(settings), settings)}
     train_cfg = dataclasses.replace(config.train, loss=dataclasses.replace(config.train.loss, params=params))
     trainer = Trainer(train_cfg).setup()
@@ -337,3 +340,35 @@ def read_search(run_dir: str | Path, points: int = 181) -> dict[str, Any]:
     return {"scale": scale, "thetas_deg": torch.rad2deg(thetas).tolist(), "probs": probs.tolist(),
             "logit_curves": logit_curves, "prob_curves": prob_curves, "prob_searched": settings.space != "logit",
             "rounds": [rec["round"] for rec in history], "rewards": [rec["rewards"] for rec in history]}
+
+
+def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[int], steps: int,
+                         progress: bool = True) -> dict[str, Any]:
+    """Train the searched mean transform and plain softmax (the identity, same scale) from scratch per seed.
+
+    Each run is ``config.train`` with ``steps`` steps and its own seed (initialisation and data order), under
+    ``<output_dir>/retrain/<name>_seed<k>``; the result (also written to ``retrain.json``) holds each run's
+    final held-out verification accuracy and, per loss, the mean and the sample std over the seeds.
+    """
+    from marginface.training.trainer import Trainer
+
+    settings, run_dir = config.search, Path(config.train.output_dir)
+    candidates = {"searched": unpack(mean, settings), "softmax": unpack(identity_mean(settings), settings)}
+    runs: dict[str, list[float]] = {name: [] for name in candidates}
+    for seed in seeds:
+        for name, params in candidates.items():
+            loss = dataclasses.replace(config.train.loss, params={**config.train.loss.params, **params})
+            cfg = dataclasses.replace(config.train, loss=loss, seed=seed, steps=steps,
+                                      output_dir=str(run_dir / "retrain" / f"{name}_seed{seed}"))
+            final = Trainer(cfg).setup().fit()["final"]
+            runs[name].append(sum(final.values()) / len(final))
+            if progress:
+                print(f"from scratch, seed {seed}, {name}: held-out accuracy {runs[name][-1]:.4f}")
+    summary = {name: {"accuracies": values, "mean": sum(values) / len(values),
+                      "std": float(torch.tensor(values, dtype=torch.float64).std()) if len(values) > 1 else 0.0}
+               for name, values in runs.items()}
+    result = {"seeds": seeds, "steps": steps, "searched_params": candidates["searched"], "results": summary}
+    tmp = run_dir / "retrain.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, run_dir / "retrain.json")
+    return result

@@ -19,13 +19,17 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", required=True, help="YAML search preset, e.g. configs/synthetic_tiny_amlfs.yaml")
     parser.add_argument("--fresh", action="store_true", help="delete the run folder first instead of resuming")
     parser.add_argument("--rounds", type=int, default=None, help="stop after this many new rounds (resume later)")
+    parser.add_argument("--compare-seeds", type=int, default=0,
+                        help="afterwards train the searched mean and plain softmax from scratch with this many seeds")
+    parser.add_argument("--compare-steps", type=int, default=0,
+                        help="steps of each from-scratch run (default: the search's rounds x steps_per_round)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("overrides", nargs="*", help="section.field=value, e.g. search.samples=8 optim.lr=0.05")
     parser.set_defaults(func=run_search_command)
 
 
 def run_search_command(args: argparse.Namespace) -> int:
-    from marginface.training.search import load_search_config, run_search, unpack
+    from marginface.training.search import compare_from_scratch, load_search_config, run_search, unpack
     from marginface.training.trainer import clear_run
 
     config = load_search_config(args.config, args.overrides)
@@ -37,6 +41,9 @@ def run_search_command(args: argparse.Namespace) -> int:
         "rounds_done": state.round, "mean": unpack(state.mean, config.search),
         "rewards_last_round": state.history[-1]["rewards"] if state.history else [],
         "output_dir": config.train.output_dir, "figure": None if figure is None else str(figure)}
+    if args.compare_seeds > 0 and state.round == config.search.rounds:
+        steps = args.compare_steps or config.search.rounds * config.search.steps_per_round
+        result["from_scratch"] = compare_from_scratch(config, state.mean, list(range(args.compare_seeds)), steps)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -44,6 +51,8 @@ def run_search_command(args: argparse.Namespace) -> int:
               f"{[round(r, 4) for r in result['rewards_last_round']]}")
         print(f"mean transform now: {result['mean']}")
         print(f"log: {config.train.output_dir}/log.csv" + (f", figure: {figure}" if figure else ""))
+        for name, res in result.get("from_scratch", {}).get("results", {}).items():
+            print(f"from scratch, {name}: {res['mean']:.4f} +- {res['std']:.4f} (seeds: {res['accuracies']})")
     return 0
 
 
