@@ -59,7 +59,7 @@ TINY = {
     "model": {"backbone": "mobilefacenet", "embedding_size": 32},
     "loss": {"name": "amlfs", "params": {"scale": 16.0}},
     "optim": {"lr": 0.05},
-    "validation": {"synthetic_pairs": 8, "synthetic_identities": 4, "batch_size": 16},
+    "validation": {"synthetic_pairs": 10, "synthetic_identities": 4, "batch_size": 20},
     "batch_size": 2, "device": "cpu", "deterministic": True, "checkpoint_every": 1000,
     "search": {"rounds": 2, "samples": 2, "steps_per_round": 2, "logit_intervals": 3, "prob_intervals": 2,
                "sigma": 0.3, "lr": 0.1, "seed": 3},
