@@ -18,11 +18,13 @@ from marginface.training.search import (
     identity_mean,
     load_search_config,
     normalise_rewards,
+    read_search,
     reinforce_update,
     run_search,
     train_copy,
     unpack,
 )
+from marginface.training.search_command import plot_search
 
 
 def test_reinforce_update_equals_the_hand_computed_step():
@@ -109,6 +111,12 @@ def test_the_best_copy_is_broadcast_and_copies_are_independent_of_their_order(tm
         assert torch.equal(saved[f"model.backbone.{key}"], value), key
     assert torch.equal(saved["model.loss.weight"], alone.loss.weight.detach())
 
+    data = read_search(tmp_path / "one")  # the figure's numbers: round 0 is the identity, then the updated mean
+    thetas = torch.deg2rad(torch.tensor(data["thetas_deg"], dtype=torch.float64))
+    torch.testing.assert_close(torch.tensor(data["logit_curves"][0], dtype=torch.float64), 16.0 * torch.cos(thetas))
+    assert len(data["logit_curves"]) == 2 and data["rewards"] == [record["rewards"]]
+    assert plot_search(tmp_path / "one").is_file()
+
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "search").glob("*.yaml"))
 
@@ -139,3 +147,10 @@ def test_search_config_errors_name_the_fix(tmp_path):
         tiny_search(tmp_path, "c", samples=1)
     with pytest.raises(FileNotFoundError, match="configs/"):
         load_search_config(tmp_path / "missing.yaml")
+
+
+def test_cli_search_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    from marginface.cli import main
+
+    assert main(["search", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "configs/" in capsys.readouterr().err
