@@ -63,7 +63,7 @@ TINY = {
     "optim": {"lr": 0.05},
     "validation": {"synthetic_pairs": 10, "synthetic_identities": 4, "batch_size": 20},
     "batch_size": 2, "device": "cpu", "deterministic": True, "checkpoint_every": 1000,
-    "search": {"rounds": 2, "samples": 2, "steps_per_round": 2, "logit_intervals": 3, "prob_intervals": 2,
+    "search": {"rounds": 2, "samples": 2, "steps_per_round": 1, "logit_intervals": 3, "prob_intervals": 2,
                "sigma": 0.3, "lr": 0.1, "seed": 3},
 }
 
