@@ -229,6 +229,7 @@ from marginface.inference.commands import add_inference_commands  # noqa: E402 (
 
 _PREPARE_KINDS.append(add_prepare_cfp)
 
+from marginface.training.search_command import add_search  # noqa: E402 (light module: argparse only)
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_losses,
@@ -240,6 +241,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_plot,
     add_inference_commands,
     add_clean,
+    add_search,
 ]
 
 

@@ -8,6 +8,7 @@ import copy
 import torch
 
 from marginface import losses
+from tests.losses.cases import AMLFS_ARC_FOCAL, AMLFS_HELPS
 
 # Variants beyond the defaults that exercise branches the defaults do not (fallback past pi, gradients
 # through circle's weights, no bias, Chebyshev margin with annealing done).
@@ -18,6 +19,7 @@ VARIANTS: dict[str, list[dict]] = {
     "normface": [{"learn_scale": True}],
     "softmax": [{"bias": False}],
     "sphereface": [{"margin": 3, "lambda_base": 0.0, "lambda_min": 0.0}],
+    "amlfs": [AMLFS_ARC_FOCAL, AMLFS_HELPS],  # tau applied after the full log-sum-exp in every head
 }
 
 
@@ -38,6 +40,8 @@ def other_objectives() -> list[str]:
 
 def case_id(case: tuple[str, dict]) -> str:
     name, params = case
+    if name == "amlfs" and params:
+        return "amlfs-" + ("arc_focal" if params is AMLFS_ARC_FOCAL else "helps")
     return name + "".join(f"-{k}={v}" for k, v in params.items())
 
 

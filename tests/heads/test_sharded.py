@@ -14,6 +14,7 @@ from marginface import losses
 from marginface.heads import DenseHead, ShardedHead, create_head, shard_range
 from tests.heads.helpers import assert_close, assert_same_result, batch, build, run, state
 from tests.heads.test_partial_fc import sub_loss
+from tests.losses.cases import AMLFS_ARC_FOCAL
 
 WORLD, EMBED, CLASSES, PER_RANK, CHUNK = 2, 8, 23, 5, 4  # 23 classes: uneven shards (12, 11)
 # (name, params, sample_rate, steps): full shards over two steps (running state), Partial FC over one.
@@ -26,6 +27,7 @@ CONFIGS = {
     "magface": ("magface", {}, 1.0, 1),
     "arcface-pfc": ("arcface", {}, 0.5, 1),
     "softmax-pfc": ("softmax", {}, 0.5, 1),
+    "amlfs": ("amlfs", AMLFS_ARC_FOCAL, 1.0, 1),
 }
 
 

@@ -2,9 +2,36 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from marginface import losses
+
+
+def chord(fn, low: float, high: float, intervals: int) -> tuple[list[float], list[float]]:
+    """Slopes and intercepts of the piecewise-linear interpolation of ``fn`` at equal breakpoints of [low, high]."""
+    edges = [low + (high - low) * i / intervals for i in range(intervals + 1)]
+    values = [fn(e) for e in edges]
+    slopes = [(values[i + 1] - values[i]) / (edges[i + 1] - edges[i]) for i in range(intervals)]
+    return slopes, [values[i] - slopes[i] * edges[i] for i in range(intervals)]
+
+
+def _arc(c: float, m: float = 0.5) -> float:
+    theta = math.acos(max(-1.0, min(1.0, c)))
+    return math.cos(theta + m) if theta + m <= math.pi else c - m * math.sin(m)
+
+
+_ARC_A, _ARC_B = chord(_arc, -1.0, 1.0, 6)
+_FOCAL_A, _FOCAL_B = chord(lambda p: p ** 1.5, 0.0, 1.0, 5)
+_HELP_A, _HELP_B = chord(lambda c: c + 0.3 * (1.0 - c * c), -1.0, 1.0, 4)  # above the identity inside (-1, 1)
+_SQRT_A, _SQRT_B = chord(math.sqrt, 0.0, 1.0, 4)  # tau(p) >= p
+#: AM-LFS samples: CosFace-like t, an ArcFace chord t with a focal-like tau (both never help), and one that helps.
+AMLFS_COSFACE = {"scale": 30.0, "logit_intercepts": [-0.35] * 6}
+AMLFS_ARC_FOCAL = {"scale": 30.0, "logit_slopes": _ARC_A, "logit_intercepts": _ARC_B,
+                   "prob_slopes": _FOCAL_A, "prob_intercepts": _FOCAL_B}
+AMLFS_HELPS = {"scale": 16.0, "logit_slopes": _HELP_A, "logit_intercepts": _HELP_B,
+               "prob_slopes": _SQRT_A, "prob_intercepts": _SQRT_B}
 
 # Variants beyond the defaults: each exercises a branch the defaults do not.
 VARIANTS: dict[str, list[dict]] = {
@@ -25,6 +52,7 @@ VARIANTS: dict[str, list[dict]] = {
     "elasticface_arc": [{"margin": 1.2, "std": 0.3}],
     "sphereface2": [{"magnitude_type": "A"}],
     "adacos": [{"dynamic": False}],
+    "amlfs": [AMLFS_COSFACE, AMLFS_ARC_FOCAL, AMLFS_HELPS],
 }
 
 
@@ -39,6 +67,9 @@ def all_cases() -> list[tuple[str, dict]]:
 
 def case_id(case: tuple[str, dict]) -> str:
     name, params = case
+    if name == "amlfs" and params:  # the parameter lists are long: name the sample instead
+        return name + "-" + {id(AMLFS_COSFACE): "cosface", id(AMLFS_ARC_FOCAL): "arc_focal",
+                             id(AMLFS_HELPS): "helps"}.get(id(params), "custom")
     return name + ("" if not params else "-" + "-".join(f"{k}={v}" for k, v in params.items()))
 
 

@@ -367,3 +367,38 @@ def adacos_ref(x, params, labels, loss, state, training):
         s = max(math.log(b_avg) / math.cos(min(math.pi / 4, theta_med)), 1e-3)
     rows = per_element(x, w, labels, lambda i, c: s * c, lambda i, c, cy: s * c)
     return cross_entropy_rows(rows, labels)
+
+
+# ----------------------------------------------------------------------------- AM-LFS (a sampled search-space point)
+def _piece(x: float, slopes, intercepts, low: float, high: float) -> tuple[float, float]:
+    """(slope, intercept) of the interval [e_i, e_i+1) holding x; the last interval also holds ``high``."""
+    count = len(slopes)
+    for i in range(count):
+        upper = low + (high - low) * (i + 1) / count
+        if x < upper or i == count - 1:
+            return slopes[i], intercepts[i]
+    raise AssertionError("unreachable")
+
+
+@reference("amlfs")
+def amlfs_ref(x, params, labels, loss, state, training):
+    """Li et al. 2019: target logit s t(cos theta_y), loss -log tau(p_y); t, tau piecewise linear (Sec. 3.2)."""
+    s = loss.scale
+
+    def target(i, c):
+        a, b = _piece(scalar(c), loss.logit_slopes, loss.logit_intercepts, -1.0, 1.0)
+        return s * (a * c + b)
+
+    rows = per_element(x, params["weight"], labels, target, lambda i, c, cy: s * c)
+    total = torch.zeros((), dtype=torch.float64)
+    for i, row in enumerate(rows):
+        top = max(float(v.detach()) for v in row)
+        p = torch.exp(row[int(labels[i])] - top) / sum(torch.exp(v - top) for v in row)
+        alpha, beta = _piece(scalar(p), loss.prob_slopes, loss.prob_intercepts, 0.0, 1.0)
+        if beta == 0 and alpha > 0:  # tau through 0: -log tau(p) = -log p - log alpha, no floor needed
+            total = total - torch.log(p) - math.log(alpha)
+            continue
+        tau = alpha * p + beta
+        total = total - torch.log(tau if scalar(tau) > 1e-30 else torch.tensor(1e-30, dtype=torch.float64))
+    logits = torch.stack([torch.stack(row) for row in rows])
+    return logits, total / len(rows)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch.func import functional_call
 
 from marginface import losses
-from tests.losses.cases import all_cases, batch, build, case_id
+from tests.losses.cases import AMLFS_ARC_FOCAL, AMLFS_COSFACE, AMLFS_HELPS, all_cases, batch, build, case_id
 
 CASES = all_cases()
 DEFAULTS = [(name, {}) for name in losses.available()]
@@ -107,7 +107,13 @@ def target_logit_curve(loss, thetas: torch.Tensor, norm: float) -> torch.Tensor:
 MARGIN_FREE = {"softmax", "normface", "adacos"}
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] not in MARGIN_FREE and not c[1].get("easy_margin")],
+def documented_exception(case: tuple[str, dict]) -> bool:
+    """easy_margin ArcFace, and AM-LFS samples whose t lies above the identity somewhere (its space allows it)."""
+    name, params = case
+    return bool(params.get("easy_margin")) or (name == "amlfs" and not build(name, params).never_helps())
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] not in MARGIN_FREE and not documented_exception(c)],
                          ids=case_id)
 @pytest.mark.parametrize("norm", [1.0, 20.0, 60.0])
 def test_margin_never_helps(case, norm):
@@ -144,6 +150,27 @@ def test_mv_softmax_easy_margin_is_a_documented_exception(base, edge):
     curve = target_logit_curve(loss, thetas, 1.0)
     assert curve[1] > curve[0]
     assert curve[1].item() == pytest.approx(loss.scale * math.cos(edge + 1e-3), rel=1e-12)  # no margin past the edge
+
+
+def test_amlfs_space_allows_a_transform_that_helps():
+    """AM-LFS's piecewise-linear t is unconstrained: a sample can raise the target logit above s cos(theta)."""
+    loss = build("amlfs", AMLFS_HELPS)
+    assert not loss.never_helps()
+    thetas = torch.linspace(0.1, math.pi - 0.1, 50, dtype=torch.float64)
+    assert (target_logit_curve(loss, thetas, 1.0) > loss.scale * torch.cos(thetas)).all()
+
+
+@pytest.mark.parametrize("params", [{}, AMLFS_COSFACE, AMLFS_ARC_FOCAL, AMLFS_HELPS,
+                                    {"logit_slopes": [1.0, -0.5], "logit_intercepts": [0.0, 0.0]},
+                                    {"logit_slopes": [1.0, 1.0], "logit_intercepts": [0.0, -0.2]}])
+def test_amlfs_never_helps_agrees_with_the_curve(params):
+    """``never_helps`` (checked on the breakpoints) equals the property checked on a dense grid of angles."""
+    loss = build("amlfs", params)
+    thetas = torch.linspace(0, math.pi, 2001, dtype=torch.float64)
+    curve = target_logit_curve(loss, thetas, 1.0)
+    tol = 1e-9 * loss.scale
+    holds = bool((curve <= loss.scale * torch.cos(thetas) + tol).all() and ((curve[1:] - curve[:-1]) <= tol).all())
+    assert loss.never_helps() == holds
 
 
 # ----------------------------------------------------------------------------- special cases of the combined margin

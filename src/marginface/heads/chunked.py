@@ -399,9 +399,14 @@ def class_statistic(plan: ChunkPlan, feats: Tensor) -> Tensor:
     return total
 
 
-def cross_entropy_from_lse(lse_nt: Tensor, ctx: MarginContext) -> Tensor:
-    """Mean over the batch of ``logaddexp(lse_nt, t) - t (+ regulariser)``: the dense cross-entropy."""
+def cross_entropy_from_lse(lse_nt: Tensor, ctx: MarginContext, loss: MarginLoss | None = None) -> Tensor:
+    """Mean over the batch of ``logaddexp(lse_nt, t) - t (+ regulariser)``: the dense cross-entropy.
+
+    With ``loss``, its ``probability_transform`` is applied to the per-sample cross-entropy (as the dense path).
+    """
     per_sample = torch.logaddexp(lse_nt, ctx.target_logit) - ctx.target_logit
+    if loss is not None:
+        per_sample = loss.probability_transform(per_sample, ctx)
     if ctx.regularizer is not None:
         per_sample = per_sample + ctx.regularizer
     return per_sample.mean()
@@ -419,7 +424,7 @@ def chunked_loss(loss: MarginLoss, embeddings: Tensor, labels: Tensor, plan: Chu
         target_sim = target_similarity(loss, feats, target_labels, plan.sink)
         statistic = class_statistic(plan, feats) if loss.needs_class_statistic else None
         ctx = loss.make_context(embeddings, labels, target_sim, statistic)
-        return cross_entropy_from_lse(nontarget_lse(plan, feats, ctx), ctx)
+        return cross_entropy_from_lse(nontarget_lse(plan, feats, ctx), ctx, loss)
 
 
 class ChunkedHead(nn.Module):

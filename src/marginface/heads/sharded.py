@@ -249,7 +249,7 @@ class ShardedHead(nn.Module):
                 dist.all_reduce(statistic, group=group)
             ctx = self.loss.make_context(emb_all, labels_all, target_sim, statistic)
             lse_local = nontarget_lse(plan, feats_part, _partial_context(ctx, group))
-            return cross_entropy_from_lse(_global_lse(lse_local, group), ctx)
+            return cross_entropy_from_lse(_global_lse(lse_local, group), ctx, self.loss)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, sample_rate={self.sample_rate}, chunk_size={self.chunk_size}"

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from marginface.losses.adacos import AdaCosLoss
 from marginface.losses.adaface import AdaFaceLoss
+from marginface.losses.amlfs import AMLFSLoss
 from marginface.losses.arcface import ArcFaceLoss
 from marginface.losses.base import MarginContext, MarginLoss
 from marginface.losses.circle import CircleLoss
@@ -70,6 +71,7 @@ for _name, _factory in {
     "elasticface_cos": ElasticCosFaceLoss,
     "sphereface2": SphereFace2Loss,
     "adacos": AdaCosLoss,
+    "amlfs": AMLFSLoss,
 }.items():
     register(_name, _factory)
 

@@ -231,6 +231,14 @@ class MarginLoss(nn.Module):
         """(B, c) the logits of non-target classes from their cosines: scale (and any modulation) applied."""
         return self.scale * similarity
 
+    def probability_transform(self, cross_entropy: Tensor, ctx: MarginContext) -> Tensor:
+        """(B,) the per-sample loss from the per-sample cross-entropy ``-log p_y`` (B,); the identity here.
+
+        A transform of the target probability (AM-LFS's tau) is element-wise given ``-log p_y``, which every
+        head has once it has the log-sum-exp over all classes (dense, chunked, sharded).
+        """
+        return cross_entropy
+
     # ------------------------------------------------------------------ dense path
     def dense(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, MarginContext]:
         """The (B, C) float32 logits and the per-sample context of one forward pass over all classes."""
@@ -258,7 +266,7 @@ class MarginLoss(nn.Module):
 
     def loss_from_logits(self, logits: Tensor, ctx: MarginContext) -> Tensor:
         """Mean loss from dense logits (B, C); a softmax cross-entropy plus the context's regulariser."""
-        loss = F.cross_entropy(logits, ctx.labels, reduction="none")
+        loss = self.probability_transform(F.cross_entropy(logits, ctx.labels, reduction="none"), ctx)
         if ctx.regularizer is not None:
             loss = loss + ctx.regularizer
         return loss.mean()

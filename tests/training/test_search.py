@@ -1,0 +1,156 @@
+"""AM-LFS search: the REINFORCE step by hand, the broadcast, and resume-equals-straight on a tiny CPU search."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from marginface.training.config import ConfigError
+from marginface.training.search import (
+    STATE_FILE,
+    SearchSettings,
+    identity_mean,
+    load_search_config,
+    normalise_rewards,
+    read_search,
+    reinforce_update,
+    run_search,
+    train_copy,
+    unpack,
+)
+from marginface.training.search_command import plot_search
+
+
+def test_reinforce_update_equals_the_hand_computed_step():
+    """mu = (0, 1), sigma 0.2, eta 0.1, rewards (0.9, 0.5, 0.7): normalised (+sqrt(1.5), -sqrt(1.5), 0).
+
+    gradient = (1/3) [sqrt(1.5) (0.2, 0) / 0.04 - sqrt(1.5) (-0.2, 0.4) / 0.04] = (10/3) sqrt(1.5) (1, -1).
+    """
+    mean = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    samples = torch.tensor([[0.2, 1.0], [-0.2, 1.4], [0.0, 0.6]], dtype=torch.float64)
+    rewards = torch.tensor([0.9, 0.5, 0.7], dtype=torch.float64)
+    step = 0.1 * 10.0 / 3.0 * math.sqrt(1.5)
+    new = reinforce_update(mean, samples, rewards, sigma=0.2, lr=0.1)
+    torch.testing.assert_close(new, torch.tensor([step, 1.0 - step], dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_equal_rewards_leave_the_mean_unchanged():
+    mean = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    samples = torch.randn(4, 2, dtype=torch.float64)
+    assert torch.equal(normalise_rewards(torch.full((4,), 0.8)), torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(reinforce_update(mean, samples, torch.full((4,), 0.8), 0.2, 0.5), mean)
+
+
+def test_identity_mean_is_plain_softmax_and_unpacks_by_part():
+    settings = SearchSettings(logit_intervals=3, prob_intervals=2, space="both")
+    params = unpack(identity_mean(settings), settings)
+    assert params == {"logit_slopes": [1.0] * 3, "logit_intercepts": [0.0] * 3,
+                      "prob_slopes": [1.0] * 2, "prob_intercepts": [0.0] * 2}
+    assert list(unpack(identity_mean(SearchSettings(space="logit")), SearchSettings(space="logit"))) == [
+        "logit_slopes", "logit_intercepts"]
+
+
+TINY = {
+    "data": {"source": "synthetic", "synthetic_identities": 6, "synthetic_images_per_identity": 2, "flip": True},
+    "model": {"backbone": "mobilefacenet", "embedding_size": 32},
+    "loss": {"name": "amlfs", "params": {"scale": 16.0}},
+    "optim": {"lr": 0.05},
+    "validation": {"synthetic_pairs": 10, "synthetic_identities": 4, "batch_size": 20},
+    "batch_size": 2, "device": "cpu", "deterministic": True, "checkpoint_every": 1000,
+    "search": {"rounds": 2, "samples": 2, "steps_per_round": 1, "logit_intervals": 3, "prob_intervals": 2,
+               "sigma": 0.3, "lr": 0.1, "seed": 3},
+}
+
+
+def tiny_search(tmp_path: Path, name: str, **search):
+    values = {**TINY, "output_dir": str(tmp_path / name), "search": {**TINY["search"], **search}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return load_search_config(path)
+
+
+@pytest.mark.slow
+def test_resume_mid_search_equals_the_straight_search(tmp_path):
+    straight = run_search(tiny_search(tmp_path, "straight"), progress=False)
+    first = run_search(tiny_search(tmp_path, "resumed"), max_rounds=1, progress=False)
+    assert first.round == 1
+    resumed = run_search(tiny_search(tmp_path, "resumed"), progress=False)  # a new process would do the same
+    assert resumed.round == straight.round == 2
+    torch.testing.assert_close(resumed.mean, straight.mean, rtol=0, atol=0)
+    assert resumed.history == straight.history
+    a = load_file(str(tmp_path / "straight" / STATE_FILE))
+    b = load_file(str(tmp_path / "resumed" / STATE_FILE))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log = (tmp_path / "straight" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("round,row,reward") and len(log) == 1 + 2 * (2 + 1)
+
+
+@pytest.mark.slow
+def test_the_best_copy_is_broadcast_and_copies_are_independent_of_their_order(tmp_path):
+    """After one round the model is the best sample's copy, re-trained alone from the start: same weights."""
+    from marginface.training.trainer import Trainer
+
+    config = tiny_search(tmp_path, "one", rounds=1)
+    state = run_search(config, progress=False)
+    record = state.history[0]
+    assert record["rewards"][record["best"]] == max(record["rewards"])
+    best_theta = torch.tensor(record["samples"][record["best"]], dtype=torch.float64)
+    alone = Trainer(dataclasses.replace(config.train, output_dir=str(tmp_path / "alone"))).setup()
+    alone.loss.set_transform(**unpack(best_theta, config.search))
+    train_copy(alone, 0, config.search.steps_per_round)
+    saved = load_file(str(tmp_path / "one" / STATE_FILE))
+    for key, value in alone.backbone.state_dict().items():
+        assert torch.equal(saved[f"model.backbone.{key}"], value), key
+    assert torch.equal(saved["model.loss.weight"], alone.loss.weight.detach())
+
+    data = read_search(tmp_path / "one")  # the figure's numbers: round 0 is the identity, then the updated mean
+    thetas = torch.deg2rad(torch.tensor(data["thetas_deg"], dtype=torch.float64))
+    torch.testing.assert_close(torch.tensor(data["logit_curves"][0], dtype=torch.float64), 16.0 * torch.cos(thetas))
+    assert len(data["logit_curves"]) == 2 and data["rewards"] == [record["rewards"]]
+    assert plot_search(tmp_path / "one").is_file()
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_every_search_preset_parses_and_is_named_dataset_backbone_loss(path):
+    config = load_search_config(path)
+    assert config.train.model.backbone in path.stem and config.train.loss.name in path.stem
+    assert config.train.steps == config.search.rounds * config.search.steps_per_round
+
+
+def test_search_refuses_torchrun(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="torchrun"):
+        run_search(tiny_search(tmp_path, "ddp"), progress=False)
+
+
+def test_search_config_errors_name_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match="loss.name 'amlfs'"):
+        values = {**TINY, "loss": {"name": "arcface"}}
+        (tmp_path / "a.yaml").write_text(yaml.safe_dump(values))
+        load_search_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="validation set"):
+        values = {**TINY, "validation": {"synthetic_pairs": 0}}
+        (tmp_path / "b.yaml").write_text(yaml.safe_dump(values))
+        load_search_config(tmp_path / "b.yaml")
+    with pytest.raises(ConfigError, match="search.samples"):
+        tiny_search(tmp_path, "c", samples=1)
+    with pytest.raises(FileNotFoundError, match="configs/"):
+        load_search_config(tmp_path / "missing.yaml")
+
+
+def test_cli_search_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    from marginface.cli import main
+
+    assert main(["search", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "configs/" in capsys.readouterr().err
