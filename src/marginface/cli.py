@@ -40,7 +40,12 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--embedding-size", type=int, default=512)
     parser.add_argument("--bins", nargs="+", default=[], metavar="BIN", help="insightface .bin sets")
     parser.add_argument("--pairs", help="LFW-format pairs.txt (its 10 folds are used)")
-    parser.add_argument("--images", help="image root for --pairs: <root>/<Name>/<Name>_NNNN.jpg")
+    parser.add_argument("--images", help="aligned 112x112 faces for --pairs: <root>/<Name>/<Name>_NNNN.jpg "
+                        "(marginface align writes them); raw photos are refused")
+    parser.add_argument("--aligned", action="store_true",
+                        help="assert that --images holds aligned 112x112 faces (checked; they are always detected)")
+    parser.add_argument("--center-crop", action="store_true",
+                        help="evaluate raw photos of --images as centre crops: a rough stand-in, not comparable")
     parser.add_argument("--embeddings", help=".npz (names, embeddings) or .safetensors (one tensor per image)")
     parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine",
                         help="pair score for --embeddings (euclidean = negative distance)")
@@ -59,7 +64,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, backbone=args.backbone, embedding_size=args.embedding_size,
         bins=args.bins, pairs=args.pairs, images=args.images, embeddings=args.embeddings,
         metric=args.metric, batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
-        workers=args.workers,
+        workers=args.workers, aligned=args.aligned, center_crop=args.center_crop,
     )
     print(verification.format_table(results))
     if args.roc:

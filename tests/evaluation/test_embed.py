@@ -91,7 +91,7 @@ def test_center_crop_resize_and_tensor_range(tmp_path: Path) -> None:
     path = tmp_path / "a.png"
     image.save(path)
     assert torch.equal(embed.load_image(path), t)
-    with pytest.raises(ValueError, match="250x250, model needs 112x112"):
+    with pytest.raises(ValueError, match="250x250, expected 112x112 aligned faces"):
         embed.load_image(path, preprocess=None)
 
 

@@ -47,13 +47,29 @@ def image_to_tensor(image: Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).div(127.5).sub(1.0)
 
 
-def load_image(path: str | Path, preprocess: Preprocess | None = center_crop_resize, size: int = 112) -> torch.Tensor:
-    """Read an image file with PIL and return (3, size, size) float32 in [-1, 1].
+def load_aligned(path: str | Path, size: int = 112) -> torch.Tensor:
+    """An aligned ``size`` x ``size`` face file -> (3, size, size) float32 in [-1, 1], decoded exactly as the
+    images of a ``.bin`` are (:func:`marginface.data.decode.decode_image`, same decoder, same normalisation), so
+    a folder and the ``.bin`` packed from it embed to the same numbers. Other sizes raise, naming the file."""
+    from marginface.data.decode import decode_image
+    from marginface.data.folder import check_size
+    from marginface.data.transforms import to_tensor
 
-    ``preprocess`` maps the RGB image to the model's input (default :func:`center_crop_resize`; pass an aligner
-    for real evaluation, or ``None`` when the files are already ``size`` x ``size`` aligned crops).
+    source = str(path)
+    return to_tensor(check_size(decode_image(Path(path).read_bytes(), source, "auto"), source, size, False))
+
+
+def load_image(path: str | Path, preprocess: Preprocess | None = center_crop_resize, size: int = 112) -> torch.Tensor:
+    """Read an image file and return (3, size, size) float32 in [-1, 1].
+
+    ``preprocess`` maps the PIL RGB image to the model's input (default :func:`center_crop_resize`; pass an
+    aligner), or is ``None`` when the files are already ``size`` x ``size`` aligned faces: they are then read by
+    :func:`load_aligned`, exactly as a ``.bin``'s images.
     """
     from PIL import Image as PILImage
+
+    if preprocess is None:
+        return load_aligned(path, size)
 
     with PILImage.open(path) as opened:
         image = opened.convert("RGB")
