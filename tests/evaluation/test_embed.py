@@ -123,7 +123,7 @@ def test_load_backbone_weights(model: TinyNet, tmp_path: Path) -> None:
         for k, v in fresh.state_dict().items():
             assert torch.equal(v, state[k]), k
     save_file({"fc.weight": torch.ones(2, 2)}, tmp_path / "wrong.safetensors")
-    with pytest.raises(ValueError, match="does not match the backbone"):
+    with pytest.raises(ValueError, match="does not fit this backbone"):
         embed.load_backbone_weights(TinyNet(), tmp_path / "wrong.safetensors")
     with pytest.raises(FileNotFoundError):
         embed.load_backbone_weights(TinyNet(), tmp_path / "absent.safetensors")

@@ -114,6 +114,34 @@ class LossConfig:
                  f"needs loss.head 'chunked', got {self.head!r}")
         _require(not self.sharded or self.head in ("chunked", "partial_fc"), "loss.sharded",
                  f"needs loss.head 'chunked' or 'partial_fc' (a sharded head is chunked), got {self.head!r}")
+        check_loss_params(self.name, self.params)
+
+
+def check_loss_params(name: str, params: dict[str, Any], embedding_size: int | None = None) -> None:
+    """Check the loss name and its parameter names (and, given ``embedding_size``, their values by building the
+    loss on 2 classes) now, before any data is scanned. Raises ConfigError naming the field and the valid ones."""
+    from marginface import losses
+
+    _require(name in losses.available(), "loss.name",
+             f"unknown loss {name!r}; available: {', '.join(losses.available())}")
+    known = losses.parameters(name)
+    unknown = [key for key in params if key not in known]
+    if unknown and not losses.accepts_any_parameter(name):
+        import difflib
+
+        hint = difflib.get_close_matches(unknown[0], list(known), n=1)
+        listed = ", ".join(f"{k} (default {v!r})" for k, v in known.items()) or "none"
+        raise ConfigError(f"config field loss.params: loss {name!r} has no parameter {unknown[0]!r}"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                          + f"; its parameters: {listed} (marginface losses --params lists every loss's)")
+    if embedding_size is not None:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # building it draws random centres: leave the run's seed alone
+            try:
+                losses.create(name, embedding_size=embedding_size, num_classes=2, **params)
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"config field loss.params: {err}") from err
 
 
 @dataclass
@@ -225,6 +253,7 @@ class TrainConfig:
         if self.validation.synthetic_pairs:
             _require(self.data.source == "synthetic", "validation.synthetic_pairs",
                      "needs data.source 'synthetic' (held-out synthetic identities)")
+        check_loss_params(self.loss.name, self.loss.params, self.model.embedding_size)
 
 
 # ----------------------------------------------------------------------------- loading
