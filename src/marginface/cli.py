@@ -121,7 +121,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="train on synthetic identities for a few minutes (CPU)")
-    parser.add_argument("--output-dir", default="runs/demo")
+    parser.add_argument("--output-dir", default="runs/demo", help="run folder (deleted first)")
     parser.add_argument("--steps", type=int, default=None, help="default: the demo's 150 steps")
     parser.set_defaults(func=_run_demo)
 
@@ -219,7 +219,8 @@ def _add_prepare_lfw_bin(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output .bin path, e.g. lfw.bin")
     parser.add_argument("--aligned", action="store_true", help="--lfw already holds aligned 112x112 faces")
     parser.add_argument("--detector", default="mtcnn", help="mtcnn, mtcnn-torch or dlib")
-    parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"])
+    parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"],
+                        help="face kept when there are several (centre: largest box containing the centre)")
     parser.add_argument("--min-face", type=float, default=20.0, help="smallest face searched, pixels (MTCNN)")
     parser.add_argument("--workers", type=int, default=2, help="processes (0: in this process)")
     parser.add_argument("--format", default="jpg", choices=["jpg", "png"], help="encoding inside the .bin")

@@ -116,11 +116,10 @@ def test_exclude_pause_shifts_tqdm_clocks() -> None:
 
     from marginface.training.run_report import exclude_pause
 
-    bar = tqdm(total=10, disable=False, file=open(os.devnull, "w"))
-    start, last = bar.start_t, bar.last_print_t
-    exclude_pause(bar, 2.5)
-    assert (bar.start_t - start, bar.last_print_t - last) == (2.5, 2.5)
-    bar.close()
+    with open(os.devnull, "w") as sink, tqdm(total=10, disable=False, file=sink) as bar:
+        start, last = bar.start_t, bar.last_print_t
+        exclude_pause(bar, 2.5)
+        assert (bar.start_t - start, bar.last_print_t - last) == (2.5, 2.5)
 
 
 @pytest.mark.slow
