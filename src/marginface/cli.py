@@ -60,6 +60,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes for --images")
     parser.add_argument("--roc", default="roc.png", help="where to save the ROC plot ('' to skip)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     parser.set_defaults(func=_run_eval)
 
 
@@ -72,9 +73,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         metric=args.metric, batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
         workers=args.workers, aligned=args.aligned, center_crop=args.center_crop,
     )
-    print(verification.format_table(results))
+    print(verification.results_json(results) if args.json else verification.format_table(results))
     if args.roc:
-        print(f"ROC plot: {verification.plot_roc(results, args.roc)}")
+        roc = verification.plot_roc(results, args.roc)
+        print(f"ROC plot: {roc}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

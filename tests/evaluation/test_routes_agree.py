@@ -205,3 +205,17 @@ def test_one_pairs_parser_header_checked_by_every_reader(setup, capsys: pytest.C
                  str(root / "bad.txt"), "--images", str(root / "aligned"), "--roc", ""]) == 2
     assert capsys.readouterr().err.startswith(f"marginface eval: {expected}")
     assert not (root / "x.bin").exists()
+
+
+def test_json_output(setup, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    root, model = setup
+    assert main(["eval", "--checkpoint", str(root / "ckpt.safetensors"), "--backbone", "pool", "--embedding-size",
+                 "16", "--pairs", str(root / "pairs.txt"), "--images", str(root / "aligned"), "--roc", "",
+                 "--json"]) == 0
+    [data] = json.loads(capsys.readouterr().out)
+    direct = verification.evaluate_pairs(model, root / "pairs.txt", root / "aligned")
+    assert data["set"] == "pairs" and data["pairs"] == 60 and data["note"] == ""
+    assert data["accuracy"] == direct.accuracy.mean and data["auc"] == pytest.approx(direct.auc, abs=1e-12)
+    assert data["thresholds"] == pytest.approx(direct.accuracy.thresholds.tolist(), abs=1e-6)

@@ -216,7 +216,9 @@ class Trainer:
             from marginface.evaluation.verification import resolve_folds
 
             images, issame = load_verification_bin(path)
-            resolve_folds(issame, None, Path(path).stem)  # a one-class set fails now, not at the first validation
+            _, note = resolve_folds(issame, None, Path(path).stem)  # a one-class set fails now, not at validation
+            if note and self.dist.is_main:
+                print(f"validation set {path}: {note}")
             sets.append((Path(path).stem, images, issame))
         return sets
 
