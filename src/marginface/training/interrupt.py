@@ -18,6 +18,14 @@ from marginface.training.distributed import DistInfo
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: loader workers ignore SIGINT / SIGTERM (Ctrl-C reaches the whole process
+    group), so a stop is the training process's to handle: it finishes the step, checkpoints, and shuts them down.
+    """
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on a signal after writing a checkpoint; ``str()`` is the one line to print.
 

@@ -30,7 +30,7 @@ from marginface.training import checkpoint as ckpt
 from marginface.training.config import TrainConfig, config_to_dict, resolve_epochs
 from marginface.training.data import FlipByIndex, StepBatchSampler, build_dataset
 from marginface.training.distributed import DistInfo, barrier, init_from_env, mean_across_ranks
-from marginface.training.interrupt import StopRequest
+from marginface.training.interrupt import StopRequest, ignore_stop_signals
 from marginface.training.run_checks import check_resume, record_start
 from marginface.training.run_report import banner, exclude_pause, validation_line
 from marginface.training.schedules import learning_rate
@@ -228,7 +228,8 @@ class Trainer:
         sampler = StepBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps,
                                    self.dist.rank, self.dist.world_size, flip=cfg.data.flip)
         return DataLoader(FlipByIndex(self.dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          worker_init_fn=ignore_stop_signals if cfg.data.num_workers else None)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimizer step on a batch; returns the batch's mean loss (over all ranks)."""
