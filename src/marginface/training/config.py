@@ -119,7 +119,8 @@ class LossConfig:
 
 def check_loss_params(name: str, params: dict[str, Any], embedding_size: int | None = None) -> None:
     """Check the loss name and its parameter names (and, given ``embedding_size``, their values by building the
-    loss on 2 classes) now, before any data is scanned. Raises ConfigError naming the field and the valid ones."""
+    loss on a few classes) now, before any data is scanned. Raises ConfigError naming the field and the valid
+    ones."""
     from marginface import losses
 
     _require(name in losses.available(), "loss.name",
@@ -139,7 +140,8 @@ def check_loss_params(name: str, params: dict[str, Any], embedding_size: int | N
 
         with torch.random.fork_rng(devices=[]):  # building it draws random centres: leave the run's seed alone
             try:
-                losses.create(name, embedding_size=embedding_size, num_classes=2, **params)
+                # 8 classes: some losses need more than 2 (AdaCos's scale is sqrt(2) log(C - 1))
+                losses.create(name, embedding_size=embedding_size, num_classes=8, **params)
             except (ValueError, TypeError) as err:
                 raise ConfigError(f"config field loss.params: {err}") from err
 
