@@ -3,6 +3,7 @@ raw folders are refused with the fix; verification sets are checked before anyth
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,10 @@ def test_threshold_column(setup) -> None:
     t = result.accuracy.thresholds
     assert row.split()[5] == (f"{t.min():.4f}" if t.min() == t.max() else f"{t.min():.4f}..{t.max():.4f}")
     assert 0.2 < t.min() <= t.max() < 0.8
+    # thresholds that differ only beyond 4 decimals are still shown as different
+    close = dataclasses.replace(result, accuracy=dataclasses.replace(result.accuracy,
+                                                                     thresholds=np.array([0.999871, 0.999912])))
+    assert verification.format_threshold(close) == "0.99987..0.99991"
 
 
 def test_one_pairs_parser_header_checked_by_every_reader(setup, capsys: pytest.CaptureFixture[str]) -> None:

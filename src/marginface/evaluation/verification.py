@@ -324,7 +324,11 @@ def format_threshold(result: VerificationResult) -> str:
     """The accepted-if-score->=-threshold value(s) chosen on the folds: one number, or ``min..max`` over folds."""
     t = result.accuracy.thresholds
     lo, hi = float(np.min(t)), float(np.max(t))
-    return f"{lo:.4f}" if lo == hi else f"{lo:.4f}..{hi:.4f}"
+    if lo == hi:
+        return f"{lo:.4f}"
+    # enough decimals to tell the two apart (cosines of a weak model crowd near 1: 0.99987..0.99991)
+    digits = next((d for d in range(4, 10) if f"{lo:.{d}f}" != f"{hi:.{d}f}"), 10)
+    return f"{lo:.{digits}f}..{hi:.{digits}f}"
 
 
 def format_table(results: Sequence[VerificationResult], fars: Sequence[float] = (1e-3, 1e-4, 1e-6)) -> str:
