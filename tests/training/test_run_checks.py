@@ -39,8 +39,10 @@ def test_check_resume_refuses_with_the_diff(tmp_path: Path) -> None:
     saved = config_to_dict(load_config(None, TINY))
     facts = {"world_size": 2, "identities": 6, "images": 12}
     run_checks.record_start(tmp_path, saved, 0, facts, [])
-    # nothing to resume: no check
-    assert run_checks.check_resume(tmp_path, {}, facts, has_checkpoint=False) == []
+    # nothing to resume: a new run, every change accepted but returned (banner, history: never silent)
+    other = config_to_dict(load_config(None, [*TINY, "loss.name=cosface"]))
+    changes = run_checks.check_resume(tmp_path, other, facts, has_checkpoint=False)
+    assert [(c.key, c.old, c.new) for c in changes] == [("loss.name", "arcface", "cosface")]
     with pytest.raises(run_checks.ResumeError) as err:
         run_checks.check_resume(tmp_path, saved, {**facts, "world_size": 1})
     assert str(err.value).splitlines() == [

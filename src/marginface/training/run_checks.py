@@ -120,13 +120,17 @@ def check_resume(
         facts: what the run found rather than configured, e.g. ``{"world_size": 2, "identities": 298,
             "images": 5960}``; compared with the last start recorded in ``history.jsonl``.
         allow_schedule_change: accept schedule changes (``--allow-schedule-change``).
-        has_checkpoint: whether there is anything to resume; without a checkpoint nothing is checked.
+        has_checkpoint: whether there is anything to resume. Without a checkpoint the run starts anew: every
+            change is accepted, and returned so that the banner and the history show what replaced config.json.
     """
     run_dir = Path(run_dir)
     saved_path = run_dir / "config.json"
-    if not has_checkpoint or not saved_path.is_file():
+    if not saved_path.is_file():
         return []
-    changes = config_changes(json.loads(saved_path.read_text()), config) + _facts_changes(run_dir, facts)
+    changes = config_changes(json.loads(saved_path.read_text()), config)
+    if not has_checkpoint:
+        return changes
+    changes += _facts_changes(run_dir, facts)
     breaking = [c for c in changes if c.kind == "breaking"]
     schedule = [c for c in changes if c.kind == "schedule"]
     ways_out = (f"start again with --fresh (deletes {run_dir}), or choose a new output_dir "

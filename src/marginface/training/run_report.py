@@ -46,7 +46,8 @@ def banner(config: Any, identities: int, images: int, device: str, world_size: i
         f"  output      {c.output_dir} (checkpoint every {c.checkpoint_every} steps)",
         f"  start       {start}",
     ]
-    lines += [f"  changed     {ch.key}: {ch.old} -> {ch.new} ({ch.kind})" for ch in changes]
+    why = (lambda ch: ch.kind) if resumed_from else (lambda ch: "no checkpoint: new run, config.json replaced")
+    lines += [f"  changed     {ch.key}: {ch.old} -> {ch.new} ({why(ch)})" for ch in changes]
     return "\n".join(lines)
 
 
