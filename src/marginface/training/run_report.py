@@ -47,7 +47,9 @@ def banner(config: Any, identities: int, images: int, device: str, world_size: i
         f"  start       {start}",
     ]
     why = (lambda ch: ch.kind) if resumed_from else (lambda ch: "no checkpoint: new run, config.json replaced")
-    lines += [f"  changed     {ch.key}: {ch.old} -> {ch.new} ({why(ch)})" for ch in changes]
+    lines += [f"  changed     {ch.key}: {ch.old} -> {ch.new} ({why(ch)})" for ch in changes[:8]]
+    if len(changes) > 8:
+        lines.append(f"  changed     ... and {len(changes) - 8} more (all in history.jsonl)")
     return "\n".join(lines)
 
 
