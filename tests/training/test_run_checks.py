@@ -27,8 +27,8 @@ def test_changes_are_classified() -> None:
     assert kinds == {
         "optim.lr": (0.05, 0.01, "schedule"),
         "loss.name": ("arcface", "cosface", "breaking"),
-        "loss.params": ({}, None, "breaking"),  # {} flattens to one key; the new params are nested keys
-        "loss.params.scale": (None, 30.0, "breaking"),
+        "loss.params": ({}, "<absent>", "breaking"),  # {} flattens to one key; the new params are nested keys
+        "loss.params.scale": ("<absent>", 30.0, "breaking"),
         "log_every": (1, 5, "setting"),
         "validation.every": (0, 3, "setting"),
     }

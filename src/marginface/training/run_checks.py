@@ -39,6 +39,7 @@ RUN_SETTING_KEYS = frozenset({
     "model.checkpointing", "channels_last", "deterministic", "grad_accum_steps",
 })
 HISTORY = "history.jsonl"
+ABSENT = "<absent>"  # a key one of the two configurations does not have
 
 
 class ResumeError(UserError):
@@ -87,7 +88,7 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     for key in keys:
         old, value = old_flat.get(key, missing), new_flat.get(key, missing)
         if old != value:
-            changes.append(Change(key, None if old is missing else old, None if value is missing else value,
+            changes.append(Change(key, ABSENT if old is missing else old, ABSENT if value is missing else value,
                                   kind_of(key)))
     return changes
 
