@@ -290,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Errors a user can fix: printed as one or two lines, exit code 2 (argparse's own code for usage errors).
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+# FloatingPointError: training diverged (the trainer's message names the step and the remedy).
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError,
+                FloatingPointError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -185,3 +185,19 @@ def _logged(run: Path) -> list[int]:
         return [s for s, _ in read_log(run)["loss"]]
     except (FileNotFoundError, KeyError, ValueError):  # not written yet, or a row being written
         return []
+
+
+def test_diverged_training_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-finite loss used to end `train` with a traceback; it is a user error with the remedy."""
+    import torch
+
+    from marginface.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module.FaceModel, "forward",
+                        lambda self, images, labels, amp=None: torch.tensor(float("nan"), requires_grad=True))
+    assert main(["train", *TINY, "steps=2", f"output_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err.splitlines()[-2:] == [  # after the progress bar
+        "marginface train: loss is nan at step 0: lower optim.lr or use bf16/fp32",
+        "  (run with marginface --debug ... for the traceback)",
+    ]
