@@ -266,14 +266,19 @@ class Trainer:
 
         SIGINT / SIGTERM stop after the current step with a checkpoint of it (``TrainingInterrupted``)."""
         with StopRequest() as stop:
-            return self._fit(stop)
+            try:
+                return self._fit(stop)
+            finally:  # an error ends the progress bar's line first, so its message starts a line of its own
+                if getattr(self, "_bar", None) is not None:
+                    self._bar.close()
 
     def _fit(self, stop: StopRequest) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         cfg = self.config
         logger = _RunLogger(self.run_dir, self.dist.is_main)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.dist.is_main, desc="train", unit="step")
+        bar = self._bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.dist.is_main, desc="train",
+                               unit="step")
         self.model.train()
         tick, seen = time.perf_counter(), 0
         saved = None
