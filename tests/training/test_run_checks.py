@@ -33,6 +33,7 @@ def test_changes_are_classified() -> None:
         "validation.every": (0, 3, "setting"),
     }
     assert run_checks.kind_of("some.future_field") == "breaking"  # unknown fields are safe by default
+    assert run_checks.kind_of("optim.momentum") == "breaking"  # the optimizer state would restore the old value
 
 
 def test_check_resume_refuses_with_the_diff(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ folder with a checkpoint is started again, the new configuration is compared wit
   different number of identities/images found), the batch size, the seed, the number of processes -- cannot
   continue the saved run: the start is refused with the differences and the two ways out (``--fresh``, or a new
   ``output_dir``);
-* **schedule** changes -- learning rate, milestones, decay, warm-up, number of steps, momentum, weight decay,
-  gradient clipping, precision -- are allowed only with ``--allow-schedule-change`` and recorded in the history;
+* **schedule** changes -- learning rate, milestones, decay factor, warm-up, number of steps, gradient clipping,
+  precision -- are allowed only with ``--allow-schedule-change`` and recorded in the history;
 * **run settings** (logging and checkpoint intervals, validation, device, loader workers, ...) change nothing
   that was learned: they are allowed and recorded.
 
@@ -28,10 +28,10 @@ from typing import Any
 
 from marginface.errors import UserError
 
-#: Keys (flattened ``section.field``) whose change the saved state survives: the optimisation schedule.
+#: Keys (flattened ``section.field``) whose change the saved state survives: the optimisation schedule. (Not
+#: momentum / weight decay: the optimizer's saved param groups restore them, so a change would not take effect.)
 SCHEDULE_KEYS = frozenset({
-    "optim.lr", "optim.milestones", "optim.gamma", "optim.warmup_steps", "optim.momentum", "optim.weight_decay",
-    "steps", "epochs", "grad_clip", "precision",
+    "optim.lr", "optim.milestones", "optim.gamma", "optim.warmup_steps", "steps", "epochs", "grad_clip", "precision",
 })
 #: Keys (or ``section.`` prefixes) that change how the run is watched or executed, not what it learns.
 RUN_SETTING_KEYS = frozenset({
