@@ -19,6 +19,8 @@ from marginface.errors import UserError
 
 def _add_losses(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("losses", help="list the registered margin losses")
+    parser.add_argument("--params", action="store_true",
+                        help="also list each loss's parameters and their defaults (loss.params in a config)")
     parser.set_defaults(func=_run_losses)
 
 
@@ -26,7 +28,11 @@ def _run_losses(args: argparse.Namespace) -> int:
     from marginface import losses
 
     for name in losses.available():
-        print(name)
+        if not args.params:
+            print(name)
+            continue
+        params = ", ".join(f"{k}={v!r}" for k, v in losses.parameters(name).items())
+        print(f"{name}: {params or '(no parameters)'}")
     return 0
 
 
@@ -38,18 +44,24 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--checkpoint", help="safetensors backbone weights (keys unprefixed or 'backbone.')")
     parser.add_argument("--backbone", help="backbone registry name, e.g. iresnet50")
-    parser.add_argument("--embedding-size", type=int, default=512)
+    parser.add_argument("--embedding-size", type=int, default=512, help="the checkpoint's embedding size")
     parser.add_argument("--bins", nargs="+", default=[], metavar="BIN", help="insightface .bin sets")
     parser.add_argument("--pairs", help="LFW-format pairs.txt (its 10 folds are used)")
-    parser.add_argument("--images", help="image root for --pairs: <root>/<Name>/<Name>_NNNN.jpg")
+    parser.add_argument("--images", help="aligned 112x112 faces for --pairs: <root>/<Name>/<Name>_NNNN.jpg "
+                        "(marginface align writes them); raw photos are refused")
+    parser.add_argument("--aligned", action="store_true",
+                        help="assert that --images holds aligned 112x112 faces (checked; they are always detected)")
+    parser.add_argument("--center-crop", action="store_true",
+                        help="evaluate raw photos of --images as centre crops: a rough stand-in, not comparable")
     parser.add_argument("--embeddings", help=".npz (names, embeddings) or .safetensors (one tensor per image)")
     parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine",
                         help="pair score for --embeddings (euclidean = negative distance)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     parser.add_argument("--no-flip", action="store_true", help="disable flip test-time augmentation")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes for --images")
     parser.add_argument("--roc", default="roc.png", help="where to save the ROC plot ('' to skip)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     parser.set_defaults(func=_run_eval)
 
 
@@ -60,31 +72,46 @@ def _run_eval(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, backbone=args.backbone, embedding_size=args.embedding_size,
         bins=args.bins, pairs=args.pairs, images=args.images, embeddings=args.embeddings,
         metric=args.metric, batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
-        workers=args.workers,
+        workers=args.workers, aligned=args.aligned, center_crop=args.center_crop,
     )
-    print(verification.format_table(results))
+    print(verification.results_json(results) if args.json else verification.format_table(results))
     if args.roc:
-        print(f"ROC plot: {verification.plot_roc(results, args.roc)}")
+        roc = verification.plot_roc(results, args.roc)
+        print(f"ROC plot: {roc}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("train", help="train a face model from a YAML preset (+ key=value overrides)")
-    parser.add_argument("--config", help="YAML preset, e.g. configs/synthetic_mobilefacenet_arcface.yaml")
+    parser = subparsers.add_parser("train", help="train a face model from a YAML preset (+ key=value overrides)",
+                                   description="Train from a preset (marginface configs lists them) or a YAML file, "
+                                   "with key=value overrides. Rerunning the same command resumes from the last "
+                                   "checkpoint; Ctrl-C / SIGTERM checkpoint the current step and stop.")
+    parser.add_argument("--config", help="preset name or YAML file, e.g. synthetic_mobilefacenet_arcface")
+    parser.add_argument("--list", action="store_true", help="list the presets and exit")
     parser.add_argument("--fresh", action="store_true", help="delete the run folder first instead of resuming")
+    parser.add_argument("--allow-schedule-change", action="store_true",
+                        help="resume although lr / steps / milestones differ from the saved run (recorded in "
+                        "its history.jsonl)")
     parser.add_argument("overrides", nargs="*", help="section.field=value, e.g. optim.lr=0.05 loss.name=cosface")
     parser.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from marginface.training import presets
+
+    if args.list:
+        print(presets.preset_listing())
+        return 0
+    if not args.config and not args.overrides:
+        raise UserError(presets.no_config_message())
     from marginface.training.config import load_config
     from marginface.training.distributed import shutdown
     from marginface.training.trainer import Trainer, clear_run, plot_loss_curve
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config and presets.resolve_config(args.config), args.overrides)
     if args.fresh:
         clear_run(config.output_dir)
-    trainer = Trainer(config).setup()
+    trainer = Trainer(config, allow_schedule_change=args.allow_schedule_change).setup()
     try:
         results = trainer.fit()
     finally:
@@ -99,6 +126,8 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="train on synthetic identities for a few minutes (CPU)")
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument("--steps", type=int, default=None, help="default: the demo's 250 steps")
+    parser.add_argument("--output-dir", default="runs/demo", help="run folder (deleted first)")
+    parser.add_argument("--steps", type=int, default=None, help="default: the demo's 150 steps")
     parser.set_defaults(func=_run_demo)
 
 
@@ -161,7 +190,7 @@ def _add_align(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("src", metavar="SRC", help="raw photos, SRC/<identity>/<image>")
     parser.add_argument("dst", metavar="DST", help="output folder (same structure)")
     parser.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
-    parser.add_argument("--detector", default="mtcnn", help="mtcnn (default), mtcnn-torch or dlib")
+    parser.add_argument("--detector", default="mtcnn", help="mtcnn, mtcnn-torch or dlib")
     parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"],
                         help="face kept when there are several (centre: largest box containing the centre)")
     parser.add_argument("--fallback", default="none", choices=["none", "median"],
@@ -201,8 +230,9 @@ def _add_prepare_lfw_bin(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--pairs", required=True, help="pairs.txt ('name i j' / 'name1 i name2 j' lines)")
     parser.add_argument("--out", required=True, help="output .bin path, e.g. lfw.bin")
     parser.add_argument("--aligned", action="store_true", help="--lfw already holds aligned 112x112 faces")
-    parser.add_argument("--detector", default="mtcnn", help="mtcnn (default), mtcnn-torch or dlib")
-    parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"])
+    parser.add_argument("--detector", default="mtcnn", help="mtcnn, mtcnn-torch or dlib")
+    parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"],
+                        help="face kept when there are several (centre: largest box containing the centre)")
     parser.add_argument("--min-face", type=float, default=20.0, help="smallest face searched, pixels (MTCNN)")
     parser.add_argument("--workers", type=int, default=2, help="processes (0: in this process)")
     parser.add_argument("--format", default="jpg", choices=["jpg", "png"], help="encoding inside the .bin")
@@ -226,6 +256,7 @@ _PREPARE_KINDS: list[Callable[[argparse._SubParsersAction], None]] = [
 from marginface.align.cfp_command import add_prepare_cfp  # noqa: E402 (light module: argparse only)
 from marginface.cleaning.command import add_clean  # noqa: E402 (light module: argparse only)
 from marginface.inference.commands import add_inference_commands  # noqa: E402 (light module: argparse only)
+from marginface.training.presets import add_configs  # noqa: E402 (light module: argparse, json, pathlib)
 
 _PREPARE_KINDS.append(add_prepare_cfp)
 
@@ -242,11 +273,29 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_inference_commands,
     add_clean,
     add_search,
+    add_configs,
 ]
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help shows each option's default, except the uninformative ones (None, False: flags and optional paths)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command parser: defaults shown in --help (sub-parsers inherit the class)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="marginface",
         description="Face recognition with margin-based softmax losses: train, align, prepare, evaluate.",
     )
@@ -258,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Errors a user can fix: printed as one or two lines, exit code 2 (argparse's own code for usage errors).
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+# FloatingPointError: training diverged (the trainer's message names the step and the remedy).
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError,
+                FloatingPointError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -277,11 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(err, UserError):
             print("  (run with marginface --debug ... for the traceback)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if args.debug:
             raise
-        print(f"marginface {command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"marginface {command}: interrupted" + (f": {stop}" if str(stop) else ""), file=sys.stderr)
+        return int(getattr(stop, "exit_code", 130))
 
 
 if __name__ == "__main__":

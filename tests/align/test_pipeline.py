@@ -120,3 +120,36 @@ def test_cli_align_real_photos_in_a_process_pool(shared_data: Path, tmp_path: Pa
     assert report["several"][0]["path"] == "Abdel_Aziz_Al-Hakim/Abdel_Aziz_Al-Hakim_0001.jpg"
     for path in out.rglob("*.jpg"):
         assert read_rgb(path).shape == (112, 112, 3)
+
+
+def test_failed_align_leaves_no_partial_output(raw_folder: Path, tmp_path: Path, stand_in_detector: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """bob/broken.jpg fails the run (no --skip-bad) after alice's faces were written: nothing of it remains."""
+    out = tmp_path / "out"
+    assert main(["align", str(raw_folder), str(out), "--detector", stand_in_detector, "--workers", "0"]) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no temporary folder left behind either
+    # an existing output folder is left exactly as it was
+    (out / "carol").mkdir(parents=True)
+    (out / "carol" / "c.jpg").write_bytes(b"kept")
+    assert main(["align", str(raw_folder), str(out), "--detector", stand_in_detector, "--workers", "0"]) == 2
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["carol", "carol/c.jpg"]
+    # a successful run into it adds its files beside the old ones
+    assert main(["align", str(raw_folder), str(out), "--detector", stand_in_detector, "--workers", "0",
+                 "--skip-bad"]) == 0
+    assert (out / "carol" / "c.jpg").read_bytes() == b"kept" and (out / "alice" / "one.jpg").is_file()
+
+
+def test_empty_identity_folders_are_reported(raw_folder: Path, tmp_path: Path, stand_in_detector: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (raw_folder / "dave").mkdir()
+    (raw_folder / "erin").mkdir()
+    (raw_folder / "erin" / "readme.txt").write_text("no photos")
+    out = tmp_path / "out"
+    assert main(["align", str(raw_folder), str(out), "--detector", stand_in_detector, "--workers", "0",
+                 "--skip-bad"]) == 0
+    summary = capsys.readouterr().out.splitlines()[0]
+    assert summary.endswith("; 2 identity folders without images left out: dave, erin")
+    assert json.loads((out / "align_report.json").read_text())["empty_identities"] == ["dave", "erin"]
+    assert not (out / "dave").exists()

@@ -84,7 +84,7 @@ def test_eval_checkpoint_on_bin_and_pairs(
     (tmp_path / "pairs.txt").write_text(PAIRS)
     for name in NAMES:
         (tmp_path / "img" / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (250, 250, 3), dtype=np.uint8)).save(tmp_path / "img" / name)
+        Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(tmp_path / "img" / name)
     code = main(["eval", "--checkpoint", str(tmp_path / "ckpt.safetensors"), "--backbone", "anynet",
                  "--embedding-size", "64", "--bins", str(tmp_path / "toy.bin"), "--pairs",
                  str(tmp_path / "pairs.txt"), "--images", str(tmp_path / "img"), "--batch-size", "4",

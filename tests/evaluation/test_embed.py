@@ -91,7 +91,7 @@ def test_center_crop_resize_and_tensor_range(tmp_path: Path) -> None:
     path = tmp_path / "a.png"
     image.save(path)
     assert torch.equal(embed.load_image(path), t)
-    with pytest.raises(ValueError, match="250x250, model needs 112x112"):
+    with pytest.raises(ValueError, match="250x250, expected 112x112 aligned faces"):
         embed.load_image(path, preprocess=None)
 
 
@@ -123,7 +123,7 @@ def test_load_backbone_weights(model: TinyNet, tmp_path: Path) -> None:
         for k, v in fresh.state_dict().items():
             assert torch.equal(v, state[k]), k
     save_file({"fc.weight": torch.ones(2, 2)}, tmp_path / "wrong.safetensors")
-    with pytest.raises(ValueError, match="does not match the backbone"):
+    with pytest.raises(ValueError, match="does not fit this backbone"):
         embed.load_backbone_weights(TinyNet(), tmp_path / "wrong.safetensors")
     with pytest.raises(FileNotFoundError):
         embed.load_backbone_weights(TinyNet(), tmp_path / "absent.safetensors")

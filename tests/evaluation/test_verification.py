@@ -44,7 +44,8 @@ def lfw_tree(tmp_path: Path) -> Path:
 
 def test_evaluate_pairs_end_to_end(lfw_tree: Path) -> None:
     model = MeanColour()
-    result = verification.evaluate_pairs(model, lfw_tree / "pairs.txt", lfw_tree / "img", batch_size=3)
+    result = verification.evaluate_pairs(model, lfw_tree / "pairs.txt", lfw_tree / "img", batch_size=3,
+                                         preprocess=center_crop_resize)
     # independent path: load each image, embed image + mirror by hand, cosine per pair
     pairs = read_pairs(lfw_tree / "pairs.txt")
     scores = []
@@ -147,15 +148,16 @@ def test_evaluate_interleaved_and_bin(tmp_path: Path) -> None:
         verification.evaluate_interleaved(emb[:-1], issame)
 
 
-def test_real_small_bin(shared_data: Path) -> None:
+def test_real_small_bin_is_refused_before_embedding(shared_data: Path) -> None:
+    """The shared small_lfw.bin holds 10 same pairs only: it used to score '100.00 ± 0.00'; now it is refused."""
     pytest.importorskip("marginface.data.bins")
-    torch.manual_seed(0)
-    result = verification.evaluate_bin(MeanColour(), shared_data / "bins" / "small_lfw.bin")
-    # this fixture holds 10 same pairs only: accepting everything is right, and there is no ROC
-    assert result.num_pairs == 10 and result.accuracy.mean == 1.0
-    assert result.accuracy.thresholds.tolist() == [-math.inf] * 10
-    assert math.isnan(result.auc) and math.isnan(result.eer) and np.isnan(result.tar_at_far.tar).all()
-    assert "n/a" in verification.format_table([result]).splitlines()[2]
+
+    class Boom(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("embedded a set that should have been refused first")
+
+    with pytest.raises(ValueError, match="small_lfw: all 10 pairs are same pairs"):
+        verification.evaluate_bin(Boom(), shared_data / "bins" / "small_lfw.bin")
 
 
 def test_table_and_plot(tmp_path: Path) -> None:

@@ -164,7 +164,9 @@ def _sharded_worker(rank: int, world: int, port: int, runs: list[tuple[str, list
     from marginface.training.distributed import shutdown
 
     for run_dir, overrides in runs:
-        trainer = Trainer(load_config(None, [*TINY, f"output_dir={run_dir}", *overrides])).setup()
+        # the resumed run extends steps 1 -> 3: a schedule change, allowed explicitly (training/run_checks.py)
+        config = load_config(None, [*TINY, f"output_dir={run_dir}", *overrides])
+        trainer = Trainer(config, allow_schedule_change=True).setup()
         trainer.fit()
         if trainer.config.loss.fused_update:  # the fused shards never hold a centre gradient
             assert trainer.loss.weight.grad is None

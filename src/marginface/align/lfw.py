@@ -1,9 +1,9 @@
 """LFW-style folder + ``pairs.txt`` -> an aligned verification ``.bin`` (insightface layout).
 
-``pairs.txt`` (LFW View 2): an optional header of integers (``10 300``: folds, pairs per class per fold),
-then one pair per line: ``name i j`` (same person) or ``name1 i name2 j`` (different people); image ``i``
-of ``name`` is ``<lfw>/<name>/<name>_<iiii>.jpg``. The ``.bin`` holds ``2N`` encoded 112x112 faces (pair
-``k`` = images ``2k`` and ``2k+1``) and ``N`` bools, written by ``marginface.data.bins``.
+``pairs.txt`` (LFW View 2): an optional header of integers (``10 300``: folds, pairs per class per fold; checked
+against the content when present), then one pair per line: ``name i j`` (same person) or ``name1 i name2 j``
+(different people); image ``i`` of ``name`` is ``<lfw>/<name>/<name>_<iiii>.jpg``. The ``.bin`` holds ``2N``
+encoded 112x112 faces (pair ``k`` = images ``2k`` and ``2k+1``) and ``N`` bools, written by ``marginface.data.bins``.
 """
 
 from __future__ import annotations
@@ -27,41 +27,29 @@ class Pair:
     text: str
 
 
-def _image_path(root: Path, name: str, number: str, where: str) -> Path:
-    if not number.isdigit():
-        raise ValueError(f"{where}: image number {number!r} is not an integer")
-    return root / name / f"{name}_{int(number):04d}.jpg"
-
-
 def read_pairs(pairs_path: str | Path, lfw_dir: str | Path, check_exists: bool = True) -> list[Pair]:
     """Parse ``pairs.txt`` into pairs of image paths under ``lfw_dir``.
 
-    Raises FileNotFoundError naming the line when a pair names an image that does not exist, and
-    ValueError naming the line when a line is neither ``name i j`` nor ``name1 i name2 j``.
+    The parsing is :func:`marginface.evaluation.pairs.read_pairs` (the project's one pairs parser; the header
+    is optional here, and checked against the content when present). Raises FileNotFoundError naming the line
+    when a pair names an image that does not exist, and ValueError naming the line when a line is neither
+    ``name i j`` nor ``name1 i name2 j`` or the header contradicts the content.
     """
+    from marginface.evaluation.pairs import read_pairs as parse_pairs
+
     pairs_path, root = Path(pairs_path), Path(lfw_dir)
-    if not pairs_path.is_file():
-        raise FileNotFoundError(f"pairs file {pairs_path} does not exist")
+    parsed = parse_pairs(pairs_path, header="optional")
     if not root.is_dir():
         raise FileNotFoundError(f"LFW folder {root} does not exist")
+    text = pairs_path.read_text().splitlines()
     pairs = []
-    for number, raw in enumerate(pairs_path.read_text().splitlines(), start=1):
-        fields, where = raw.split(), f"{pairs_path}:{number}: {raw.strip()!r}"
-        if not fields or (number == 1 and all(f.isdigit() for f in fields)):
-            continue  # blank line, or the "folds pairs-per-fold" header
-        if len(fields) == 3:
-            first, second = (_image_path(root, fields[0], n, where) for n in fields[1:])
-        elif len(fields) == 4:
-            first = _image_path(root, fields[0], fields[1], where)
-            second = _image_path(root, fields[2], fields[3], where)
-        else:
-            raise ValueError(f"{where}: expected 'name i j' or 'name1 i name2 j'")
+    for (a, b), same, number in zip(parsed.names, parsed.issame, parsed.lines.tolist()):
+        raw = text[number - 1].strip()
+        first, second = root / a, root / b
         for path in (first, second) if check_exists else ():
             if not path.is_file():
-                raise FileNotFoundError(f"{where} names {path}, which does not exist")
-        pairs.append(Pair(first, second, len(fields) == 3, number, raw.strip()))
-    if not pairs:
-        raise ValueError(f"{pairs_path} holds no pairs")
+                raise FileNotFoundError(f"{pairs_path}:{number}: {raw!r} names {path}, which does not exist")
+        pairs.append(Pair(first, second, bool(same), number, raw))
     return pairs
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import shutil
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,14 +39,18 @@ class AlignReport:
     bad: list[dict] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    empty_identities: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         rate = self.faces_found / max(self.total - len(self.bad), 1)
+        empty = self.empty_identities
         return (
             f"{self.total} images: face found in {self.faces_found} ({100 * rate:.2f}% of readable), "
             f"none in {len(self.no_face)}, several in {len(self.several)} (kept: {self.kept_because}); "
             f"{len(self.fallback)} aligned by the median-landmark fallback, {len(self.bad)} unreadable "
             f"skipped, {len(self.ignored)} non-image files ignored; {self.written} written in {self.seconds:.1f} s"
+            + (f"; {len(empty)} identity folders without images left out: {', '.join(empty[:5])}"
+               + (", ..." if len(empty) > 5 else "") if empty else "")
         )
 
 
@@ -176,8 +183,23 @@ def align_images(tasks: list[tuple[Path, Path | None]], options: AlignOptions, r
     create_detector(options.detector, **options.detector_kwargs)
     init_args = (options.detector, options.detector_kwargs, options.policy, options.image_size)
     jobs = [(src, dst, options.ext) for src, dst in tasks]
+    # closing(): on an error the worker pool stops now, not when the traceback is freed (no writes after it)
+    with closing(_iter_records(jobs, options.workers, init_args, desc=f"align ({options.detector})")) as stream:
+        records = _collect(stream, options, report)
+    report.total += len(tasks)
+    report.faces_found += sum(r["faces"] > 0 for r in records)
+    report.no_face += [str(r["path"]) for r in records if r["faces"] == 0]
+    report.kept_because = dict(Counter(s["kept"] for s in report.several))
+    if options.fallback == "median":
+        _median_fallback(records, dict(tasks), options, report)
+    report.written += sum("encoded" in r for r in records)
+    return records
+
+
+def _collect(stream, options: AlignOptions, report: AlignReport) -> list[dict]:
+    """The readable records of ``stream``; unreadable files raise, or are reported under ``skip_bad``."""
     records = []
-    for record in _iter_records(jobs, options.workers, init_args, desc=f"align ({options.detector})"):
+    for record in stream:
         if "error" in record:
             if not options.skip_bad:
                 raise ValueError(f"{record['error']} (pass --skip-bad to skip and count unreadable files)")
@@ -186,13 +208,6 @@ def align_images(tasks: list[tuple[Path, Path | None]], options: AlignOptions, r
         records.append(record)
         if record["faces"] > 1:
             report.several.append({"path": str(record["path"]), "faces": record["faces"], "kept": record["reason"]})
-    report.total += len(tasks)
-    report.faces_found += sum(r["faces"] > 0 for r in records)
-    report.no_face += [str(r["path"]) for r in records if r["faces"] == 0]
-    report.kept_because = dict(Counter(s["kept"] for s in report.several))
-    if options.fallback == "median":
-        _median_fallback(records, dict(tasks), options, report)
-    report.written += sum("encoded" in r for r in records)
     return records
 
 
@@ -223,19 +238,46 @@ def align_folder(src: str | Path, dst: str | Path, options: AlignOptions | None 
     if src.resolve() == dst.resolve():
         raise ValueError(f"destination {dst} is the source folder: choose another folder")
     images, ignored = list_images(src)
+    # everything is written under a temporary sibling and moved into DST at the end: a failed or interrupted
+    # run leaves DST as it was (no half-aligned identities)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
     tasks, seen = [], {}
     for path in images:
-        out = dst / path.parent.name / (path.stem + options.ext)
+        out = tmp / path.parent.name / (path.stem + options.ext)
         if out in seen:
-            raise ValueError(f"{path} and {seen[out]} would both be written to {out}: rename one")
+            raise ValueError(f"{path} and {seen[out]} would both be written to "
+                             f"{dst / out.relative_to(tmp)}: rename one")
         seen[out] = path
         tasks.append((path, out))
-    report = AlignReport(detector=options.detector, ignored=[str(p.relative_to(src)) for p in ignored])
+    report = AlignReport(detector=options.detector, ignored=[str(p.relative_to(src)) for p in ignored],
+                         empty_identities=_empty_identities(src))
     start = time.perf_counter()
-    align_images(tasks, options, report)
-    report.seconds = round(time.perf_counter() - start, 2)
-    _write_report(report, src, dst / "align_report.json")
+    try:
+        align_images(tasks, options, report)
+        report.seconds = round(time.perf_counter() - start, 2)
+        _write_report(report, src, tmp / "align_report.json")
+        _move_into(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def _empty_identities(src: Path) -> list[str]:
+    """Identity folders of ``src`` that hold no image file (they are left out of the output)."""
+    return [p.name for p in sorted(src.iterdir()) if p.is_dir() and not any(
+        f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS for f in p.iterdir())]
+
+
+def _move_into(tmp: Path, dst: Path) -> None:
+    """Move the finished output ``tmp`` to ``dst``: a rename when ``dst`` is new, else file by file over it."""
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dst)
+        return
+    for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        target = dst / file.relative_to(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(file, target)
 
 
 def _write_report(report: AlignReport, src: Path, path: Path) -> None:

@@ -59,6 +59,10 @@ def load_image(
                       image_size, resize)
 
 
+# how a user skips bad files, in the terms they typed (the CLI flag first)
+_SKIP_BAD = "--skip-bad to marginface prepare rec (skip_bad=True in Python) to leave it out"
+
+
 def check_size(image: np.ndarray, source: str, image_size: int, resize: bool) -> np.ndarray:
     """Return ``image`` if it is ``image_size`` square, resize it if allowed, else raise naming ``source``."""
     if image.shape[:2] == (image_size, image_size):
@@ -66,7 +70,8 @@ def check_size(image: np.ndarray, source: str, image_size: int, resize: bool) ->
     if not resize:
         raise ValueError(
             f"{source} is {image.shape[1]}x{image.shape[0]}, expected {image_size}x{image_size} aligned faces: "
-            "align raw photos first (`marginface align SRC DST`) or pass resize=True to resize them"
+            "align raw photos first (marginface align SRC DST); faces that are only the wrong size can be resized "
+            "with marginface prepare rec --resize (resize=True in Python)"
         )
     import cv2
 
@@ -191,12 +196,12 @@ class FolderDataset(Dataset):
                 reason = "not an image file (extension)" if path.is_file() else "nested folder"
                 if not skip_bad:
                     raise ValueError(f"{path} is {reason}: identity folders may hold only images "
-                                     f"({', '.join(sorted(IMAGE_EXTENSIONS))}); remove it or pass skip_bad=True")
+                                     f"({', '.join(sorted(IMAGE_EXTENSIONS))}); remove it, or pass {_SKIP_BAD}")
                 self._skip(path, reason)
             if images:
                 found[folder.name] = images
             elif not skip_bad:
-                raise ValueError(f"identity folder {folder} holds no images: remove it or pass skip_bad=True")
+                raise ValueError(f"identity folder {folder} holds no images: remove it, or pass {_SKIP_BAD}")
             else:
                 self._skip(folder, "empty identity folder")
         return found

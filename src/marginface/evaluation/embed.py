@@ -47,13 +47,29 @@ def image_to_tensor(image: Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).div(127.5).sub(1.0)
 
 
-def load_image(path: str | Path, preprocess: Preprocess | None = center_crop_resize, size: int = 112) -> torch.Tensor:
-    """Read an image file with PIL and return (3, size, size) float32 in [-1, 1].
+def load_aligned(path: str | Path, size: int = 112) -> torch.Tensor:
+    """An aligned ``size`` x ``size`` face file -> (3, size, size) float32 in [-1, 1], decoded exactly as the
+    images of a ``.bin`` are (:func:`marginface.data.decode.decode_image`, same decoder, same normalisation), so
+    a folder and the ``.bin`` packed from it embed to the same numbers. Other sizes raise, naming the file."""
+    from marginface.data.decode import decode_image
+    from marginface.data.folder import check_size
+    from marginface.data.transforms import to_tensor
 
-    ``preprocess`` maps the RGB image to the model's input (default :func:`center_crop_resize`; pass an aligner
-    for real evaluation, or ``None`` when the files are already ``size`` x ``size`` aligned crops).
+    source = str(path)
+    return to_tensor(check_size(decode_image(Path(path).read_bytes(), source, "auto"), source, size, False))
+
+
+def load_image(path: str | Path, preprocess: Preprocess | None = center_crop_resize, size: int = 112) -> torch.Tensor:
+    """Read an image file and return (3, size, size) float32 in [-1, 1].
+
+    ``preprocess`` maps the PIL RGB image to the model's input (default :func:`center_crop_resize`; pass an
+    aligner), or is ``None`` when the files are already ``size`` x ``size`` aligned faces: they are then read by
+    :func:`load_aligned`, exactly as a ``.bin``'s images.
     """
     from PIL import Image as PILImage
+
+    if preprocess is None:
+        return load_aligned(path, size)
 
     with PILImage.open(path) as opened:
         image = opened.convert("RGB")
@@ -154,9 +170,49 @@ def load_backbone_weights(model: nn.Module, checkpoint: str | Path) -> nn.Module
     prefixed = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     try:
         model.load_state_dict(prefixed or state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not match the backbone: {err}") from err
+    except RuntimeError as err:  # torch's message lists every key (kilobytes): summarise it instead
+        from marginface.errors import UserError
+
+        raise UserError(mismatch_summary(model, prefixed or state, path)) from err
     return model
+
+
+def _card_hint(path: Path) -> str:
+    """``' (its model card says: --backbone X --embedding-size D)'`` when the file carries a card."""
+    from safetensors import safe_open
+
+    from marginface.inference.card import CARD_KEY, ModelCard
+
+    with safe_open(str(path), framework="pt") as handle:
+        text = (handle.metadata() or {}).get(CARD_KEY)
+    if not text:
+        return ""
+    try:
+        card = ModelCard.from_json(text, str(path))
+    except ValueError:
+        return ""
+    return f" (its model card says: --backbone {card.backbone} --embedding-size {card.embedding_size})"
+
+
+def mismatch_summary(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> str:
+    """Two lines on why ``state`` does not load into ``model``: counts of missing / unexpected keys and the first
+    shape mismatch, then the fix in CLI terms (torch's own message lists every key)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [(k, tuple(expected[k].shape), tuple(state[k].shape)) for k in expected
+              if k in state and expected[k].shape != state[k].shape]
+    facts = []
+    if missing or unexpected:
+        facts.append(f"{len(missing)} of the backbone's {len(expected)} tensors missing, {len(unexpected)} "
+                     f"unexpected (e.g. {(missing or unexpected)[0]})")
+    if shapes:
+        key, want, got = shapes[0]
+        facts.append(f"{len(shapes)} with another shape (e.g. {key}: checkpoint {got}, backbone {want})")
+    size = getattr(model, "embedding_size", None)
+    fix = ("another backbone: pass the --backbone it was trained with" if missing or unexpected else
+           f"another embedding size than --embedding-size {size}: pass the checkpoint's")
+    return f"checkpoint {path} does not fit this backbone: {'; '.join(facts)}.\nIt holds {fix}{_card_hint(path)}"
 
 
 def load_backbone(name: str, checkpoint: str | Path, embedding_size: int = 512) -> nn.Module:

@@ -4,6 +4,10 @@ The format (LFW View 2): the first line is ``<folds> <n>`` (or just ``<n>`` for 
 ``pairsDevTest.txt``); then each fold lists ``n`` matched pairs ``name i j`` followed by ``n`` mismatched
 pairs ``name1 i name2 j``. Image ``i`` of ``name`` is ``<root>/<name>/<name>_<i:04d>.jpg``. Fields may be
 separated by tabs or spaces.
+
+This is the project's one pairs parser: ``marginface eval --pairs`` and ``marginface prepare lfw-bin`` (via
+:mod:`marginface.align.lfw`) both read through :func:`read_pairs`, so a file one accepts the other accepts too,
+and a header that contradicts the content is refused by both before any image is read.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ class PairsFile:
         issame: (N,) bool, True for a matched (same identity) pair.
         folds: (N,) int64 fold id 0..k-1, from the file's fold structure.
         lines: (N,) int64 1-based line number of each pair in the file (for error messages).
+        num_folds: folds declared by the header (0: the file has no header, all pairs are in fold 0).
     """
 
     names: np.ndarray
     issame: np.ndarray
     folds: np.ndarray
     lines: np.ndarray
+    num_folds: int = 0
 
     def __len__(self) -> int:
         return int(self.issame.size)
@@ -46,10 +52,8 @@ def image_name(person: str, index: str, line_no: int, path: Path) -> str:
 
 
 def _parse_header(fields: list[str], path: Path) -> tuple[int, int]:
-    if len(fields) == 2 and all(f.isdigit() for f in fields):
-        return int(fields[0]), int(fields[1])
-    if len(fields) == 1 and fields[0].isdigit():
-        return 1, int(fields[0])
+    if all(f.isdigit() and int(f) >= 1 for f in fields) and len(fields) in (1, 2):
+        return (int(fields[0]), int(fields[1])) if len(fields) == 2 else (1, int(fields[0]))
     raise ValueError(
         f"{path}:1: expected the header '<folds> <pairs per class per fold>' (e.g. '10 300'), got {fields!r}"
     )
@@ -69,8 +73,14 @@ def _parse_pair(fields: list[str], line_no: int, path: Path) -> tuple[str, str, 
     )
 
 
-def read_pairs(path: str | Path) -> PairsFile:
+def read_pairs(path: str | Path, header: str = "required") -> PairsFile:
     """Parse an LFW-format ``pairs.txt``, checking that it has exactly the fold structure its header declares.
+
+    Args:
+        path: the pairs file.
+        header: ``"required"`` (evaluation: the folds come from the header) or ``"optional"`` (building a
+            ``.bin``, which keeps no folds: a file without a header is then one list of pairs, in fold 0).
+            A header that is present is always checked against the content.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -84,12 +94,16 @@ def read_pairs(path: str | Path) -> PairsFile:
     raw = [(no, f) for no, f in raw if f]
     if not raw:
         raise ValueError(f"{path} is empty; expected an LFW pairs.txt (header '10 300' then the pairs)")
+    if header == "optional" and not all(f.isdigit() for f in raw[0][1]):
+        return _pairs_without_header(raw, path)
     num_folds, per_class = _parse_header(raw[0][1], path)
     body = raw[1:]
     expected = 2 * num_folds * per_class
     if len(body) != expected:
         raise ValueError(
-            f"{path}: header declares {num_folds} folds x (2 x {per_class}) = {expected} pairs, found {len(body)}"
+            f"{path}: header declares {num_folds} folds x (2 x {per_class}) = {expected} pairs, found {len(body)}; "
+            "fix the header (first line '<folds> <pairs per class per fold>')"
+            + (" or delete it (a .bin keeps no folds)" if header == "optional" else "")
         )
     names, issame, lines = [], [], []
     for k, (no, fields) in enumerate(body):
@@ -105,7 +119,15 @@ def read_pairs(path: str | Path) -> PairsFile:
         lines.append(no)
     folds = np.arange(expected, dtype=np.int64) // (2 * per_class)
     return PairsFile(np.array(names, dtype=object).reshape(-1, 2), np.array(issame, dtype=bool), folds,
-                     np.array(lines, dtype=np.int64))
+                     np.array(lines, dtype=np.int64), num_folds)
+
+
+def _pairs_without_header(raw: list[tuple[int, list[str]]], path: Path) -> PairsFile:
+    parsed = [(_parse_pair(fields, no, path), no) for no, fields in raw]
+    names = np.array([(a, b) for (a, b, _), _ in parsed], dtype=object).reshape(-1, 2)
+    issame = np.array([same for (_, _, same), _ in parsed], dtype=bool)
+    return PairsFile(names, issame, np.zeros(len(parsed), dtype=np.int64),
+                     np.array([no for _, no in parsed], dtype=np.int64), 0)
 
 
 def resolve_images(pairs: PairsFile, root: str | Path) -> dict[str, Path]:

@@ -3,15 +3,19 @@
 These functions only load data, embed, and call :mod:`marginface.evaluation.metrics`:
 
 * ``.bin`` sets (LFW, CFP-FP, AgeDB-30 in insightface's format): pairs are images ``2i`` and ``2i+1``; 10-fold
-  accuracy on contiguous folds, as insightface's ``verification.py``.
-* ``pairs.txt`` + image folder: the folds are the file's own (LFW View 2: 10 folds of 300 + 300 pairs).
+  accuracy on contiguous folds, as insightface's ``verification.py`` (see :func:`resolve_folds` for sets whose
+  contiguous folds would not each hold both classes).
+* ``pairs.txt`` + image folder of aligned 112x112 faces: the folds are the file's own (LFW View 2: 10 folds of
+  300 + 300 pairs); the images are decoded exactly as a ``.bin``'s are (:func:`~marginface.evaluation.embed.
+  load_aligned`), so a folder and the ``.bin`` packed from it give the same numbers. Raw photos are refused
+  (:func:`check_image_folder`): align them first.
 * An embeddings file (``.npz`` or ``.safetensors``, see :func:`load_embeddings_file`) + ``pairs.txt``: evaluate
   any model's embeddings with exactly the same protocol.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ class VerificationResult:
         eer: equal error rate over all pairs.
         tar_at_far: TAR at the FAR targets over all pairs (NaN below 1/num_negatives).
         roc: ``(fpr, tpr, thresholds)`` over all pairs.
+        note: how the folds were made when the set has no usable fold structure ('' for the standard folds).
     """
 
     name: str
@@ -44,41 +49,97 @@ class VerificationResult:
     eer: float
     tar_at_far: metrics.TarAtFar
     roc: tuple[np.ndarray, np.ndarray, np.ndarray]
+    note: str = ""
 
     @property
     def num_pairs(self) -> int:
         return int(self.accuracy.fold_ids.size)
 
 
+#: Folds of the standard protocols (LFW View 2, insightface's ``.bin`` evaluation).
+NUM_FOLDS = 10
+
+
+def check_both_classes(issame: np.ndarray, name: str) -> tuple[int, int]:
+    """``(same, different)`` pair counts; raises when one class is missing (accuracy would be meaningless)."""
+    y = np.asarray(issame, dtype=bool)
+    same, different = int(y.sum()), int(y.size - y.sum())
+    if same == 0 or different == 0:
+        kind = "same" if different == 0 else "different"
+        raise ValueError(
+            f"{name}: all {y.size} pairs are {kind} pairs: a verification set needs same and different pairs "
+            f"(with one class any threshold beyond every score scores 100%, and there is no ROC); use a set "
+            "with both, e.g. LFW's pairs.txt or an insightface lfw.bin"
+        )
+    return same, different
+
+
+def resolve_folds(
+    issame: np.ndarray, folds: int | np.ndarray | None = None, name: str = "set"
+) -> tuple[np.ndarray, str]:
+    """The (N,) fold ids to use and a note ('' when the folds are the standard ones). Raises before any work.
+
+    * ``folds`` an array with >= 2 distinct ids (a ``pairs.txt``'s own folds): every fold must hold same and
+      different pairs, else ValueError naming the fold.
+    * ``folds`` None / an int ``k`` (default 10), or an array with a single fold (a ``.bin``, a one-fold
+      ``pairs.txt``): ``k`` contiguous folds (insightface's rule) when each of them holds both classes. Otherwise
+      -- e.g. a ``.bin`` holding every same pair before every different one -- the rule is stated in the note:
+      the ``i``-th same pair and the ``i``-th different pair go to fold ``i mod k'``, with
+      ``k' = min(k, #same, #different)`` (stratified, in file order).
+
+    Raises:
+        ValueError: a class is missing, fewer than 2 pairs of a class (no 2-fold split), or a declared fold
+            without both classes.
+    """
+    y = np.asarray(issame, dtype=bool)
+    same, different = check_both_classes(y, name)
+    if folds is not None and not isinstance(folds, (int, np.integer)) and np.unique(folds).size >= 2:
+        ids = np.asarray(folds, dtype=np.int64)
+        for fold in np.unique(ids):
+            if len(np.unique(y[ids == fold])) < 2:
+                raise ValueError(f"{name}: fold {int(fold)} holds only {'same' if y[ids == fold][0] else 'different'}"
+                                 " pairs; every fold needs both (its threshold is chosen on the other folds)")
+        return ids, ""
+    k = NUM_FOLDS if folds is None or not isinstance(folds, (int, np.integer)) else int(folds)
+    if y.size >= k >= 2:
+        ids = metrics.contiguous_folds(y.size, k)
+        if all(np.unique(y[ids == f]).size == 2 for f in range(k)):
+            return ids, ""
+    k2 = min(k, same, different)
+    if k2 < 2:
+        raise ValueError(f"{name}: {same} same and {different} different pairs; k-fold accuracy needs at least 2 "
+                         "of each")
+    ids = np.empty(y.size, dtype=np.int64)
+    ids[y], ids[~y] = np.arange(same) % k2, np.arange(different) % k2
+    note = (f"{name} has no fold structure whose {k} contiguous folds each hold both classes; used {k2} "
+            f"stratified folds: the i-th same pair and the i-th different pair go to fold i mod {k2}")
+    return ids, note
+
+
 def evaluate_scores(
-    scores: np.ndarray, issame: np.ndarray, folds: int | np.ndarray = 10, name: str = "",
+    scores: np.ndarray, issame: np.ndarray, folds: int | np.ndarray | None = None, name: str = "",
     far: Sequence[float] = metrics.DEFAULT_FARS,
 ) -> VerificationResult:
-    """All verification metrics of (N,) pair scores and (N,) labels (``folds`` as in ``kfold_accuracy``).
+    """All verification metrics of (N,) pair scores and (N,) labels; ``folds`` as in :func:`resolve_folds`.
 
-    A set with only same (or only different) pairs has an accuracy but no ROC: AUC, EER and TAR are then NaN
-    and the ROC arrays empty (reported as n/a rather than failing the whole evaluation).
+    Raises:
+        ValueError: a one-class set or unusable folds (see :func:`resolve_folds`).
     """
-    accuracy = metrics.kfold_accuracy(scores, issame, folds)
-    labels = np.asarray(issame, dtype=bool)
-    if labels.all() or not labels.any():
-        fars = np.asarray(far, dtype=np.float64)
-        nan = np.full(fars.shape, np.nan)
-        empty = np.zeros(0)
-        no_far = metrics.TarAtFar(fars, nan, nan, nan, int((~labels).sum()))
-        return VerificationResult(name, accuracy, math.nan, math.nan, no_far, (empty, empty, empty))
+    ids, note = resolve_folds(issame, folds, name or "set")
     return VerificationResult(
         name=name,
-        accuracy=accuracy,
+        accuracy=metrics.kfold_accuracy(scores, issame, ids),
         auc=metrics.auc(scores, issame),
         eer=metrics.eer(scores, issame),
         tar_at_far=metrics.tar_at_far(scores, issame, far),
         roc=metrics.roc(scores, issame),
+        note=note,
     )
 
 
 def evaluate_interleaved(
-    embeddings: np.ndarray, issame: np.ndarray, folds: int = 10, name: str = "", metric: str = "cosine"
+    embeddings: np.ndarray, issame: np.ndarray, folds: int | np.ndarray | None = None, name: str = "",
+    metric: str = "cosine",
 ) -> VerificationResult:
     """``.bin`` layout: (2N, D) embeddings where rows ``2i`` and ``2i+1`` are pair ``i``; (N,) labels."""
     emb = np.asarray(embeddings)
@@ -91,12 +152,17 @@ def evaluate_bin(
     model: nn.Module, path: str | Path, *, batch_size: int = 128, flip: bool = True,
     device: str | torch.device = "cpu", name: str | None = None,
 ) -> VerificationResult:
-    """Verify ``model`` on an insightface ``.bin`` set: flip TTA, cosine, 10 contiguous folds."""
-    from marginface.data.bins import load_verification_bin
+    """Verify ``model`` on an insightface ``.bin`` set: flip TTA, cosine, 10 contiguous folds.
 
+    The labels are checked (:func:`resolve_folds`) before any image is decoded or embedded.
+    """
+    from marginface.data.bins import load_verification_bin, read_verification_bin
+
+    name = name or Path(path).stem
+    resolve_folds(read_verification_bin(path)[1], None, name)  # refuse a one-class set before decoding
     images, issame = load_verification_bin(path)
     embeddings = embed_tensor(model, images, batch_size=batch_size, flip=flip, device=device)
-    return evaluate_interleaved(embeddings, issame, 10, name or Path(path).stem)
+    return evaluate_interleaved(embeddings, issame, None, name)
 
 
 def scores_for_pairs(
@@ -123,24 +189,82 @@ def scores_for_pairs(
     return metrics.pair_scores(emb[index[:, 0]], emb[index[:, 1]], metric)
 
 
+def check_image_folder(files: Sequence[Path], root: str | Path, aligned: bool = False, size: int = 112) -> None:
+    """Check that ``files`` (the images a pairs file names) are aligned ``size`` x ``size`` faces.
+
+    Only the image headers are read. A folder of other sizes holds raw photos (or the wrong crops): evaluating
+    them as they are would be silently wrong, so the error names the first one and the fix. (A folder of raw
+    photos that happen to be 112x112 cannot be told apart from aligned faces.)
+
+    Raises:
+        ValueError: some image is not ``size`` x ``size`` or cannot be read.
+    """
+    from PIL import Image as PILImage
+
+    wrong = []
+    for file in files:
+        try:
+            with PILImage.open(file) as image:
+                if image.size != (size, size):
+                    wrong.append((file, image.size))
+        except OSError as err:
+            raise ValueError(f"{file} is not a readable image ({err}); replace or remove it") from err
+    if not wrong:
+        return
+    (first, (w, h)), count = wrong[0], f"{len(wrong)} of {len(files)} images"
+    if aligned:
+        raise ValueError(f"--aligned: {count} under {root} are not {size}x{size} aligned faces (e.g. {first} is "
+                         f"{w}x{h}); align the folder first (marginface align) and pass the aligned folder")
+    raise ValueError(
+        f"{root} holds raw photos, not aligned {size}x{size} faces ({count}, e.g. {first} is {w}x{h}). Align them "
+        f"first: marginface align {root} ALIGNED --fallback median, then --images ALIGNED (or --center-crop for a "
+        "rough stand-in whose numbers are not comparable with aligned evaluation)"
+    )
+
+
+def prepare_pairs(
+    pairs_path: str | Path, images_root: str | Path, preprocess: Preprocess | str | None = "auto",
+    name: str | None = None, aligned: bool = False,
+) -> tuple[PairsFile, dict[str, Path], np.ndarray, str]:
+    """Everything about a pairs + folder evaluation that can fail, checked before any embedding.
+
+    Returns ``(pairs, files, folds, note)``: the parsed file, each image name's file, the fold ids and the fold
+    note (see :func:`resolve_folds`). ``preprocess="auto"`` or None requires aligned faces
+    (:func:`check_image_folder`); a callable (e.g. :func:`center_crop_resize`) is the caller's choice.
+    """
+    pairs = read_pairs(pairs_path)
+    files = resolve_images(pairs, images_root)  # fails before any embedding if an image is missing
+    folds, note = resolve_folds(pairs.issame, pairs.folds, name or Path(pairs_path).stem)
+    if preprocess is None or preprocess == "auto":
+        check_image_folder(list(files.values()), images_root, aligned)
+    elif callable(preprocess):
+        note = "; ".join(filter(None, [note, f"{name or Path(pairs_path).stem}: preprocessed by "
+                                       f"{getattr(preprocess, '__name__', 'a custom function')} (not aligned faces: "
+                                       "not comparable with aligned evaluation)"]))
+    return pairs, files, folds, note
+
+
 def evaluate_pairs(
     model: nn.Module, pairs_path: str | Path, images_root: str | Path, *,
-    preprocess: Preprocess | None = center_crop_resize, batch_size: int = 128, flip: bool = True,
+    preprocess: Preprocess | str | None = "auto", batch_size: int = 128, flip: bool = True,
     device: str | torch.device = "cpu", workers: int = 0, name: str | None = None,
 ) -> VerificationResult:
     """Verify ``model`` on a ``pairs.txt`` + image folder, with the file's folds.
 
-    Each image named by a pair is read once (PIL), ``preprocess``-ed (default: centre crop, see
-    :func:`~marginface.evaluation.embed.center_crop_resize` — real evaluation needs aligned faces), embedded
-    with flip TTA, and pairs are scored by cosine similarity.
+    ``preprocess``: ``"auto"`` (default) or None: the folder must hold aligned 112x112 faces (e.g. written by
+    ``marginface align``), decoded exactly as a ``.bin``'s images; raw photos raise with the fix. A callable
+    maps each PIL image to the model's input instead (:func:`~marginface.evaluation.embed.center_crop_resize`
+    is a rough stand-in for unaligned photos). Each image named by a pair is read once, embedded with flip TTA,
+    and pairs are scored by cosine similarity.
     """
-    pairs = read_pairs(pairs_path)
-    files = resolve_images(pairs, images_root)  # fails before any embedding if an image is missing
+    name = name or Path(pairs_path).stem
+    pairs, files, folds, note = prepare_pairs(pairs_path, images_root, preprocess, name)
     names = list(files)
-    embeddings = embed_files(model, [files[n] for n in names], preprocess=preprocess, batch_size=batch_size,
-                             flip=flip, device=device, workers=workers)
+    embeddings = embed_files(model, [files[n] for n in names], preprocess=None if preprocess == "auto" else preprocess,
+                             batch_size=batch_size, flip=flip, device=device, workers=workers)
     scores = scores_for_pairs(pairs, names, embeddings)
-    return evaluate_scores(scores, pairs.issame, pairs.folds, name or Path(pairs_path).stem)
+    result = evaluate_scores(scores, pairs.issame, folds, name)
+    return dataclasses.replace(result, note="; ".join(filter(None, [result.note, note])))
 
 
 def load_embeddings_file(path: str | Path) -> tuple[list[str], np.ndarray]:
@@ -196,19 +320,51 @@ def evaluate_embeddings_file(
     return evaluate_scores(scores, pairs.issame, pairs.folds, name or Path(embeddings_file).stem)
 
 
+def format_threshold(result: VerificationResult) -> str:
+    """The accepted-if-score->=-threshold value(s) chosen on the folds: one number, or ``min..max`` over folds."""
+    t = result.accuracy.thresholds
+    lo, hi = float(np.min(t)), float(np.max(t))
+    if lo == hi:
+        return f"{lo:.4f}"
+    # enough decimals to tell the two apart (cosines of a weak model crowd near 1: 0.99987..0.99991)
+    digits = next((d for d in range(4, 10) if f"{lo:.{d}f}" != f"{hi:.{d}f}"), 10)
+    return f"{lo:.{digits}f}..{hi:.{digits}f}"
+
+
 def format_table(results: Sequence[VerificationResult], fars: Sequence[float] = (1e-3, 1e-4, 1e-6)) -> str:
-    """A plain-text table: set, pairs, accuracy ± std (%), AUC, EER (%), TAR (%) at each FAR in ``fars``."""
-    header = ["set", "pairs", "accuracy (%)", "AUC", "EER (%)"] + [f"TAR@FAR={f:.0e}" for f in fars]
+    """A plain-text table: set, pairs, accuracy ± std (%), the fold thresholds, AUC, EER (%), TAR (%) at ``fars``;
+    then the notes of sets whose folds were not the standard ones."""
+    header = ["set", "pairs", "accuracy (%)", "threshold", "AUC", "EER (%)"] + [f"TAR@FAR={f:.0e}" for f in fars]
     rows = [header]
     for r in results:
         tar = dict(zip(r.tar_at_far.far.tolist(), r.tar_at_far.tar.tolist()))
         cells = [f"{100 * tar[f]:.2f}" if f in tar and np.isfinite(tar[f]) else "n/a" for f in fars]
         rows.append([r.name, str(r.num_pairs), f"{100 * r.accuracy.mean:.2f} ± {100 * r.accuracy.std:.2f}",
-                     _fmt(r.auc, 1, 4), _fmt(r.eer, 100, 2), *cells])
+                     format_threshold(r), _fmt(r.auc, 1, 4), _fmt(r.eer, 100, 2), *cells])
     widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + "\n(n/a: FAR target below 1/number of different pairs, not measurable on this set)"
+    lines.append("(threshold: a pair is 'same' when its score >= the threshold chosen on the other folds; "
+                 "min..max over folds)")
+    lines.append("(n/a: FAR target below 1/number of different pairs, not measurable on this set)")
+    lines += [f"note: {r.note}" for r in results if r.note]
+    return "\n".join(lines)
+
+
+def results_json(results: Sequence[VerificationResult]) -> str:
+    """The results as JSON: per set, pairs, accuracy (mean, std, per fold), fold thresholds, AUC, EER, TAR@FAR
+    (null where not measurable) and the fold note."""
+    import json
+
+    def finite(x: float) -> float | None:
+        return float(x) if np.isfinite(x) else None
+
+    return json.dumps([{
+        "set": r.name, "pairs": r.num_pairs, "accuracy": r.accuracy.mean, "accuracy_std": r.accuracy.std,
+        "fold_accuracies": r.accuracy.accuracies.tolist(), "thresholds": [finite(t) for t in r.accuracy.thresholds],
+        "auc": finite(r.auc), "eer": finite(r.eer),
+        "tar_at_far": {f"{f:.0e}": finite(t) for f, t in zip(r.tar_at_far.far, r.tar_at_far.tar)}, "note": r.note,
+    } for r in results], indent=1)
 
 
 def _fmt(value: float, scale: float, digits: int) -> str:
@@ -245,12 +401,14 @@ def evaluate_cli_sets(
     *, checkpoint: str | None, backbone: str | None, embedding_size: int = 512, bins: Sequence[str] = (),
     pairs: str | None = None, images: str | None = None, embeddings: str | None = None,
     metric: str = "cosine", batch_size: int = 128, flip: bool = True, device: str = "cpu", workers: int = 0,
+    aligned: bool = False, center_crop: bool = False,
 ) -> list[VerificationResult]:
     """What ``marginface eval`` runs: either an embeddings file on ``pairs``, or a checkpoint on ``bins``
-    and/or ``pairs`` + ``images``. Raises ValueError naming the missing/conflicting options."""
+    and/or ``pairs`` + ``images``. Every set is checked (labels, folds, files, image sizes) before the model is
+    loaded. Raises ValueError naming the missing/conflicting options."""
     if embeddings:
-        if checkpoint or bins or not pairs:
-            raise ValueError("--embeddings needs --pairs and takes no --checkpoint/--bins "
+        if checkpoint or bins or not pairs or images:
+            raise ValueError("--embeddings needs --pairs and takes no --checkpoint/--bins/--images "
                              "(the embeddings already come from a model)")
         return [evaluate_embeddings_file(embeddings, pairs, metric=metric)]
     if not (checkpoint and backbone):
@@ -259,11 +417,19 @@ def evaluate_cli_sets(
         raise ValueError("--pairs and --images go together (pairs.txt and its image root)")
     if not bins and not pairs:
         raise ValueError("nothing to evaluate: give --bins and/or --pairs with --images")
+    if aligned and center_crop:
+        raise ValueError("--aligned and --center-crop exclude each other: aligned faces are used as they are")
+    from marginface.data.bins import read_verification_bin
     from marginface.evaluation.embed import load_backbone
 
+    for b in bins:  # labels first: a one-class set is refused before anything is embedded
+        resolve_folds(read_verification_bin(b)[1], None, Path(b).stem)
+    preprocess = center_crop_resize if center_crop else "auto"
+    if pairs:
+        prepare_pairs(pairs, images, preprocess, aligned=aligned)
     model = load_backbone(backbone, checkpoint, embedding_size).to(device)
     results = [evaluate_bin(model, b, batch_size=batch_size, flip=flip, device=device) for b in bins]
     if pairs:
-        results.append(evaluate_pairs(model, pairs, images, batch_size=batch_size, flip=flip, device=device,
-                                      workers=workers))
+        results.append(evaluate_pairs(model, pairs, images, preprocess=preprocess, batch_size=batch_size, flip=flip,
+                                      device=device, workers=workers))
     return results

@@ -43,6 +43,30 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def parameters(name: str) -> dict[str, object]:
+    """The parameters of loss ``name`` (beyond ``embedding_size`` / ``num_classes``) and their defaults, in
+    signature order; ``inspect.Parameter.empty`` marks one without a default.
+
+    Raises:
+        ValueError: unknown loss name (the message lists the available ones).
+    """
+    import inspect
+
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown loss {name!r}; available: {', '.join(available())}")
+    signature = inspect.signature(_REGISTRY[name])
+    return {p.name: p.default for p in signature.parameters.values()
+            if p.name not in ("self", "embedding_size", "num_classes")
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def accepts_any_parameter(name: str) -> bool:
+    """True when loss ``name``'s factory takes ``**kwargs`` (its parameter names cannot be checked up front)."""
+    import inspect
+
+    return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(_REGISTRY[name]).parameters.values())
+
+
 def create(name: str, *, embedding_size: int, num_classes: int, **params) -> MarginLoss:
     """Build the loss registered as ``name`` with its parameters (full names, units as documented per loss)."""
     if name not in _REGISTRY:
@@ -75,4 +99,4 @@ for _name, _factory in {
 }.items():
     register(_name, _factory)
 
-__all__ = ["MarginContext", "MarginLoss", "available", "create", "register"]
+__all__ = ["MarginContext", "MarginLoss", "available", "create", "parameters", "register"]

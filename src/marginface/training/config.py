@@ -143,6 +143,37 @@ class LossConfig:
         _require(self.triplet_weight >= 0, "loss.triplet_weight", f"must be >= 0, got {self.triplet_weight}")
         _require(not (self.name == "triplet" and self.triplet_weight), "loss.triplet_weight",
                  "is for a margin loss + triplet; with loss.name triplet put its parameters in loss.params")
+        if self.name != "triplet":  # no class centres; training/finetune.py checks the triplet parameters
+            check_loss_params(self.name, self.params)
+
+
+def check_loss_params(name: str, params: dict[str, Any], embedding_size: int | None = None) -> None:
+    """Check the loss name and its parameter names (and, given ``embedding_size``, their values by building the
+    loss on a few classes) now, before any data is scanned. Raises ConfigError naming the field and the valid
+    ones."""
+    from marginface import losses
+
+    _require(name in losses.available(), "loss.name",
+             f"unknown loss {name!r}; available: {', '.join(losses.available())}")
+    known = losses.parameters(name)
+    unknown = [key for key in params if key not in known]
+    if unknown and not losses.accepts_any_parameter(name):
+        import difflib
+
+        hint = difflib.get_close_matches(unknown[0], list(known), n=1)
+        listed = ", ".join(f"{k} (default {v!r})" for k, v in known.items()) or "none"
+        raise ConfigError(f"config field loss.params: loss {name!r} has no parameter {unknown[0]!r}"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                          + f"; its parameters: {listed} (marginface losses --params lists every loss's)")
+    if embedding_size is not None:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # building it draws random centres: leave the run's seed alone
+            try:
+                # 8 classes: some losses need more than 2 (AdaCos's scale is sqrt(2) log(C - 1))
+                losses.create(name, embedding_size=embedding_size, num_classes=8, **params)
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"config field loss.params: {err}") from err
 
 
 @dataclass
@@ -274,6 +305,8 @@ class TrainConfig:
         if self.validation.synthetic_pairs:
             _require(self.data.source == "synthetic", "validation.synthetic_pairs",
                      "needs data.source 'synthetic' (held-out synthetic identities)")
+        if self.loss.name != "triplet":
+            check_loss_params(self.loss.name, self.loss.params, self.model.embedding_size)
 
 
 # ----------------------------------------------------------------------------- loading

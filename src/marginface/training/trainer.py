@@ -32,7 +32,10 @@ from marginface.training import finetune
 from marginface.training.config import TrainConfig, config_to_dict, resolve_epochs
 from marginface.training.data import FlipByIndex, StepBatchSampler, build_dataset
 from marginface.training.distributed import DistInfo, barrier, init_from_env, mean_across_ranks
+from marginface.training.interrupt import StopRequest, ignore_stop_signals
 from marginface.training.pk_sampler import pk_batch_sampler
+from marginface.training.run_checks import check_resume, record_start
+from marginface.training.run_report import banner, exclude_pause, validation_line
 from marginface.training.schedules import learning_rate
 
 
@@ -71,8 +74,10 @@ def build_head(config: TrainConfig, loss: losses.MarginLoss, dist_info: DistInfo
 class Trainer:
     """Owns a run: model, loss, optimizer, data, logs and checkpoints under ``config.output_dir``."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, allow_schedule_change: bool = False) -> None:
         self.config = config
+        self.allow_schedule_change = allow_schedule_change  # resume checks: see training/run_checks.py
+        self.resumed_from: Path | None = None
         self.step = 0
         self.best: dict[str, Any] = {}
         self._last_validation: dict[str, float] = {}
@@ -87,6 +92,10 @@ class Trainer:
         self._seed_everything(cfg.seed)
         self.dataset = build_dataset(cfg.data)
         self.config = cfg = resolve_epochs(cfg, len(self.dataset))  # epochs -> steps, now that N is known
+        self.facts = {"world_size": self.dist.world_size, "identities": self.dataset.num_classes,
+                      "images": len(self.dataset)}
+        self.config_changes = check_resume(self.run_dir, config_to_dict(cfg), self.facts, self.allow_schedule_change,
+                                           has_checkpoint=ckpt.latest_checkpoint(self.run_dir) is not None)
         self.backbone = backbones.create(cfg.model.backbone, embedding_size=cfg.model.embedding_size,
                                          dropout=cfg.model.dropout, output=cfg.model.output,
                                          checkpointing=cfg.model.checkpointing)
@@ -124,8 +133,9 @@ class Trainer:
         self._resume()
         self.validation_sets = self._build_validation_sets()
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+            record_start(self.run_dir, config_to_dict(cfg), self.step, self.facts, self.config_changes)
+            print(banner(cfg, self.dataset.num_classes, len(self.dataset), self.device.type, self.dist.world_size,
+                         self.step, self.resumed_from, self.config_changes), flush=True)
         return self
 
     def _shard_classes(self, num_classes: int) -> tuple[int, int]:
@@ -187,8 +197,7 @@ class Trainer:
                 head_rng = self.model.head.generator = torch.Generator()
             if head_rng is not None:
                 head_rng.set_state(torch.tensor(state["head_rng"], dtype=torch.uint8))
-        if self.dist.is_main:
-            print(f"resumed from {folder} at step {self.step}")
+        self.resumed_from = folder
 
     def _common_checkpoint(self, folder: Path | None) -> Path | None:
         """The checkpoint of the newest step every rank finished (a kill may land between two ranks' saves)."""
@@ -215,8 +224,12 @@ class Trainer:
             sets.append(("synthetic_heldout", images, issame))
         for path in cfg.validation.bins:
             from marginface.data.bins import load_verification_bin
+            from marginface.evaluation.verification import resolve_folds
 
             images, issame = load_verification_bin(path)
+            _, note = resolve_folds(issame, None, Path(path).stem)  # a one-class set fails now, not at validation
+            if note and self.dist.is_main:
+                print(f"validation set {path}: {note}")
             sets.append((Path(path).stem, images, issame))
         return sets
 
@@ -229,7 +242,8 @@ class Trainer:
             sampler = StepBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps,
                                        self.dist.rank, self.dist.world_size, flip=cfg.data.flip)
         return DataLoader(FlipByIndex(self.dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          worker_init_fn=ignore_stop_signals if cfg.data.num_workers else None)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimizer step on a batch; returns the batch's mean loss (over all ranks)."""
@@ -262,14 +276,26 @@ class Trainer:
         return mean_across_ranks(total, self.dist, self.device)
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``config.steps``; returns the final validation results (and the best seen)."""
+        """Train to ``config.steps``; returns the final validation results (and the best seen).
+
+        SIGINT / SIGTERM stop after the current step with a checkpoint of it (``TrainingInterrupted``)."""
+        with StopRequest() as stop:
+            try:
+                return self._fit(stop)
+            finally:  # an error ends the progress bar's line first, so its message starts a line of its own
+                if getattr(self, "_bar", None) is not None:
+                    self._bar.close()
+
+    def _fit(self, stop: StopRequest) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         cfg = self.config
         logger = _RunLogger(self.run_dir, self.dist.is_main, resumed_at=self.step)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.dist.is_main, desc="train", unit="step")
+        bar = self._bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.dist.is_main, desc="train",
+                               unit="step")
         self.model.train()
         tick, seen = time.perf_counter(), 0
+        saved = None
         for images, labels in self.data_loader():
             loss_value = self.train_step(images, labels)
             if self.theta_recorder and (recorded := self.theta_recorder.pop()):
@@ -283,10 +309,18 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
                 tick, seen = time.perf_counter(), 0
             bar.update(1)
+            paused = time.perf_counter()
             if cfg.validation.every and self.step % cfg.validation.every == 0:
                 self._validate_and_keep_best(logger)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                self.save()
+                saved = (self.step, self.save())
+            if stop.requested(self.dist, self.device):
+                folder = saved[1] if saved and saved[0] == self.step else self.save()
+                bar.close()
+                logger.close()
+                raise stop.interrupted(self.step, str(folder))
+            tick += time.perf_counter() - paused  # img/s and the ETA count training steps only
+            exclude_pause(bar, time.perf_counter() - paused)
         bar.close()
         validated_last_step = cfg.validation.every and self.step % cfg.validation.every == 0
         fresh = validated_last_step and self._last_validation  # the loop just validated this very step
@@ -315,9 +349,14 @@ class Trainer:
         self._last_validation = results
         mean = float(np.mean(list(results.values())))
         logger.log(self.step, {f"val_{k}": v for k, v in results.items()})
-        if self.dist.is_main and mean > self.best.get("mean_accuracy", -math.inf):
+        is_best = mean > self.best.get("mean_accuracy", -math.inf)
+        if self.dist.is_main and is_best:
             self.best = {"step": self.step, "mean_accuracy": mean, **results}
             self._write_best()
+        if self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(validation_line(self.step, results, is_best))
         return results
 
     def _write_best(self) -> None:
@@ -337,12 +376,13 @@ class Trainer:
         state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
         return training_card(self.config, self.dataset.num_classes, len(self.dataset), validation, state).metadata()
 
-    def save(self) -> None:
-        """Checkpoint (rank 0; with sharded centres every rank writes its own, under ``_checkpoint_root``)."""
+    def save(self) -> Path | None:
+        """Checkpoint (rank 0; with sharded centres every rank writes its own, under ``_checkpoint_root``).
+        Returns the checkpoint folder this process wrote (None on a rank that writes none)."""
         sharded = self.config.loss.sharded
         if not (self.dist.is_main or sharded):
             barrier(self.dist)
-            return
+            return None
         extra: dict[str, Any] = {"best": self.best, "scaler": self.scaler.state_dict() if self.scaler.is_enabled()
                                  else None}
         head_rng = getattr(self.model.head, "generator", None)
@@ -350,9 +390,10 @@ class Trainer:
             extra["head_rng"] = head_rng.get_state().tolist()
         if sharded:
             extra["shard"] = self._shard_state()
-        ckpt.save_checkpoint(self._checkpoint_root(), self.step, self.backbone, self.loss, self.optimizer, extra,
-                             metadata=self._card(self._last_validation))
+        folder = ckpt.save_checkpoint(self._checkpoint_root(), self.step, self.backbone, self.loss, self.optimizer,
+                                      extra, metadata=self._card(self._last_validation))
         barrier(self.dist)
+        return folder
 
 
 class _RunLogger:
@@ -382,7 +423,7 @@ class _RunLogger:
             return
         new = not self.path.exists()
         with open(self.path, "a", newline="") as handle:
-            writer = csv.writer(handle)
+            writer = csv.writer(handle, lineterminator="\n")  # csv's default is CRLF
             if new:
                 writer.writerow(["step", "key", "value"])
             for key, value in values.items():
