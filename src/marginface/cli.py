@@ -124,10 +124,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="train on synthetic identities for a few minutes (CPU)")
-    parser.add_argument("--output-dir", default="runs/demo")
-    parser.add_argument("--steps", type=int, default=None, help="default: the demo's 250 steps")
     parser.add_argument("--output-dir", default="runs/demo", help="run folder (deleted first)")
-    parser.add_argument("--steps", type=int, default=None, help="default: the demo's 150 steps")
+    parser.add_argument("--steps", type=int, default=None, help="default: the demo's 250 steps")
     parser.set_defaults(func=_run_demo)
 
 
@@ -257,10 +255,9 @@ from marginface.align.cfp_command import add_prepare_cfp  # noqa: E402 (light mo
 from marginface.cleaning.command import add_clean  # noqa: E402 (light module: argparse only)
 from marginface.inference.commands import add_inference_commands  # noqa: E402 (light module: argparse only)
 from marginface.training.presets import add_configs  # noqa: E402 (light module: argparse, json, pathlib)
+from marginface.training.search_command import add_search  # noqa: E402 (light module: argparse only)
 
 _PREPARE_KINDS.append(add_prepare_cfp)
-
-from marginface.training.search_command import add_search  # noqa: E402 (light module: argparse only)
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_losses,

@@ -92,7 +92,7 @@ def _add_toy(kinds) -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=60, help="images per identity")
     parser.add_argument("--image-size", type=int, default=24, help="rendered image side, pixels (multiple of 8)")
     parser.add_argument("--steps", type=int, default=300, help="SGD steps per loss (batch 64)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the initialisation and the batches")
     parser.set_defaults(func=run_toy)
     return parser
 

@@ -21,7 +21,7 @@ def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
 def _face_options(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     parser.add_argument("--model", required=model_required,
                         help="model file: .safetensors (marginface), .pth (insightface), .onnx")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda:0")
     parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"],
                         help="face used when a photo has several (as marginface align)")
     parser.add_argument("--min-face", type=float, default=20.0, help="smallest face searched, pixels")
@@ -185,7 +185,7 @@ def _add_calibrate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--far", type=float, default=1e-3, help="target false-accept rate")
     parser.add_argument("--max-images", type=int, default=4000, help="--folder: seeded subset above this")
     parser.add_argument("--no-write", action="store_true", help="print only; leave the model file as it is")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda:0")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=_run_calibrate)
 
