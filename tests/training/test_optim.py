@@ -196,3 +196,15 @@ def test_vit_preset_is_arcface_torchs_recipe():
     assert (o.name, o.lr, o.weight_decay, o.schedule, o.power, o.warmup_steps) == ("adamw", 1e-3, 0.1, "poly", 2, 4)
     assert (config.epochs, config.batch_size, config.grad_clip, config.loss.sample_rate) == (40, 4096, 5.0, 0.3)
     assert config.model.params == {"drop_path": 0.05, "mask_ratio": 0.0}
+
+
+def test_model_params_reach_the_backbone_and_its_model_card():
+    """model.params (e.g. a ViT without masking) must be in the card, or the weights would not load back."""
+    from marginface.inference.card import training_card
+
+    config = load_config(None, ["model.backbone=vit_t", "model.params={drop_path: 0.05, mask_ratio: 0.0}"])
+    card = training_card(config, 10, 100, {}, {})
+    assert card.backbone_kwargs == {"output": "E", "dropout": 0.0, "drop_path": 0.05, "mask_ratio": 0.0}
+    with torch.device("meta"):
+        model = backbones.create(card.backbone, embedding_size=card.embedding_size, **card.backbone_kwargs)
+    assert model.mask_token is None

@@ -67,7 +67,8 @@ class ModelConfig:
     """The backbone (``marginface.backbones.create``)."""
 
     backbone: str = "iresnet50"
-    """Registry name: iresnet18/34/50/100/200 or mobilefacenet."""
+    """Registry name (``marginface.backbones.available()``): iresnet18/34/50/100/200, mobilefacenet, vit_t/s/b/l,
+    mobilenet, densenet121."""
     embedding_size: int = 512
     """D, the embedding dimension."""
     dropout: float = 0.0
