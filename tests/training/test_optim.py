@@ -208,3 +208,22 @@ def test_model_params_reach_the_backbone_and_its_model_card():
     with torch.device("meta"):
         model = backbones.create(card.backbone, embedding_size=card.embedding_size, **card.backbone_kwargs)
     assert model.mask_token is None
+
+
+@pytest.mark.slow
+def test_vit_t_trains_with_its_recipe(tmp_path):
+    """ViT-T, the celeba299 preset's optimizer and model settings, two steps on synthetic faces."""
+    preset = load_config(Path(__file__).resolve().parents[2] / "configs" / "celeba299_vit_t_arcface.yaml")
+    o = preset.optim
+    extra = ["model.backbone=vit_t", "model.params={drop_path: 0.05, mask_ratio: 0.0}", "steps=2",
+             f"optim.name={o.name}", f"optim.lr={o.lr}", f"optim.weight_decay={o.weight_decay}",
+             f"optim.weight_decay_params={o.weight_decay_params}", f"optim.schedule={o.schedule}",
+             "optim.warmup_steps=1", f"grad_clip={preset.grad_clip}"]
+    trainer = Trainer(tiny_config(tmp_path, *extra)).setup()
+    groups = trainer.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert any(p is trainer.backbone.pos_embed for p in groups[1]["params"])
+    assert trainer.backbone.mask_token is None
+    trainer.fit()
+    losses_logged = [v for _, v in read_log(tmp_path)["loss"]]
+    assert len(losses_logged) == 2 and all(map(torch.isfinite, torch.tensor(losses_logged)))
