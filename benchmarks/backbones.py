@@ -95,14 +95,20 @@ def measure(step: Callable[[torch.Tensor], None], x: torch.Tensor, warmup: int, 
 
 
 def training_flops_per_image(name: str) -> float:
-    """FLOPs of one image's fwd + bwd (convolutions and matmuls), counted on the meta device."""
+    """FLOPs of one image's fwd + bwd: 3x the forward's convolutions and matmuls, counted on the meta device.
+
+    3x (backward = gradients w.r.t. inputs and weights, each the forward's cost) rather than counting the
+    backward too: torch 2.13's FlopCounterMode ignores ``groups`` in the convolution backward, so it counts a
+    depthwise 3x3 conv's backward ~30x too high (measured: 59.6M FLOPs for a 64-channel 28x28 map whose
+    forward is 0.9M), which inflated MobileFaceNet's and MobileNet's figures ~3.5x.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = backbones.create(name)
+        model = backbones.create(name).eval()
         with FlopCounterMode(display=False) as counter:
-            model(torch.empty(2, 3, 112, 112)).sum().backward()
-    return counter.get_total_flops() / 2
+            model(torch.empty(2, 3, 112, 112))
+    return 3 * counter.get_total_flops() / 2
 
 
 # Published costs at 112x112: insightface arcface_torch README ("GFLOPs" there are ptflops MACs; its ViT rows

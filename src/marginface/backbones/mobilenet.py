@@ -19,7 +19,7 @@ input      operator (width multiplier alpha = 1)        output
 
 Every conv is bias-free and followed by BN and PReLU; the 7x7 map then goes to the embedding layer (option E by
 default: BN2d - Dropout - FC(7·7·1024 -> D) - BN1d). ``width_mult`` scales every width (insightface's
-``net_multiplier``; the ArcFace paper also lists MobileNet-0.5).
+``net_multiplier``).
 """
 
 from __future__ import annotations
