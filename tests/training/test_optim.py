@@ -227,3 +227,35 @@ def test_vit_t_trains_with_its_recipe(tmp_path):
     trainer.fit()
     losses_logged = [v for _, v in read_log(tmp_path)["loss"]]
     assert len(losses_logged) == 2 and all(map(torch.isfinite, torch.tensor(losses_logged)))
+
+
+def _sharded_adamw_worker(rank: int, world: int, port: int, run_dir: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from marginface.training.distributed import shutdown
+
+    overrides = ["data.synthetic_identities=8", "batch_size=8", "steps=2", "loss.name=cosface",
+                 "loss.head=partial_fc", "loss.sample_rate=0.5", "loss.sharded=true", "optim.name=adamw",
+                 "optim.lr=0.01", "optim.weight_decay=0.1", f"output_dir={run_dir}"]
+    trainer = Trainer(tiny_config(Path(run_dir), *overrides)).setup()
+    start = trainer.loss.weight.detach().clone()
+    trainer.fit()
+    # each rank's shard got a dense gradient and every one of its centres took the AdamW steps
+    assert trainer.loss.weight.shape[0] == 4 and not trainer.loss.weight.grad.is_sparse
+    assert (trainer.loss.weight.detach() != start).all(dim=1).all()
+    shutdown()
+
+
+@pytest.mark.slow
+def test_adamw_trains_sharded_partial_fc_centres_over_two_processes(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_sharded_adamw_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    losses_logged = [v for _, v in read_log(tmp_path)["loss"]]
+    assert len(losses_logged) == 2 and all(map(torch.isfinite, torch.tensor(losses_logged)))
