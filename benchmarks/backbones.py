@@ -95,20 +95,30 @@ def measure(step: Callable[[torch.Tensor], None], x: torch.Tensor, warmup: int, 
 
 
 def training_flops_per_image(name: str) -> float:
-    """FLOPs of one image's fwd + bwd (convolutions and matmuls), counted on the meta device."""
+    """FLOPs of one image's fwd + bwd: 3x the forward's convolutions and matmuls, counted on the meta device.
+
+    3x (backward = gradients w.r.t. inputs and weights, each the forward's cost) rather than counting the
+    backward too: torch 2.13's FlopCounterMode ignores ``groups`` in the convolution backward, so it counts a
+    depthwise 3x3 conv's backward ~30x too high (measured: 59.6M FLOPs for a 64-channel 28x28 map whose
+    forward is 0.9M), which inflated MobileFaceNet's and MobileNet's figures ~3.5x.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = backbones.create(name)
+        model = backbones.create(name).eval()
         with FlopCounterMode(display=False) as counter:
-            model(torch.empty(2, 3, 112, 112)).sum().backward()
-    return counter.get_total_flops() / 2
+            model(torch.empty(2, 3, 112, 112))
+    return 3 * counter.get_total_flops() / 2
 
 
-# Published costs at 112x112: insightface arcface_torch README ("GFLOPs" there are ptflops MACs) and the
-# MobileFaceNet paper (0.99M parameters, 221M MACs, 128-d).
+# Published costs at 112x112: insightface arcface_torch README ("GFLOPs" there are ptflops MACs; its ViT rows
+# include the attention products) and the MobileFaceNet paper (0.99M parameters, 221M MACs, 128-d). MobileNet
+# and DenseNet-121 have no published 112x112 face figures: theirs are the ImageNet networks at 224x224 with the
+# 1000-class classifier (Howard et al. 2017 table 8: 4.2M, 569M mult-adds; torchvision densenet121: 7.98M,
+# 2.83 GMACs), whose trunks see the same maps as ours (see docs/backbones.md for the exact reconciliation).
 PUBLISHED = {"iresnet18": (None, 2.6), "iresnet50": (None, 6.3), "iresnet100": (65.131, 12.1),
-             "iresnet200": (None, 23.5), "mobilefacenet": (0.99, 0.221)}
+             "iresnet200": (None, 23.5), "mobilefacenet": (0.99, 0.221), "vit_t": (None, 1.5), "vit_s": (None, 5.7),
+             "vit_b": (None, 11.4), "vit_l": (None, 25.3), "mobilenet": (4.2, 0.569), "densenet121": (7.98, 2.83)}
 
 
 def cost_row(name: str, embedding_size: int) -> tuple[float, float, float]:
@@ -150,7 +160,8 @@ def _peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbones", default="iresnet18,mobilefacenet", help="comma-separated registry names")
+    parser.add_argument("--backbones", default="iresnet18,mobilefacenet",
+                        help="comma-separated registry names, or 'all'")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 256 on CUDA")
     parser.add_argument("--iters", type=int, default=None, help="timed steps (default: 3 on CPU, 30 on CUDA)")
@@ -183,7 +194,7 @@ def main() -> None:
     print(f"{'backbone':<14} {'variant':<16} {'img/s':>9} {'vs eager fp32':>14} {'warm-up s':>10} {'TFLOP/s':>8} "
           f"{'of peak':>8}")
     variants = [v for v in VARIANTS if args.compile or not v.compile]
-    for name in args.backbones.split(","):
+    for name in backbones.available() if args.backbones == "all" else args.backbones.split(","):
         flops = training_flops_per_image(name)
         x = torch.rand(args.batch_size, 3, 112, 112, device=device) * 2 - 1
         baseline = None

@@ -15,9 +15,11 @@ from functools import partial
 
 from torch import nn
 
+from .densenet import DenseNet, densenet
 from .embedding import OUTPUT_OPTIONS, EmbeddingHead
 from .iresnet import IResNet, iresnet
 from .mobilefacenet import MobileFaceNet
+from .mobilenet import MobileNet
 from .vit import VARIANTS as VIT_VARIANTS
 from .vit import VisionTransformer, vit
 from .weights import load_insightface, load_weights, save_weights
@@ -26,11 +28,15 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"iresnet{depth}": partial(iresnet, depth) for depth in (18, 34, 50, 100, 200)},
     "mobilefacenet": MobileFaceNet,
     **{name: partial(vit, name) for name in VIT_VARIANTS},
+    # the ArcFace paper's comparison CNNs (insightface's fmobilenet / fdensenet adaptations to 112x112)
+    "mobilenet": MobileNet,
+    "densenet121": partial(densenet, 121),
 }
 
 
 def available() -> list[str]:
-    """Names accepted by :func:`create`: the IR-ResNets by depth, MobileFaceNet, the face ViTs (T/S/B/L)."""
+    """Names accepted by :func:`create`: the IR-ResNets by depth, MobileFaceNet, the face ViTs (T/S/B/L), and the
+    ArcFace paper's comparison CNNs MobileNet (V1) and DenseNet-121."""
     return list(_REGISTRY)
 
 
@@ -40,12 +46,14 @@ def create(
     """Build a backbone by registry name.
 
     Args:
-        name: one of :func:`available` (``iresnet18/34/50/100/200``, ``mobilefacenet``, ``vit_t/s/b/l``).
+        name: one of :func:`available` (``iresnet18/34/50/100/200``, ``mobilefacenet``, ``vit_t/s/b/l``,
+            ``mobilenet``, ``densenet121``).
         embedding_size: D, the output dimension.
         dropout: dropout probability before the embedding FC (0.4 in the ArcFace paper's option E).
         output: embedding-layer option ``"A"``..``"E"``; see :mod:`marginface.backbones.embedding`.
         **kwargs: model-specific switches: ``checkpointing`` and ``fix_gamma`` (all), ``se`` (IR-ResNet),
-            ``pool`` (MobileFaceNet), ``drop_path``, ``mask_ratio``, ``heads``, ``mlp_ratio`` (ViTs).
+            ``pool`` (MobileFaceNet), ``drop_path``, ``mask_ratio``, ``heads``, ``mlp_ratio`` (ViTs),
+            ``width_mult`` (MobileNet).
 
     Returns:
         An ``nn.Module`` with ``forward((B, 3, 112, 112)) -> (B, embedding_size)`` and ``embedding_size``.
@@ -60,9 +68,11 @@ create_backbone = create
 
 __all__ = [
     "OUTPUT_OPTIONS",
+    "DenseNet",
     "EmbeddingHead",
     "IResNet",
     "MobileFaceNet",
+    "MobileNet",
     "VisionTransformer",
     "available",
     "create",

@@ -179,7 +179,7 @@ def training_card(config: Any, num_identities: int, num_images: int, validation:
         backbone_state: the backbone's state dict (hashed into ``weights_sha256``).
     """
     model, data = config.model, config.data
-    kwargs = {"output": model.output, "dropout": model.dropout}
+    kwargs = {"output": model.output, "dropout": model.dropout, **model.params}
     return ModelCard(
         backbone=model.backbone, embedding_size=model.embedding_size, backbone_kwargs=kwargs,
         weights_sha256=tensors_sha256(backbone_state),

@@ -78,7 +78,8 @@ class ModelConfig:
     """The backbone (``marginface.backbones.create``)."""
 
     backbone: str = "iresnet50"
-    """Registry name: iresnet18/34/50/100/200 or mobilefacenet."""
+    """Registry name (``marginface.backbones.available()``): iresnet18/34/50/100/200, mobilefacenet, vit_t/s/b/l,
+    mobilenet, densenet121."""
     embedding_size: int = 512
     """D, the embedding dimension."""
     dropout: float = 0.0
@@ -87,6 +88,9 @@ class ModelConfig:
     """Embedding-layer option A-E (E = BN-Dropout-FC-BN, the ArcFace paper's choice)."""
     checkpointing: bool = False
     """Activation checkpointing: less training memory, about one extra forward of compute."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Model-specific keyword arguments of ``backbones.create``, e.g. {drop_path: 0.05, mask_ratio: 0.0} (ViTs),
+    {se: true} (IR-ResNets); recorded in the model card."""
     init_from: str | None = None
     """Fine-tuning: start from this model's backbone weights (``best.safetensors``, a checkpoint folder, an
     insightface .pth); its card must name the same backbone, embedding_size and output. A resume overrides it."""
@@ -95,6 +99,7 @@ class ModelConfig:
     continuing a margin-softmax training, the fair baseline of a fine-tuning."""
 
     def __post_init__(self) -> None:
+        _require(isinstance(self.params, dict), "model.params", "must be a mapping of argument names to values")
         _require(self.embedding_size >= 2, "model.embedding_size", "must be >= 2")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must lie in [0, 1), got {self.dropout}")
         _require(self.output in tuple("ABCDE"), "model.output", f"must be one of A-E, got {self.output!r}")
@@ -178,17 +183,35 @@ def check_loss_params(name: str, params: dict[str, Any], embedding_size: int | N
 
 @dataclass
 class OptimConfig:
-    """SGD with step decay: the ArcFace recipe is lr 0.1, momentum 0.9, weight decay 5e-4, lr / 10 at fixed steps.
+    """Optimizer and learning-rate schedule (``training/optim.py``, ``training/schedules.py``).
 
-    The settings apply to the backbone and to the loss's class centres alike.
+    The default is the ArcFace recipe: SGD, lr 0.1, momentum 0.9, weight decay 5e-4, lr / 10 at fixed steps.
+    The face-ViT recipe is AdamW with warm-up and polynomial or cosine decay (``configs/*vit*``). The settings
+    apply to the backbone and to the loss's class centres alike.
     """
 
+    name: str = "sgd"
+    """'sgd' (SparseRowSGD: torch's SGD, sparse Partial FC rows) or 'adamw' (torch.optim.AdamW)."""
     lr: float = 0.1
     """Initial learning rate (for the paper's batch of 512; scale linearly for other batch sizes)."""
     momentum: float = 0.9
-    """SGD momentum."""
+    """SGD momentum (optim.name 'sgd')."""
     weight_decay: float = 5e-4
-    """L2 weight decay."""
+    """Weight decay: L2 added to the gradient for SGD, decoupled (p *= 1 - lr * wd) for AdamW."""
+    weight_decay_params: str = "all"
+    """'all' (every parameter, as the ArcFace paper and arcface_torch) or 'weights' (no decay on biases, norms,
+    PReLU slopes and a module's ``no_weight_decay()`` names such as a ViT's position embedding)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's moment decay rates (beta1, beta2)."""
+    eps: float = 1e-8
+    """AdamW's denominator epsilon."""
+    schedule: str = "step"
+    """'step' (x gamma at each milestone), 'cosine' or 'poly' (decay from lr to min_lr over the steps after the
+    warm-up; poly: (1 - t)^power, arcface_torch's ViT schedule with power 2)."""
+    power: float = 2.0
+    """Exponent of the 'poly' schedule."""
+    min_lr: float = 0.0
+    """Learning rate the 'cosine' and 'poly' schedules decay to at the end of training."""
     milestones: list[int] = field(default_factory=list)
     """Steps (epochs when ``epochs`` > 0) at which the learning rate is multiplied by ``gamma``."""
     gamma: float = 0.1
@@ -204,6 +227,18 @@ class OptimConfig:
                  "optim.milestones", f"must be increasing positive steps, got {self.milestones}")
         _require(0.0 < self.gamma <= 1.0, "optim.gamma", f"must lie in (0, 1], got {self.gamma}")
         _require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        _require(self.name in ("sgd", "adamw"), "optim.name", f"must be 'sgd' or 'adamw', got {self.name!r}")
+        _require(self.weight_decay_params in ("all", "weights"), "optim.weight_decay_params",
+                 f"must be 'all' or 'weights', got {self.weight_decay_params!r}")
+        _require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "optim.betas",
+                 f"must be two rates in [0, 1), got {self.betas}")
+        _require(self.eps > 0, "optim.eps", f"must be > 0, got {self.eps}")
+        _require(self.schedule in ("step", "cosine", "poly"), "optim.schedule",
+                 f"must be 'step', 'cosine' or 'poly', got {self.schedule!r}")
+        _require(self.schedule == "step" or not self.milestones, "optim.milestones",
+                 f"only apply to schedule 'step' (this one is {self.schedule!r}): remove them")
+        _require(self.power > 0, "optim.power", f"must be > 0, got {self.power}")
+        _require(0.0 <= self.min_lr < self.lr, "optim.min_lr", f"must lie in [0, optim.lr), got {self.min_lr}")
 
 
 @dataclass
@@ -295,6 +330,11 @@ class TrainConfig:
                      "updates the centres in every backward: set grad_accum_steps=1")
             _require(self.precision != "fp16", "loss.fused_update",
                      "cannot see fp16's gradient scaling: use precision bf16 or fp32")
+            _require(self.optim.name == "sgd", "loss.fused_update",
+                     "applies SGD's update inside backward: use optim.name=sgd or loss.fused_update=false")
+        if self.optim.schedule != "step" and self.epochs == 0:  # with epochs, resolve_epochs checks it
+            _require(self.optim.warmup_steps < self.steps, "optim.warmup_steps",
+                     f"must be < steps ({self.steps}) for schedule {self.optim.schedule!r}")
         if self.data.sampler == "pk":
             _require(self.batch_size % self.data.pk_images_per_identity == 0, "batch_size",
                      f"must be P x K: a multiple of data.pk_images_per_identity={self.data.pk_images_per_identity}")

@@ -1,8 +1,9 @@
 """The trainer: ``Trainer(config).setup()`` then ``.fit()``.
 
-One optimizer (SGD; :class:`marginface.heads.SparseRowSGD`, which is torch's SGD for dense gradients and
-updates only the visited rows for Partial FC's sparse ones) trains the backbone *and* the loss's class centres
-with the same settings, as in the ArcFace paper. Under ``torchrun`` the backbone and the head are wrapped
+One optimizer (``optim.name``: SGD by default, :class:`marginface.heads.SparseRowSGD`, which is torch's SGD for
+dense gradients and updates only the visited rows for Partial FC's sparse ones; or AdamW — see
+``training/optim.py``) trains the backbone *and* the loss's class centres with the same settings, as in the
+ArcFace paper. Under ``torchrun`` the backbone and the head are wrapped
 together in one DistributedDataParallel, so the class-centre gradients are averaged too and the loss's running
 state (buffers) is broadcast from rank 0 at every forward.
 """
@@ -63,9 +64,11 @@ class FaceModel(nn.Module):
 
 def build_head(config: TrainConfig, loss: losses.MarginLoss, dist_info: DistInfo, num_classes: int) -> nn.Module:
     from marginface.heads import create_head
+    from marginface.training.optim import wants_sparse_centre_gradients
 
-    # DDP all-reduces dense gradients; sparse rows are for centres no other rank holds (one process, or shards)
-    sparse = not dist_info.enabled or config.loss.sharded
+    # DDP all-reduces dense gradients; sparse rows are for centres no other rank holds (one process, or shards),
+    # and for an optimizer that takes them (AdamW gets Partial FC's dense gradient, as in arcface_torch)
+    sparse = (not dist_info.enabled or config.loss.sharded) and wants_sparse_centre_gradients(config.optim)
     return create_head(config.loss.head, loss, chunk_size=config.loss.chunk_size,
                        sample_rate=config.loss.sample_rate, seed=config.seed, sparse_grad=sparse,
                        sharded=config.loss.sharded, num_classes=num_classes)
@@ -98,7 +101,7 @@ class Trainer:
                                            has_checkpoint=ckpt.latest_checkpoint(self.run_dir) is not None)
         self.backbone = backbones.create(cfg.model.backbone, embedding_size=cfg.model.embedding_size,
                                          dropout=cfg.model.dropout, output=cfg.model.output,
-                                         checkpointing=cfg.model.checkpointing)
+                                         checkpointing=cfg.model.checkpointing, **cfg.model.params)
         self.shard = self._shard_classes(self.dataset.num_classes)
         if finetune.uses_triplet(cfg):  # triplet alone, or margin softmax + lambda * triplet (training/finetune.py)
             self.loss, head = finetune.triplet_objective(cfg, self.dist, self.dataset.num_classes)
@@ -166,10 +169,9 @@ class Trainer:
         return DistributedDataParallel(model, device_ids=ids)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        from marginface.heads import SparseRowSGD
+        from marginface.training.optim import build_optimizer
 
-        o = self.config.optim
-        return SparseRowSGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return build_optimizer(self.model, self.config.optim)
 
     def _checkpoint_root(self) -> Path:
         """Where this process's checkpoints live: the run folder, or ``rank<r>/`` for a shard of rank r > 0."""
@@ -253,7 +255,7 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.step, cfg.optim)
+            group["lr"] = learning_rate(self.step, cfg.optim, cfg.steps)
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self.optimizer.zero_grad(set_to_none=True)
         total, micro = 0.0, cfg.grad_accum_steps
