@@ -284,3 +284,13 @@ def test_reader_errors_name_the_problem(tmp_path: Path, release: tuple[Path, Tru
     with pytest.raises(FileNotFoundError, match="no IJB release"):
         ijb.release_folders(tmp_path / "nothing")
     assert ijb.release_folders(root.parent) == [root]
+
+
+def test_rows_of_table_and_search_paths() -> None:
+    ids = np.array([3, 10, 11, 500])
+    many = np.array([500, 3, 11, 10, 3, 500])  # more wanted than ids: lookup table
+    np.testing.assert_array_equal(ijb.rows_of(ids, many), [3, 0, 2, 1, 0, 3])
+    np.testing.assert_array_equal(ijb.rows_of(ids, np.array([11])), [2])  # binary search
+    for wanted in (np.array([3, 4, 10, 11, 500]), np.array([600]), np.array([-1, 3, 3, 3, 3])):
+        with pytest.raises(ValueError, match="no pooled feature"):
+            ijb.rows_of(ids, wanted)

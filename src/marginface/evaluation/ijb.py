@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +93,6 @@ def _prefix(meta_dir: Path) -> str:
 
 def _int_table(path: Path, columns: int) -> np.ndarray:
     """A whitespace-separated table of integers -> (rows, columns) int64; fast for 15M-line pair files."""
-    import warnings
-
     if not path.is_file():
         raise FileNotFoundError(f"IJB meta file {path} does not exist")
     data = path.read_bytes()
@@ -289,8 +288,9 @@ def pool_templates(
 
     Template ``t``'s feature is ``normalise(sum over its media m of mean over m's images in t of f_i)`` with
     ``f_i`` the image embedding (optionally L2-normalised, optionally times the detector score). Since a media's
-    mean is a sum weighted by ``1/count``, the whole thing is one weighted scatter-add of the image rows
-    (``torch.index_add_``, float64 accumulation), whatever the number of templates.
+    mean is a sum weighted by ``1/count``, the whole thing is one sparse (T x N) by dense (N x D) product (torch
+    CSR, float32 accumulation; checked against a float64 loop to 1e-6 in the tests), whatever the number of
+    templates.
 
     Args:
         features: (N, D) image embeddings.
@@ -317,22 +317,30 @@ def pool_templates(
     # a media is pooled inside each template separately: group by the (template, media) pair
     _, group, group_size = np.unique(t_row * media_ids.size + m_row, return_inverse=True, return_counts=True)
     weight /= group_size[group]
-    pooled = torch.zeros(template_ids.size, x.shape[1], dtype=torch.float64)
-    for start in range(0, x.shape[0], 65536):  # bounded float64 temporaries
-        rows = slice(start, start + 65536)
-        chunk = torch.from_numpy(np.asarray(x[rows], np.float64) * weight[rows, None])
-        pooled.index_add_(0, torch.from_numpy(t_row[rows]), chunk)
-    norms = torch.linalg.vector_norm(pooled, dim=1, keepdim=True)
+    # the pooling matrix A (T x N): A[t(i), i] = weight_i; template features = A @ x, one sparse-dense product
+    order = np.argsort(t_row, kind="stable")
+    crow = np.r_[0, np.cumsum(np.bincount(t_row, minlength=template_ids.size))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: "sparse CSR support is in beta"
+        values = torch.from_numpy(weight[order].astype(np.float32))
+        a = torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(order), values,
+                                    size=(template_ids.size, t.size))
+        pooled = (a @ torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+    norms = np.linalg.norm(pooled.astype(np.float64), axis=1, keepdims=True)
     if (norms == 0).any():
         raise ValueError("a template's pooled feature is all zeros (all its detector scores 0?)")
-    return template_ids, (pooled / norms).to(torch.float32).numpy()
+    return template_ids, (pooled / norms).astype(np.float32)
 
 
 def rows_of(template_ids: np.ndarray, wanted: np.ndarray, what: str = "templates") -> np.ndarray:
     """Row of each wanted template id in the sorted ``template_ids`` (ValueError naming unknown ids)."""
     wanted = np.asarray(wanted, np.int64)
-    rows = np.searchsorted(template_ids, wanted)
-    rows = np.minimum(rows, template_ids.size - 1)
+    if template_ids.size and template_ids[0] >= 0 and template_ids[-1] < 1 << 26 and wanted.size > template_ids.size:
+        table = np.zeros(int(template_ids[-1]) + 1, np.int64)  # ids are small integers: a table beats a search
+        table[template_ids] = np.arange(template_ids.size)
+        rows = table[np.clip(wanted, 0, table.size - 1)]
+    else:
+        rows = np.minimum(np.searchsorted(template_ids, wanted), template_ids.size - 1)
     missing = template_ids[rows] != wanted
     if missing.any():
         raise ValueError(f"{what}: {int(missing.sum())} template ids have no pooled feature "
@@ -353,8 +361,8 @@ def pair_cosines(features: np.ndarray, rows1: np.ndarray, rows2: np.ndarray, blo
     """
     f = np.ascontiguousarray(features, dtype=np.float32)
     r1, r2 = np.asarray(rows1, np.int64), np.asarray(rows2, np.int64)
-    u1, i1 = np.unique(r1, return_inverse=True)
-    u2, i2 = np.unique(r2, return_inverse=True)
+    u1, i1 = _compact(r1, f.shape[0])
+    u2, i2 = _compact(r2, f.shape[0])
     out = np.empty(r1.size, np.float32)
     if u1.size * u2.size > 8 * max(r1.size, 1):
         for start in range(0, r1.size, 65536):
@@ -362,14 +370,20 @@ def pair_cosines(features: np.ndarray, rows1: np.ndarray, rows2: np.ndarray, blo
             out[s] = np.einsum("nd,nd->n", f[r1[s]], f[r2[s]])
         return out
     right = f[u2].T.copy()
-    order = np.argsort(i1, kind="stable")
-    bounds = np.searchsorted(i1[order], np.arange(0, u1.size + block, block))
-    for b in range(bounds.size - 1):
-        sel = order[bounds[b] : bounds[b + 1]]
-        if sel.size:
-            sim = f[u1[b * block : (b + 1) * block]] @ right
-            out[sel] = sim[i1[sel] - b * block, i2[sel]]
+    block_of = i1 // block
+    for b in range(int(block_of.max(initial=-1)) + 1):  # a few blocks: one pass over the pairs each, no sort
+        sel = np.flatnonzero(block_of == b)
+        sim = f[u1[b * block : (b + 1) * block]] @ right
+        out[sel] = sim[i1[sel] - b * block, i2[sel]]
     return out
+
+
+def _compact(rows: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(rows, return_inverse=True)`` for rows in [0, num_rows), by counting instead of sorting."""
+    present = np.bincount(rows, minlength=num_rows) > 0
+    used = np.flatnonzero(present)
+    position = np.cumsum(present) - 1
+    return used, position[rows]
 
 
 @dataclass(frozen=True)
