@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from marginface.errors import UserError
+from marginface.evaluation.eval_command import add_table_options  # light module: argparse only
 
 
 def _add_losses(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +51,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes for --images")
     parser.add_argument("--roc", default="roc.png", help="where to save the ROC plot ('' to skip)")
     parser.set_defaults(func=_run_eval)
+    add_table_options(parser)  # --ijb, --json: evaluation/eval_command.py
 
 
 def _run_eval(args: argparse.Namespace) -> int:
