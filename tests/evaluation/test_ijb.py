@@ -294,3 +294,18 @@ def test_rows_of_table_and_search_paths() -> None:
     for wanted in (np.array([3, 4, 10, 11, 500]), np.array([600]), np.array([-1, 3, 3, 3, 3])):
         with pytest.raises(ValueError, match="no pooled feature"):
             ijb.rows_of(ids, wanted)
+
+
+def test_ijbb_layout_and_one_to_one_only(tmp_path: Path) -> None:
+    """IJB-B names its galleries S1/S2; without the 1:N files only 1:1 runs."""
+    root = tmp_path / "IJBB"
+    truth = write_synthetic_ijb(root, prefix="ijbb", num_subjects=4, seed=5)
+    meta = ijb.read_ijb(root)
+    assert meta.name == "IJB-B" and sorted(meta.galleries) == ["S1", "S2"]
+    for f in (root / "meta").glob("*.csv"):
+        f.unlink()
+    meta = ijb.read_ijb(root)
+    assert meta.probes is None and not meta.galleries
+    features = np.random.default_rng(0).normal(size=(len(truth.names), 8)).astype(np.float32)
+    result = ijb.evaluate_features(meta, features)
+    assert result.identification is None and result.verification.num_pairs == len(truth.pairs)
