@@ -309,3 +309,16 @@ def test_ijbb_layout_and_one_to_one_only(tmp_path: Path) -> None:
     features = np.random.default_rng(0).normal(size=(len(truth.names), 8)).astype(np.float32)
     result = ijb.evaluate_features(meta, features)
     assert result.identification is None and result.verification.num_pairs == len(truth.pairs)
+
+
+def test_1n_csv_errors(tmp_path: Path) -> None:
+    path = tmp_path / "g.csv"
+    path.write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n5,1,a.jpg\n5,2,b.jpg\n")
+    with pytest.raises(ValueError, match="template 5 is listed with two subjects"):
+        ijb._read_1n_csv(path)
+    path.write_text("T,S\n5,1\n")
+    with pytest.raises(ValueError, match="TEMPLATE_ID and SUBJECT_ID"):
+        ijb._read_1n_csv(path)
+    path.write_text("SUBJECT_ID,TEMPLATE_ID\n7,5\n7,5\n9,6\n")  # columns found by name, not position
+    templates, subjects = ijb._read_1n_csv(path)
+    assert templates.tolist() == [5, 6] and subjects.tolist() == [7, 9]

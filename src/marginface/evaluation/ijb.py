@@ -147,12 +147,13 @@ def _read_1n_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
             rows = np.array([(int(r[t_col]), int(r[s_col])) for r in reader if r], dtype=np.int64).reshape(-1, 2)
         except (ValueError, IndexError) as err:
             raise ValueError(f"{path}: a row lacks an integer TEMPLATE_ID/SUBJECT_ID ({err})") from err
-    templates, first = np.unique(rows[:, 0], return_index=True)
+    templates, first, inverse = np.unique(rows[:, 0], return_index=True, return_inverse=True)
     subjects = rows[first, 1]
-    per_template = {}
-    for t, s in rows:
-        if per_template.setdefault(int(t), int(s)) != s:
-            raise ValueError(f"{path}: template {t} is listed with two subjects ({per_template[int(t)]}, {s})")
+    clash = np.flatnonzero(rows[:, 1] != subjects[inverse])
+    if clash.size:
+        t = rows[clash[0], 0]
+        raise ValueError(f"{path}: template {t} is listed with two subjects ({subjects[inverse[clash[0]]]}, "
+                         f"{rows[clash[0], 1]})")
     return templates, subjects
 
 
