@@ -64,9 +64,13 @@ def test_eval_ijb_json_equals_the_library(setup: Path, pool_backbone: None, caps
     assert out["model"] == "model"
 
 
-def test_eval_standard_table(setup: Path, pool_backbone: None, capsys: pytest.CaptureFixture) -> None:
-    assert main(_args(setup, "--bins", str(setup / "cfp_fp.bin"), "--ijb", str(setup / "IJB" / "IJBC"),
-                      "--ijb-no-detector-score")) == 0
+def test_eval_standard_table(setup: Path, pool_backbone: None, capsys: pytest.CaptureFixture,
+                             tmp_path: Path) -> None:
+    argv = _args(setup, "--bins", str(setup / "cfp_fp.bin"), "--ijb", str(setup / "IJB" / "IJBC"),
+                 "--ijb-no-detector-score")
+    argv[argv.index("--roc") + 1] = str(tmp_path / "roc.png")
+    assert main(argv) == 0
+    assert (tmp_path / "roc.png").is_file() and (tmp_path / "roc_ijb.png").is_file()
     out = capsys.readouterr().out
     model = Pool()
     acc = verification.evaluate_bin(model, setup / "cfp_fp.bin").accuracy

@@ -75,6 +75,10 @@ def run_table(args: argparse.Namespace) -> int:
     ijbs = _ijb_results(args)
     model = Path(args.checkpoint).stem if args.checkpoint else Path(args.embeddings or "embeddings").stem
     roc = str(verification.plot_roc(sets, args.roc)) if args.roc and sets else None
+    if args.roc and any(r.verification is not None for r in ijbs):
+        path = Path(args.roc)
+        ijb_roc = str(report.plot_ijb_roc(ijbs, path.with_name(f"{path.stem}_ijb{path.suffix or '.png'}")))
+        roc = f"{roc}, {ijb_roc}" if roc else ijb_roc
     if args.json:
         print(json.dumps({**report.to_json(model, sets, ijbs), "roc_plot": roc}, indent=2))
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -70,6 +71,38 @@ def ijb_details(result: IJBResult) -> str:
         tpirs = ", ".join(f"{f:.0e}: {_pct(t)}" for f, t in zip(i.fpir, i.tpir))
         lines.append(f"  1:N  {ranks}; TPIR (%) at FPIR {tpirs} (mean of {'/'.join(i.galleries)})")
     return "\n".join(lines)
+
+
+def plot_ijb_roc(results: Sequence[IJBResult], path: str | Path) -> Path:
+    """Save the IJB 1:1 ROC curves (TAR against log FAR, 1e-6 ... 1) as a PNG; needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, never a window
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("the ROC plot needs matplotlib: pip install marginface[plot]") from err
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for r in results:
+        if r.verification is None:
+            continue
+        fpr, tpr, _ = r.verification.roc
+        # IJB-C has 15.6M operating points: draw the last point at or below 3,000 log-spaced FARs (a staircase
+        # sampled finer than the line width), never a point above the curve
+        at = np.unique(np.searchsorted(fpr, np.logspace(-7, 0, 3000), side="right") - 1)
+        keep = at[fpr[at] > 0]  # log axis: FAR = 0 has no position
+        tar = _tar(r, 1e-4)
+        ax.plot(fpr[keep], tpr[keep], drawstyle="steps-post",
+                label=f"{r.name} (TAR@1e-4 " + (f"{100 * tar:.2f}%)" if math.isfinite(tar) else "n/a)"))
+    ax.set(xscale="log", xlim=(1e-6, 1), ylim=(0, 1.01), xlabel="false accept rate (template pairs)",
+           ylabel="true accept rate", title="IJB 1:1 ROC")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _none_if_nan(x: float) -> float | None:
