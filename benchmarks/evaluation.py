@@ -182,6 +182,13 @@ IJBC_IMAGES, IJBC_TEMPLATES, IJBC_PAIRS, IJBC_GENUINE, IJBC_GALLERY = 469_375, 2
 NOISE = 0.35  # per-dimension image noise around a unit subject centre: pooled templates still overlap at low FAR
 
 
+def _scale_ijbc(fraction: float) -> None:
+    """Shrink part 3's sizes (a quick run; the ratios hold the real file's shape)."""
+    global IJBC_IMAGES, IJBC_TEMPLATES, IJBC_PAIRS, IJBC_GENUINE, IJBC_GALLERY
+    IJBC_IMAGES, IJBC_TEMPLATES, IJBC_PAIRS, IJBC_GENUINE, IJBC_GALLERY = (
+        max(int(n * fraction), 10) for n in (IJBC_IMAGES, IJBC_TEMPLATES, IJBC_PAIRS, IJBC_GENUINE, IJBC_GALLERY))
+
+
 def synthetic_ijbc(seed: int = 3) -> tuple[np.ndarray, ...]:
     """(N, 512) features, (N,) templates, (N,) medias, (N,) face scores, (P, 2) template pairs, (P,) labels."""
     rng = np.random.default_rng(seed)
@@ -265,6 +272,8 @@ def main() -> None:
                         "(hnsw over 1M rows takes long to build on 2 cores)")
     parser.add_argument("--pairs", type=int, default=6000)
     parser.add_argument("--parts", default="kfold,identification,ijb", help="comma-separated parts to run")
+    parser.add_argument("--ijb-scale", type=float, default=1.0,
+                        help="part 3 at this fraction of IJB-C's size (images, templates, pairs; 1 = full)")
     args = parser.parse_args()
     parts = args.parts.split(",")
     if "kfold" in parts:
@@ -274,6 +283,8 @@ def main() -> None:
         print(f"(needs about {2 * args.distractors * DIM * 4 / 2**30 + 0.5:.1f} GiB of memory)")
         bench_identification(args.distractors, args.kinds.split(","))
     if "ijb" in parts:
+        if args.ijb_scale != 1.0:
+            _scale_ijbc(args.ijb_scale)
         bench_ijbc()
 
 
