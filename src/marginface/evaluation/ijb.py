@@ -512,11 +512,11 @@ def identify_open_set(
 
 @dataclass(frozen=True)
 class IdentificationReport:
-    """1:N over the release's two galleries; ``mean_*`` average the galleries (as the literature reports).
+    """1:N over the release's two galleries, combined as the literature reports them.
 
-    ``cmc`` pools the mated searches of both galleries (each probe is mated in exactly one of them in IJB-B/C,
-    so this equals insightface's (hits G1 + hits G2) / probes); ``tpir`` is the mean of the two galleries' TPIR
-    at each FPIR.
+    ``galleries`` holds each gallery's :class:`OpenSetResult`; ``cmc`` pools the mated searches of both galleries
+    (each probe is mated in exactly one of them in IJB-B/C, so this equals insightface's
+    ``(hits G1 + hits G2) / probes``); ``tpir`` is the mean of the two galleries' TPIR at each FPIR.
     """
 
     galleries: dict[str, OpenSetResult]
