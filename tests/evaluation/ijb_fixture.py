@@ -1,12 +1,12 @@
 """A small synthetic IJB release in the real layout and file formats, written by the tests (nothing committed).
 
-Subjects are synthetic identities (``marginface.data.synthetic.render_face``). Each has 4 templates: template 0
-is its 1:N gallery template (even subjects in G1, odd in G2), templates 1-3 are probes; 1:1 pairs are every
-(template 0 or 1) x (template 2 or 3) of all subjects. A template holds 1-3 media, a media is a still (1 image) or
-a "video" (2-4 frames); one media id is shared by two templates of a subject (frames of one video in two
-templates), so media pooling must group by (template, media). A loose crop is the 112x112 render placed in a
-150x150 canvas by a random similarity transform; its five points are the ArcFace template mapped the same way.
-Lines are shuffled, template and media ids are sparse.
+Subjects are synthetic identities (``marginface.data.synthetic.render_face``; 24 by default: ~400 loose crops,
+~200 media in 96 templates). Each subject has 4 templates: template 0 is its 1:N gallery template (even subjects
+in G1, odd in G2), templates 1-3 are probes; 1:1 pairs are every (template 0 or 1) x (template 2 or 3) of all
+subjects. A template holds 1-3 media, a media is a still (1 image) or a "video" (2-4 frames); one media id is
+shared by two templates of a subject (frames of one video in two templates), so media pooling must group by
+(template, media). A loose crop is the 112x112 render placed in a 150x150 canvas by a random similarity
+transform; its five points are the ArcFace template mapped the same way. Lines are shuffled, ids are sparse.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _place(render: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np
     return canvas, ARCFACE_TEMPLATE_112 @ rot.T + shift
 
 
-def write_synthetic_ijb(root: Path, prefix: str = "ijbc", num_subjects: int = 12, seed: int = 0) -> Truth:
+def write_synthetic_ijb(root: Path, prefix: str = "ijbc", num_subjects: int = 24, seed: int = 0) -> Truth:
     """Write ``root/loose_crop`` and ``root/meta`` (see the module docstring) and return what was written."""
     from PIL import Image
 

@@ -61,16 +61,15 @@ def naive_pool(features, templates, medias, scores, options: ijb.PoolingOptions)
 
 def naive_tar_at_far(scores: list[float], labels: list[bool], far: float) -> float:
     """Try every threshold (each distinct score, accept if >=); best TAR with false accepts <= far * negatives."""
-    neg = sum(1 for y in labels if not y)
-    pos = len(labels) - neg
+    s, y = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    neg, pos = int((~y).sum()), int(y.sum())
     if far * neg < 1 - 1e-9:
         return float("nan")
     best = 0.0
-    for t in sorted(set(scores)):
-        fa = sum(1 for s, y in zip(scores, labels) if s >= t and not y)
-        if fa <= far * neg + 1e-9:
-            best = max(best, sum(1 for s, y in zip(scores, labels) if s >= t and y) / pos)
-    return best
+    for t in np.unique(s):  # one brute-force count per threshold
+        if np.sum((s >= t) & ~y) <= far * neg + 1e-9:
+            best = max(best, np.sum((s >= t) & y) / pos)
+    return float(best)
 
 
 def naive_open_set(gallery: dict[int, np.ndarray], gallery_subject: dict[int, int], probes: dict[int, np.ndarray],
@@ -93,11 +92,12 @@ def naive_open_set(gallery: dict[int, np.ndarray], gallery_subject: dict[int, in
             tpirs.append(float("nan"))
             continue
         best = 0.0
-        for t in sorted(set(nonmated_top + [s for _, s in mated])):
-            alarms = sum(1 for s in nonmated_top if s >= t)
-            if alarms <= fpir * len(nonmated_top) + 1e-9:
-                best = max(best, sum(1 for rank, s in mated if rank == 1 and s >= t) / len(mated))
-        tpirs.append(best)
+        top = np.array(nonmated_top)
+        hit_scores = np.array([s if rank == 1 else -np.inf for rank, s in mated])
+        for t in np.unique(np.r_[top, hit_scores[np.isfinite(hit_scores)]]):  # one brute-force count per threshold
+            if np.sum(top >= t) <= fpir * len(top) + 1e-9:
+                best = max(best, np.sum(hit_scores >= t) / len(mated))
+        tpirs.append(float(best))
     return cmc, tpirs
 
 
