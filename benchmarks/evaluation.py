@@ -12,8 +12,17 @@ distractors (default 1,000,000, added to the faiss index in 100k-row chunks so t
 (rank-10 search), rank-1, TAR@FAR=1e-6 over the probe x index pairs; peak RSS; and a numpy brute-force
 top-10 (matmul per chunk) as the same-run baseline.
 
+Part 3 -- IJB-C 1:1 at full size with synthetic vectors: 469,375 image embeddings (512-d float32) in 23,124
+templates (1-4 media each), 15,658,489 template pairs of which 19,557 genuine (the sizes of the real
+``ijbc_face_tid_mid.txt`` / ``ijbc_template_pair_label.txt``; first templates from 3,531 enrolment templates,
+second from the other 19,593, as the 1:N gallery/probe split). Timed: ``ijb.pool_templates`` (media + template
+pooling), ``ijb.verify_pairs`` (pair scores, ROC, AUC, TAR at six FARs). Baselines measured in the same run on a
+slice and extrapolated linearly: a per-template loop (``np.where`` over all images per template, then per media:
+the structure of insightface's ``image2template_feature``) and a per-pair Python loop of float64 dot products.
+
     python benchmarks/evaluation.py                        # full: ~10 minutes on 2 busy cores, ~4 GiB peak
     python benchmarks/evaluation.py --distractors 100000   # quick
+    python benchmarks/evaluation.py --parts ijb            # part 3 only (~3 GiB peak)
 """
 
 from __future__ import annotations
@@ -167,17 +176,116 @@ def bench_identification(num_distractors: int, kinds: list[str], num_ids: int = 
     print(f"  numpy brute-force top-10 (baseline) {np_ms:.3f} ms/probe; speed-up vs baseline: {ratios}")
 
 
+# ---------------------------------------------------------------------------------------------- part 3
+
+IJBC_IMAGES, IJBC_TEMPLATES, IJBC_PAIRS, IJBC_GENUINE, IJBC_GALLERY = 469_375, 23_124, 15_658_489, 19_557, 3_531
+NOISE = 0.35  # per-dimension image noise around a unit subject centre: pooled templates still overlap at low FAR
+
+
+def _scale_ijbc(fraction: float) -> None:
+    """Shrink part 3's sizes (a quick run; the ratios hold the real file's shape)."""
+    global IJBC_IMAGES, IJBC_TEMPLATES, IJBC_PAIRS, IJBC_GENUINE, IJBC_GALLERY
+    IJBC_IMAGES, IJBC_TEMPLATES, IJBC_PAIRS, IJBC_GENUINE, IJBC_GALLERY = (
+        max(int(n * fraction), 10) for n in (IJBC_IMAGES, IJBC_TEMPLATES, IJBC_PAIRS, IJBC_GENUINE, IJBC_GALLERY))
+
+
+def synthetic_ijbc(seed: int = 3) -> tuple[np.ndarray, ...]:
+    """(N, 512) features, (N,) templates, (N,) medias, (N,) face scores, (P, 2) template pairs, (P,) labels."""
+    rng = np.random.default_rng(seed)
+    subject = np.r_[np.arange(IJBC_GALLERY), rng.integers(0, IJBC_GALLERY, IJBC_TEMPLATES - IJBC_GALLERY)]
+    templates = np.r_[np.arange(IJBC_TEMPLATES), rng.integers(0, IJBC_TEMPLATES, IJBC_IMAGES - IJBC_TEMPLATES)]
+    medias = templates * 4 + rng.integers(0, 4, IJBC_IMAGES)
+    centres = _unit(rng.standard_normal((IJBC_GALLERY, DIM), dtype=np.float32))
+    features = np.empty((IJBC_IMAGES, DIM), np.float32)
+    for start in range(0, IJBC_IMAGES, CHUNK):
+        rows = slice(start, start + CHUNK)
+        noise = rng.standard_normal((len(templates[rows]), DIM), dtype=np.float32)
+        features[rows] = centres[subject[templates[rows]]] + NOISE * noise
+    scores = rng.uniform(0.5, 1.0, IJBC_IMAGES).astype(np.float32)
+    probe = np.arange(IJBC_GALLERY, IJBC_TEMPLATES)
+    genuine_probe = rng.choice(probe, IJBC_GENUINE, replace=False)
+    genuine = np.stack([subject[genuine_probe], genuine_probe], axis=1)  # enrolment template id = subject id
+    num_impostor = IJBC_PAIRS - IJBC_GENUINE
+    impostor = np.stack([rng.integers(0, IJBC_GALLERY, num_impostor), rng.choice(probe, num_impostor)], axis=1)
+    clash = subject[impostor[:, 1]] == impostor[:, 0]
+    impostor[clash, 0] = (impostor[clash, 0] + 1) % IJBC_GALLERY
+    pairs = np.concatenate([genuine, impostor])
+    issame = np.r_[np.ones(IJBC_GENUINE, bool), np.zeros(num_impostor, bool)]
+    order = rng.permutation(IJBC_PAIRS)
+    return features, templates, medias, scores, pairs[order], issame[order]
+
+
+def naive_pool_loop(features: np.ndarray, templates: np.ndarray, medias: np.ndarray, scores: np.ndarray,
+                    wanted: np.ndarray) -> np.ndarray:
+    """Baseline: per template, find its images (np.where over all), per media average, sum, normalise; float64."""
+    out = np.empty((wanted.size, features.shape[1]))
+    for k, t in enumerate(wanted):
+        (rows,) = np.where(templates == t)
+        feats = features[rows].astype(np.float64) * scores[rows, None]
+        media_feats = [feats[medias[rows] == m].mean(axis=0) for m in np.unique(medias[rows])]
+        total = np.sum(media_feats, axis=0)
+        out[k] = total / np.sqrt(np.sum(total**2))
+    return out
+
+
+def bench_ijbc(slice_templates: int = 200, slice_pairs: int = 20_000) -> None:
+    from marginface.evaluation import ijb
+
+    start = time.perf_counter()
+    features, templates, medias, scores, pairs, issame = synthetic_ijbc()
+    print(f"IJB-C 1:1 size: {IJBC_IMAGES:,} images x {DIM}, {IJBC_TEMPLATES:,} templates, {IJBC_PAIRS:,} pairs "
+          f"({IJBC_GENUINE:,} genuine); synthetic data made in {time.perf_counter() - start:.1f} s")
+    t_pool, (ids, pooled) = _timed(ijb.pool_templates, features, templates, medias, scores, repeat=1)
+    start = time.perf_counter()
+    rows = ijb.rows_of(ids, pairs.ravel()).reshape(-1, 2)
+    pair_scores = ijb.pair_cosines(pooled, rows[:, 0], rows[:, 1])
+    t_scores = time.perf_counter() - start
+    t_metrics, report = _timed(ijb.verify_pairs, ids, pooled, pairs, issame, repeat=1)  # scores again + metrics
+    t_metrics -= t_scores
+    assert np.array_equal(pair_scores, report.scores)
+    tars = ", ".join(f"{f:.0e}: {100 * t:.2f}%" for f, t in zip(report.tar_at_far.far, report.tar_at_far.tar))
+    print(f"  ours: pooling {t_pool:.2f} s + pair scores {t_scores:.2f} s = {t_pool + t_scores:.2f} s; "
+          f"ROC/AUC/TAR@FAR over all pairs {t_metrics:.2f} s more (AUC {report.auc:.4f}; TAR@FAR {tars})")
+    wanted = ids[:slice_templates]
+    t_naive_pool, naive = _timed(naive_pool_loop, features, templates, medias, scores, wanted, repeat=1)
+    pool_diff = float(np.abs(naive - pooled[:slice_templates]).max())
+    naive_pool_total = t_naive_pool * IJBC_TEMPLATES / slice_templates
+    row_of = {int(t): k for k, t in enumerate(ids)}
+    lookup = pooled.astype(np.float64)
+    start = time.perf_counter()
+    loop_scores = np.array([float(np.dot(lookup[row_of[a]], lookup[row_of[b]])) for a, b in pairs[:slice_pairs]])
+    t_naive_pairs = (time.perf_counter() - start) * IJBC_PAIRS / slice_pairs
+    score_diff = float(np.abs(loop_scores - report.scores[:slice_pairs]).max())
+    naive_total = naive_pool_total + t_naive_pairs
+    print(f"  naive loops (extrapolated from {slice_templates} templates / {slice_pairs:,} pairs): pooling "
+          f"{naive_pool_total:.0f} s + pair scores {t_naive_pairs:.0f} s = {naive_total:.0f} s -> ours is "
+          f"{naive_pool_total / t_pool:.0f}x / {t_naive_pairs / t_scores:.0f}x / "
+          f"{naive_total / (t_pool + t_scores):.0f}x faster (pooling / scores / both)")
+    print(f"  agreement on the slices: pooled features max |diff| {pool_diff:.1e}, pair scores {score_diff:.1e}")
+    print(f"  peak RSS {_peak_rss_gib():.2f} GiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--distractors", type=int, default=1_000_000)
     parser.add_argument("--kinds", default="flat,ivf", help="comma-separated index kinds: flat, ivf, hnsw "
                         "(hnsw over 1M rows takes long to build on 2 cores)")
     parser.add_argument("--pairs", type=int, default=6000)
+    parser.add_argument("--parts", default="kfold,identification,ijb", help="comma-separated parts to run")
+    parser.add_argument("--ijb-scale", type=float, default=1.0,
+                        help="part 3 at this fraction of IJB-C's size (images, templates, pairs; 1 = full)")
     args = parser.parse_args()
-    # faiss grows its storage by doubling while adding: the peak is about twice the rows' 2 GiB (1M x 512)
-    print(f"(needs about {2 * args.distractors * DIM * 4 / 2**30 + 0.5:.1f} GiB of memory)")
-    bench_kfold(args.pairs)
-    bench_identification(args.distractors, args.kinds.split(","))
+    parts = args.parts.split(",")
+    if "kfold" in parts:
+        bench_kfold(args.pairs)
+    if "identification" in parts:
+        # faiss grows its storage by doubling while adding: the peak is about twice the rows' 2 GiB (1M x 512)
+        print(f"(needs about {2 * args.distractors * DIM * 4 / 2**30 + 0.5:.1f} GiB of memory)")
+        bench_identification(args.distractors, args.kinds.split(","))
+    if "ijb" in parts:
+        if args.ijb_scale != 1.0:
+            _scale_ijbc(args.ijb_scale)
+        bench_ijbc()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from marginface.analysis.command import add_plot
 from marginface.errors import UserError
+from marginface.evaluation.eval_command import add_table_options  # light module: argparse only
 
 
 def _add_losses(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +64,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--roc", default="roc.png", help="where to save the ROC plot ('' to skip)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     parser.set_defaults(func=_run_eval)
+    add_table_options(parser)  # --ijb, --json: evaluation/eval_command.py
 
 
 def _run_eval(args: argparse.Namespace) -> int:
