@@ -62,9 +62,8 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes for --images")
     parser.add_argument("--roc", default="roc.png", help="where to save the ROC plot ('' to skip)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     parser.set_defaults(func=_run_eval)
-    add_table_options(parser)  # --ijb, --json: evaluation/eval_command.py
+    add_table_options(parser)  # --ijb, --json (one JSON for every set and IJB): evaluation/eval_command.py
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -76,10 +75,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         metric=args.metric, batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
         workers=args.workers, aligned=args.aligned, center_crop=args.center_crop,
     )
-    print(verification.results_json(results) if args.json else verification.format_table(results))
+    print(verification.format_table(results))
     if args.roc:
-        roc = verification.plot_roc(results, args.roc)
-        print(f"ROC plot: {roc}", file=sys.stderr if args.json else sys.stdout)
+        print(f"ROC plot: {verification.plot_roc(results, args.roc)}")
     return 0
 
 

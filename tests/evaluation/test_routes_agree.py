@@ -219,7 +219,7 @@ def test_json_output(setup, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--checkpoint", str(root / "ckpt.safetensors"), "--backbone", "pool", "--embedding-size",
                  "16", "--pairs", str(root / "pairs.txt"), "--images", str(root / "aligned"), "--roc", "",
                  "--json"]) == 0
-    [data] = json.loads(capsys.readouterr().out)
+    [data] = json.loads(capsys.readouterr().out)["verification"]
     direct = verification.evaluate_pairs(model, root / "pairs.txt", root / "aligned")
     assert data["set"] == "pairs" and data["pairs"] == 60 and data["note"] == ""
     assert data["accuracy"] == direct.accuracy.mean and data["auc"] == pytest.approx(direct.auc, abs=1e-12)

@@ -45,7 +45,7 @@ def _verification_sets(args: argparse.Namespace) -> list:
         checkpoint=args.checkpoint, backbone=args.backbone, embedding_size=args.embedding_size,
         bins=args.bins, pairs=args.pairs, images=args.images, embeddings=args.embeddings,
         metric=args.metric, batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
-        workers=args.workers,
+        workers=args.workers, aligned=args.aligned, center_crop=args.center_crop,
     )
 
 

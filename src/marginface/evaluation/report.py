@@ -110,12 +110,15 @@ def _none_if_nan(x: float) -> float | None:
 
 
 def verification_to_dict(result: VerificationResult) -> dict:
-    """JSON-ready figures of one verification set (no ROC arrays; NaN -> None)."""
+    """JSON-ready figures of one verification set (no ROC arrays; NaN -> None): accuracy with its per-fold values
+    and the fold thresholds, AUC, EER, TAR@FAR and the note on non-standard folds."""
     return {"name": result.name, "set": SET_NAMES.get(result.name, result.name), "pairs": result.num_pairs,
             "accuracy": result.accuracy.mean, "std": result.accuracy.std,
-            "fold_accuracies": result.accuracy.accuracies.tolist(), "auc": _none_if_nan(result.auc),
+            "fold_accuracies": result.accuracy.accuracies.tolist(),
+            "thresholds": [_none_if_nan(t) for t in result.accuracy.thresholds], "auc": _none_if_nan(result.auc),
             "eer": _none_if_nan(result.eer),
-            "tar_at_far": {f"{f:g}": _none_if_nan(t) for f, t in zip(result.tar_at_far.far, result.tar_at_far.tar)}}
+            "tar_at_far": {f"{f:g}": _none_if_nan(t) for f, t in zip(result.tar_at_far.far, result.tar_at_far.tar)},
+            "note": result.note}
 
 
 def to_json(model: str, sets: Sequence[VerificationResult], ijbs: Sequence[IJBResult]) -> dict:

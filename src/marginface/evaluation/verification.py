@@ -351,22 +351,6 @@ def format_table(results: Sequence[VerificationResult], fars: Sequence[float] = 
     return "\n".join(lines)
 
 
-def results_json(results: Sequence[VerificationResult]) -> str:
-    """The results as JSON: per set, pairs, accuracy (mean, std, per fold), fold thresholds, AUC, EER, TAR@FAR
-    (null where not measurable) and the fold note."""
-    import json
-
-    def finite(x: float) -> float | None:
-        return float(x) if np.isfinite(x) else None
-
-    return json.dumps([{
-        "set": r.name, "pairs": r.num_pairs, "accuracy": r.accuracy.mean, "accuracy_std": r.accuracy.std,
-        "fold_accuracies": r.accuracy.accuracies.tolist(), "thresholds": [finite(t) for t in r.accuracy.thresholds],
-        "auc": finite(r.auc), "eer": finite(r.eer),
-        "tar_at_far": {f"{f:.0e}": finite(t) for f, t in zip(r.tar_at_far.far, r.tar_at_far.tar)}, "note": r.note,
-    } for r in results], indent=1)
-
-
 def _fmt(value: float, scale: float, digits: int) -> str:
     return f"{scale * value:.{digits}f}" if np.isfinite(value) else "n/a"
 
