@@ -13,31 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
+from marginface.plotting import pyplot
+
 #: PNG resolution; the figures stay well under 200 KB at this size.
 DPI = 100
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as err:
-        raise ImportError("plots need matplotlib: pip install 'marginface[plot]'") from err
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def save_figure(fig, path: str | Path) -> Path:
     """Save a figure to ``path`` atomically (temp file + rename) and close it."""
     path = Path(path)
     if path.suffix.lower() != ".png":
-        _pyplot().close(fig)
+        pyplot().close(fig)
         raise ValueError(f"figures are written as PNG: give an output path ending in .png, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=DPI)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     os.replace(tmp, path)
     return path
 
@@ -59,7 +50,7 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[o
 def draw_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *, xlabel: str,
                 ylabel: str, title: str, logy: bool = False, hline: float | None = None) -> Path:
     """One line per entry ``label -> (x, y)``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for label, (x, y) in curves.items():
         ax.plot(x, y, label=label, lw=1.8)
@@ -76,7 +67,7 @@ def draw_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str |
 
 def draw_significance(results: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, title: str) -> Path:
     """AM-LFS significance ratio against theta (left) and against the target probability (right), log y."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for label, r in results.items():
         axes[0].plot(r["theta"], r["ratio"], label=label, lw=1.6)
@@ -97,7 +88,7 @@ def draw_significance(results: Mapping[str, Mapping[str, np.ndarray]], path: str
 
 def draw_boundaries(boundaries: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> Path:
     """Class 1's boundary ``theta2(theta1)`` and its mirror (class 2's), one colour per loss, in degrees."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 5.2))
     for i, (label, (t1, t2)) in enumerate(boundaries.items()):
         color = f"C{i}"
@@ -116,7 +107,7 @@ def draw_boundaries(boundaries: Mapping[str, tuple[np.ndarray, np.ndarray]], pat
 def draw_histograms(panels: Mapping[str, Mapping[str, np.ndarray]], edges: np.ndarray, path: str | Path,
                     title: str) -> Path:
     """One panel per entry ``panel title -> {label: counts}``; counts drawn as fractions, overlaid steps."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     centres = (edges[:-1] + edges[1:]) / 2
     for ax, (panel, hists) in zip(axes[0], panels.items()):
@@ -133,7 +124,7 @@ def draw_histograms(panels: Mapping[str, Mapping[str, np.ndarray]], edges: np.nd
 
 def draw_training_series(runs: Mapping[str, Mapping[str, list[tuple[int, float]]]], path: str | Path) -> Path:
     """Mean target logit and mean theta_y against the step, one line per run (``label -> log series``)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, series in runs.items():
         for ax, key in zip(axes, ("target_logit_mean", "theta_y_mean")):
@@ -152,7 +143,7 @@ def draw_training_series(runs: Mapping[str, Mapping[str, list[tuple[int, float]]
 def draw_toy(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path) -> Path:
     """Toy features per loss: ``(title, features (N, d), labels (N,))``; d = 2 raw features on the plane,
     d = 3 L2-normalised features on the unit sphere (an orthographic 3-D view)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig = plt.figure(figsize=(3.2 * len(panels), 3.8))
     for i, (title, feats, labels) in enumerate(panels):
         three_d = feats.shape[1] == 3

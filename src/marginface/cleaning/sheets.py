@@ -100,12 +100,11 @@ def write_sheet(out_dir: str | Path, title: str, items: Sequence[Item], summary:
 def plot_distributions(panels: Sequence[dict], out_png: str | Path) -> Path:
     """Histograms of calibration distances, one panel per dict: ``title``, ``same``, ``different``, ``threshold``
     and optionally ``observed`` (e.g. each training identity's nearest test distance) — all cosine distances."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    from marginface.plotting import pyplot
+
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         series = [("same identity", panel["same"]), ("nearest other identity", panel["different"])]

@@ -75,13 +75,9 @@ def ijb_details(result: IJBResult) -> str:
 
 def plot_ijb_roc(results: Sequence[IJBResult], path: str | Path) -> Path:
     """Save the IJB 1:1 ROC curves (TAR against log FAR, 1e-6 ... 1) as a PNG; needs matplotlib."""
-    try:
-        import matplotlib
+    from marginface.plotting import pyplot
 
-        matplotlib.use("Agg")  # files only, never a window
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError("the ROC plot needs matplotlib: pip install marginface[plot]") from err
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for r in results:
         if r.verification is None:

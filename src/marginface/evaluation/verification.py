@@ -357,13 +357,9 @@ def _fmt(value: float, scale: float, digits: int) -> str:
 
 def plot_roc(results: Sequence[VerificationResult], path: str | Path) -> Path:
     """Save the ROC curves (TPR against log-scale FPR) of ``results`` as a PNG; needs matplotlib."""
-    try:
-        import matplotlib
+    from marginface.plotting import pyplot
 
-        matplotlib.use("Agg")  # files only, never a window
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError("the ROC plot needs matplotlib: pip install marginface[plot]") from err
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for r in results:
         fpr, tpr, _ = r.roc

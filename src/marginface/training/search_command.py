@@ -58,12 +58,11 @@ def run_search_command(args: argparse.Namespace) -> int:
 
 def plot_search(run_dir: str | Path) -> Path | None:
     """``search.png``: the mean target-logit curve per round against ArcFace/CosFace, tau, and the rewards."""
-    try:
-        import matplotlib
+    from marginface.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    try:
+        plt = pyplot()
+    except ImportError:  # the plot extra is optional here: no figure
         return None
     from marginface.training.search import read_search
 

@@ -463,12 +463,11 @@ def read_log(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 def plot_loss_curve(run_dir: str | Path) -> Path | None:
     """``loss_curve.png`` in the run folder (None when matplotlib is not installed)."""
-    try:
-        import matplotlib
+    from marginface.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    try:
+        plt = pyplot()
+    except ImportError:  # the plot extra is optional here: no figure
         return None
     series = read_log(run_dir)
     fig, ax = plt.subplots(figsize=(6, 4))
