@@ -68,13 +68,9 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from marginface.evaluation import verification
+    from marginface.evaluation.eval_command import evaluate_sets
 
-    results = verification.evaluate_cli_sets(
-        checkpoint=args.checkpoint, backbone=args.backbone, embedding_size=args.embedding_size,
-        bins=args.bins, pairs=args.pairs, images=args.images, embeddings=args.embeddings,
-        metric=args.metric, batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
-        workers=args.workers, aligned=args.aligned, center_crop=args.center_crop,
-    )
+    results = evaluate_sets(args)
     print(verification.format_table(results))
     if args.roc:
         print(f"ROC plot: {verification.plot_roc(results, args.roc)}")

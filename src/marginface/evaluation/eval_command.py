@@ -36,9 +36,12 @@ def _wrap(original: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
 
 def _verification_sets(args: argparse.Namespace) -> list:
-    """The ``--bins`` / ``--pairs`` / ``--embeddings`` sets, evaluated exactly as plain ``eval`` does."""
-    if not (args.bins or args.pairs or args.embeddings):
-        return []
+    """The ``--bins`` / ``--pairs`` / ``--embeddings`` sets (none: an IJB-only run), as plain ``eval`` does."""
+    return evaluate_sets(args) if args.bins or args.pairs or args.embeddings else []
+
+
+def evaluate_sets(args: argparse.Namespace) -> list:
+    """``verification.evaluate_cli_sets`` with the ``eval`` command's options: the one place that maps them."""
     from marginface.evaluation import verification
 
     return verification.evaluate_cli_sets(
