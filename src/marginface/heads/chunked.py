@@ -399,14 +399,11 @@ def class_statistic(plan: ChunkPlan, feats: Tensor) -> Tensor:
     return total
 
 
-def cross_entropy_from_lse(lse_nt: Tensor, ctx: MarginContext, loss: MarginLoss | None = None) -> Tensor:
-    """Mean over the batch of ``logaddexp(lse_nt, t) - t (+ regulariser)``: the dense cross-entropy.
-
-    With ``loss``, its ``probability_transform`` is applied to the per-sample cross-entropy (as the dense path).
-    """
-    per_sample = torch.logaddexp(lse_nt, ctx.target_logit) - ctx.target_logit
-    if loss is not None:
-        per_sample = loss.probability_transform(per_sample, ctx)
+def cross_entropy_from_lse(lse_nt: Tensor, ctx: MarginContext, loss: MarginLoss) -> Tensor:
+    """Mean over the batch of ``logaddexp(lse_nt, t) - t (+ regulariser)``: the dense cross-entropy, with the loss's
+    ``probability_transform`` applied to the per-sample cross-entropy as on the dense path (required, so no head
+    can skip it)."""
+    per_sample = loss.probability_transform(torch.logaddexp(lse_nt, ctx.target_logit) - ctx.target_logit, ctx)
     if ctx.regularizer is not None:
         per_sample = per_sample + ctx.regularizer
     return per_sample.mean()
