@@ -110,8 +110,10 @@ def _run_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, allow_schedule_change=args.allow_schedule_change).setup()
     try:
         results = trainer.fit()
-    finally:
-        shutdown()
+    except BaseException:
+        shutdown(wait_for_peers=False)
+        raise
+    shutdown()
     if trainer.dist.is_main:
         plot_loss_curve(config.output_dir)
         print(f"final validation: {results['final']}  best: {results['best']}")

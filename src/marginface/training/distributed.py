@@ -42,8 +42,14 @@ def init_from_env(device_type: str) -> DistInfo:
     return info
 
 
-def shutdown() -> None:
+def shutdown(*, wait_for_peers: bool = True) -> None:
+    """Leave the process group. On a normal exit all ranks meet at a barrier first, so no rank tears down its gloo
+    connections while a peer still reads from them (that peer then aborts with "terminate called without an active
+    exception"); after an error, ``wait_for_peers=False`` leaves at once instead of waiting for ranks that may be gone.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 
