@@ -252,6 +252,7 @@ _PREPARE_KINDS: list[Callable[[argparse._SubParsersAction], None]] = [
 from marginface.align.cfp_command import add_prepare_cfp  # noqa: E402 (light module: argparse only)
 from marginface.cleaning.command import add_clean  # noqa: E402 (light module: argparse only)
 from marginface.inference.commands import add_inference_commands  # noqa: E402 (light module: argparse only)
+from marginface.training.checkpoint_command import add_checkpoint  # noqa: E402 (light module: argparse only)
 from marginface.training.presets import add_configs  # noqa: E402 (light module: argparse, json, pathlib)
 from marginface.training.search_command import add_search  # noqa: E402 (light module: argparse only)
 
@@ -269,6 +270,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_clean,
     add_search,
     add_configs,
+    add_checkpoint,
 ]
 
 

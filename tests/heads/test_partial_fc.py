@@ -127,3 +127,18 @@ def test_bad_sample_rate_is_a_clear_error(rate):
 def test_bad_chunk_size_is_a_clear_error(chunk_size):
     with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
         PartialFCHead(losses.create("arcface", embedding_size=4, num_classes=5), chunk_size=chunk_size)
+
+
+def test_the_sampler_state_is_part_of_the_state_dict():
+    """A head rebuilt from ``state_dict()`` samples the same classes next as the head that was saved."""
+    loss = losses.create("arcface", embedding_size=8, num_classes=100)
+    saved = PartialFCHead(loss, sample_rate=0.1, seed=3)
+    labels = torch.tensor([1, 5, 7])
+    for _ in range(3):
+        saved.sample(labels)
+    restored = PartialFCHead(loss, sample_rate=0.1, seed=3)
+    restored.load_state_dict(saved.state_dict())
+    assert "_extra_state" in saved.state_dict()
+    assert torch.equal(restored.sample(labels), saved.sample(labels))
+    fresh = PartialFCHead(loss, sample_rate=0.1, seed=3)
+    assert not torch.equal(fresh.sample(labels), saved.sample(labels))  # i.e. the state, not the seed, decided

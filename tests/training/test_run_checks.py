@@ -45,10 +45,10 @@ def test_check_resume_refuses_with_the_diff(tmp_path: Path) -> None:
     changes = run_checks.check_resume(tmp_path, other, facts, has_checkpoint=False)
     assert [(c.key, c.old, c.new) for c in changes] == [("loss.name", "arcface", "cosface")]
     with pytest.raises(run_checks.ResumeError) as err:
-        run_checks.check_resume(tmp_path, saved, {**facts, "world_size": 1})
+        run_checks.check_resume(tmp_path, saved, {**facts, "identities": 5})
     assert str(err.value).splitlines() == [
         f"{tmp_path} holds a run that this configuration cannot continue:",
-        "  world_size: 2 -> 1",
+        "  identities: 6 -> 5",
         f"start again with --fresh (deletes {tmp_path}), or choose a new output_dir (e.g. output_dir=runs/new)",
     ]
     lr = config_to_dict(load_config(None, [*TINY, "optim.lr=0.2"]))
@@ -56,6 +56,21 @@ def test_check_resume_refuses_with_the_diff(tmp_path: Path) -> None:
         run_checks.check_resume(tmp_path, lr, facts)
     changes = run_checks.check_resume(tmp_path, lr, facts, allow_schedule_change=True)
     assert [(c.key, c.kind) for c in changes] == [("optim.lr", "schedule")]
+    # where the centres live is not what is learned: another number of processes is resharded on resume
+    changes = run_checks.check_resume(tmp_path, saved, {**facts, "world_size": 3})
+    assert [(c.key, c.old, c.new, c.kind) for c in changes] == [("world_size", 2, 3, "setting")]
+
+
+@pytest.mark.parametrize(("override", "kind"), [
+    ("loss.head=chunked", "setting"), ("loss.chunk_size=16", "setting"), ("loss.fused_update=true", "setting"),
+    ("loss.head=partial_fc", "breaking"), ("loss.sample_rate=0.5", "breaking"),
+])
+def test_class_placement_changes_are_settings_but_sampling_is_not(override: str, kind: str) -> None:
+    before = config_to_dict(load_config(None, TINY))  # a dense head
+    after = config_to_dict(load_config(None, [*TINY, override, *(["loss.head=chunked"] if "fused" in override
+                                                                 else [])]))
+    changes = {c.key: c.kind for c in run_checks.config_changes(before, after)}
+    assert changes[override.split("=")[0]] == kind
 
 
 def _train(tmp_path: Path, *extra: str) -> int:

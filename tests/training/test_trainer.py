@@ -228,8 +228,10 @@ def test_sharded_centres_over_two_processes_equal_one_process_and_resume(tmp_pat
 
     final = "checkpoints/step_00000003/model.safetensors"
     for rank_dir in ("", "rank1"):
-        state = json.loads((tmp_path / "resumed" / rank_dir / "checkpoints/step_00000003/state.json").read_text())
-        assert "head_rng" in state and state["shard"]["num_classes"] == 40
+        folder = tmp_path / "resumed" / rank_dir / "checkpoints/step_00000003"
+        state = json.loads((folder / "state.json").read_text())
+        assert state["classes"]["num_classes"] == 40 and state["classes"]["shards"] == 2
+        assert load_file(str(folder / "optimizer.safetensors"))["head._extra_state"].numel() > 0  # the sampler
         a = load_file(str(tmp_path / "straight" / rank_dir / final))
         b = load_file(str(tmp_path / "resumed" / rank_dir / final))
         for key in a:

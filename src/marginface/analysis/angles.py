@@ -159,7 +159,7 @@ def attach_theta_recorder(trainer) -> ThetaRecorder | None:
     every = trainer.config.analysis.theta_every
     if not every:
         return None
-    if trainer.config.loss.sharded:
+    if trainer.placement.sharded:
         raise ValueError("analysis.theta_every needs every class centre in one process; it does not support "
                          "loss.sharded=true (set analysis.theta_every=0)")
     recorder = ThetaRecorder(trainer.loss, every, lambda: trainer.step)

@@ -39,19 +39,16 @@ def pick_steps(available: list[int], wanted: list[int] | None) -> list[int]:
 
 def load_run_model(run_dir: str | Path, step: int):
     """(backbone, loss, dataset) of checkpoint ``step`` of a run, on the CPU, in eval mode."""
-    from safetensors.torch import load_file
-
     from marginface import backbones, losses
     from marginface.training.config import config_from_dict
     from marginface.training.data import build_dataset
+    from marginface.training.reshard import SavedStep
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: is {run_dir} a marginface run folder?")
     cfg = config_from_dict(json.loads(config_path.read_text()))
-    if cfg.loss.sharded:
-        raise ValueError(f"{run_dir}: a sharded run's centres are spread over ranks; plot theta needs them whole")
     dataset = build_dataset(cfg.data)
     backbone = backbones.create(cfg.model.backbone, embedding_size=cfg.model.embedding_size,
                                 dropout=cfg.model.dropout, output=cfg.model.output)
@@ -60,7 +57,8 @@ def load_run_model(run_dir: str | Path, step: int):
     folder = list_checkpoints(run_dir).get(step)
     if folder is None:
         raise ValueError(f"{run_dir}: no checkpoint at step {step}")
-    weights = load_file(str(folder / "model.safetensors"))
+    # the whole centre matrix, however many shards the run saved it in (training/reshard.py)
+    weights = SavedStep(run_dir, step).files_for(1, 0, dataset.num_classes, optimizer_ids={}).model
     backbone.load_state_dict({k[9:]: v for k, v in weights.items() if k.startswith("backbone.")})
     loss.load_state_dict({k[5:]: v for k, v in weights.items() if k.startswith("loss.")})
     return backbone.eval(), loss.eval(), dataset

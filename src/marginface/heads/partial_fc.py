@@ -65,7 +65,8 @@ class PartialFCHead(nn.Module):
     """Margin cross-entropy over the batch's positive classes plus uniformly sampled negatives.
 
     ``sample_rate`` in (0, 1]: fraction of the classes visited per step (1.0: all, equal to ``ChunkedHead``).
-    ``seed`` seeds the head's CPU generator (``head.generator``; save its state for an exact resume).
+    ``seed`` seeds the head's CPU generator (``head.generator``); its state is part of ``state_dict()`` (the
+    ``_extra_state`` entry), so a checkpoint of the head resumes the sampling exactly.
     After each forward ``last_index`` (n,) holds the visited class indices, sorted.
     """
 
@@ -80,6 +81,13 @@ class PartialFCHead(nn.Module):
         self.generator = torch.Generator().manual_seed(int(seed))
         self.num_sample = max(1, int(self.sample_rate * loss.weight.shape[0]))
         self.last_index: Tensor | None = None
+
+    def get_extra_state(self) -> Tensor:
+        return self.generator.get_state()
+
+    def set_extra_state(self, state: Tensor) -> None:
+        if state.numel():  # empty: a sharded head's sampler that never ran; keep the seeded one
+            self.generator.set_state(state)
 
     def sample(self, labels: Tensor) -> Tensor:
         """(n,) sorted indices of the classes visited for a batch with ``labels`` (B,)."""

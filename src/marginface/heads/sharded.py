@@ -159,7 +159,8 @@ class ShardedHead(nn.Module):
     ``head(embeddings (b, D), labels (b,))`` takes this rank's batch with *global* labels in
     [0, num_classes) and returns the global-batch mean loss (the same value on every rank).
     ``sample_rate`` < 1 applies Partial FC within each shard (each rank samples its own negatives with a
-    generator seeded ``seed + rank``); ``last_index`` then holds the global indices this rank visited.
+    generator seeded ``seed + rank``); ``last_index`` then holds the global indices this rank visited. The
+    generator's state is part of ``state_dict()`` (``_extra_state``; empty until the first sampling forward).
     """
 
     def __init__(self, loss: MarginLoss, num_classes: int, chunk_size: int | None = None,
@@ -177,6 +178,15 @@ class ShardedHead(nn.Module):
         self.generator: torch.Generator | None = None  # created at the first forward, when the rank is known
         self.last_index: Tensor | None = None
         self._fused: FusedRowUpdate | None = None
+
+    def get_extra_state(self) -> Tensor:
+        return torch.empty(0, dtype=torch.uint8) if self.generator is None else self.generator.get_state()
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.generator = None
+        if state.numel():
+            self.generator = torch.Generator()
+            self.generator.set_state(state)
 
     def fuse_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Apply ``optimizer``'s SGD update of this rank's centres inside backward (None: stop), as

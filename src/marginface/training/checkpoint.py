@@ -31,7 +31,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON-able metadata."""
     tensors, meta_state = {}, {}
     for param_id, slots in state_dict["state"].items():
@@ -44,7 +44,7 @@ def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": state_dict["param_groups"], "state": meta_state}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in meta["state"].items()}
     for key, value in tensors.items():
         if key.startswith("state."):
@@ -81,23 +81,33 @@ def model_tensors(backbone: nn.Module, loss: nn.Module | None) -> dict[str, torc
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
-def save_checkpoint(run_dir: Path, step: int, backbone: nn.Module, loss: nn.Module,
+def save_checkpoint(run_dir: Path, step: int, backbone: nn.Module, loss: nn.Module | None,
                     optimizer: torch.optim.Optimizer, extra_state: dict[str, Any],
-                    metadata: dict[str, str] | None = None) -> Path:
+                    metadata: dict[str, str] | None = None,
+                    training_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``run_dir/checkpoints/step_<step>`` atomically and point ``latest`` at it. Returns the folder.
 
-    ``metadata`` goes into ``model.safetensors``' header (the model card, see ``marginface.inference.card``).
+    ``metadata`` goes into ``model.safetensors``' header (the model card, see ``marginface.inference.card``);
+    ``training_tensors`` (e.g. the head's sampler state, ``head.*``) into ``optimizer.safetensors``.
     """
+    opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
+    rng_tensors, rng_meta = rng_state()
+    state = {"step": step, "optimizer": opt_meta, "rng": rng_meta, **extra_state}
+    return write_checkpoint(run_dir, step, model_tensors(backbone, loss),
+                            {**opt_tensors, **rng_tensors, **(training_tensors or {})}, state, metadata)
+
+
+def write_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tensor],
+                     training: dict[str, torch.Tensor], state: dict[str, Any],
+                     metadata: dict[str, str] | None = None) -> Path:
+    """The checkpoint folder's three files from tensors and state, atomically (see the module doc)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(model_tensors(backbone, loss), str(tmp / "model.safetensors"), metadata=metadata)
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    rng_tensors, rng_meta = rng_state()
-    save_file({**opt_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
-    state = {"step": step, "optimizer": opt_meta, "rng": rng_meta, **extra_state}
+    save_file(model, str(tmp / "model.safetensors"), metadata=metadata)
+    save_file(training, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state))
     _fsync_dir(tmp)
     if final.exists():  # a re-run of the same step after a resume: replace it
@@ -124,7 +134,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def load_checkpoint(folder: str | Path, backbone: nn.Module, loss: nn.Module,
                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """Restore weights (and, with ``optimizer``, the optimizer and RNG states); returns ``state.json``."""
+    """Restore weights (and, with ``optimizer``, the optimizer and RNG states); returns ``state.json``.
+
+    One folder, as written; the trainer resumes through ``training/reshard.py``, which also reads runs whose
+    class centres were split over another number of processes."""
     folder = Path(folder)
     for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
         if not (folder / name).is_file():
@@ -135,6 +148,6 @@ def load_checkpoint(folder: str | Path, backbone: nn.Module, loss: nn.Module,
     state = json.loads((folder / "state.json").read_text())
     if optimizer is not None:
         tensors = load_file(str(folder / "optimizer.safetensors"))
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        optimizer.load_state_dict(unflatten_optimizer(tensors, state["optimizer"]))
         set_rng_state(tensors, state["rng"])
     return state

@@ -55,19 +55,18 @@ def check_triplet_config(config: TrainConfig) -> None:
             raise ConfigError(f"config field {name}: {message}")
 
 
-def triplet_objective(config: TrainConfig, dist_info: Any, num_classes: int) -> tuple[nn.Module, nn.Module]:
+def triplet_objective(config: TrainConfig, dist_info: Any, placement: Any) -> tuple[nn.Module, nn.Module]:
     """``(loss, head)`` for the trainer: ``loss`` is what checkpoints hold under ``loss.*`` (the triplet loss,
-    stateless, or the margin loss with its centres); ``head(embeddings (B, D), labels (B,))`` is the objective."""
-    from marginface import losses
+    stateless, or the margin loss with its centres, built by ``placement``, a replicated
+    :class:`marginface.training.placement.ClassPlacement`); ``head(embeddings (B, D), labels (B,))`` is the
+    objective."""
     from marginface.metric import TripletHead, TripletLoss
-    from marginface.training.trainer import build_head
 
     triplet = TripletLoss(**triplet_params(config))
     if config.loss.name == "triplet":
         return triplet, TripletHead(triplet)
-    margin = losses.create(config.loss.name, embedding_size=config.model.embedding_size, num_classes=num_classes,
-                           **config.loss.params)
-    head = build_head(config, margin, dist_info, num_classes)
+    margin = placement.build_loss(config)
+    head = placement.build_head(config, margin, dist_info)
     return margin, TripletHead(triplet, margin_head=head, weight=config.loss.triplet_weight)
 
 

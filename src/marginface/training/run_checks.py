@@ -4,14 +4,17 @@ A run folder holds ``config.json`` (the configuration of the run, in steps) and 
 start: time, the step it started from, the number of processes, the data's size, and what changed). When a run
 folder with a checkpoint is started again, the new configuration is compared with the saved one:
 
-* **breaking** changes -- the model, the loss (name, parameters, head), the data (source, path, filters, or a
-  different number of identities/images found), the batch size, the seed, the number of processes -- cannot
+* **breaking** changes -- the model, the loss (name, parameters, Partial FC), the data (source, path, filters, or a
+  different number of identities/images found), the batch size, the seed -- cannot
   continue the saved run: the start is refused with the differences and the two ways out (``--fresh``, or a new
   ``output_dir``);
 * **schedule** changes -- learning rate, milestones, decay factor, warm-up, number of steps, gradient clipping,
   precision -- are allowed only with ``--allow-schedule-change`` and recorded in the history;
 * **run settings** (logging and checkpoint intervals, validation, device, loader workers, ...) change nothing
-  that was learned: they are allowed and recorded.
+  that was learned: they are allowed and recorded. So are the **placement of the class centres** -- the number
+  of processes, ``loss.sharded``, the chunk size, the fused update, and a dense <-> chunked head (the same
+  mathematics): ``training/reshard.py`` re-cuts the saved centres for the new placement. (Partial FC's sampling
+  is part of what is learned: a change to or from ``partial_fc`` stays breaking.)
 
 ``config.json`` is never overwritten silently: it is replaced (atomically) only after these checks passed, and
 every start is a line of ``history.jsonl``.
@@ -38,6 +41,12 @@ RUN_SETTING_KEYS = frozenset({
     "log_every", "checkpoint_every", "validation.", "device", "data.num_workers", "output_dir",
     "model.checkpointing", "channels_last", "deterministic", "grad_accum_steps",
 })
+#: Keys that say where the class centres live and how their logits are computed, not what is learned.
+PLACEMENT_KEYS = frozenset({"loss.sharded", "loss.chunk_size", "loss.fused_update"})
+#: Head kinds computing the same loss (a change between them is a placement change).
+SAME_MATHS_HEADS = frozenset({"dense", "chunked"})
+#: Facts (what a run found, not what it was told) that may change on resume; the others are breaking.
+SETTING_FACTS = frozenset({"world_size"})
 HISTORY = "history.jsonl"
 ABSENT = "<absent>"  # a key one of the two configurations does not have
 
@@ -70,11 +79,14 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def kind_of(key: str) -> str:
-    """'schedule', 'setting' or 'breaking' (anything not known to be harmless: new fields are safe by default)."""
+def kind_of(key: str, old: Any = None, new: Any = None) -> str:
+    """'schedule', 'setting' or 'breaking' (anything not known to be harmless: new fields are safe by default).
+    ``old`` / ``new`` matter for ``loss.head`` only (dense <-> chunked is a setting, partial_fc is not)."""
     if key in SCHEDULE_KEYS:
         return "schedule"
-    if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RUN_SETTING_KEYS):
+    if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RUN_SETTING_KEYS) or key in PLACEMENT_KEYS:
+        return "setting"
+    if key == "loss.head" and {old, new} <= SAME_MATHS_HEADS:
         return "setting"
     return "breaking"
 
@@ -88,8 +100,8 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     for key in keys:
         old, value = old_flat.get(key, missing), new_flat.get(key, missing)
         if old != value:
-            changes.append(Change(key, ABSENT if old is missing else old, ABSENT if value is missing else value,
-                                  kind_of(key)))
+            old, value = ABSENT if old is missing else old, ABSENT if value is missing else value
+            changes.append(Change(key, old, value, kind_of(key, old, value)))
     return changes
 
 
@@ -103,10 +115,11 @@ def last_start(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _facts_changes(run_dir: Path, facts: dict[str, int]) -> list[Change]:
-    """Changes of what the config does not say: number of processes, identities and images found."""
+    """Changes of what the config does not say: number of processes (a setting: the centres are re-cut for it),
+    identities and images found (breaking)."""
     before = last_start(run_dir).get("facts", {})
-    return [Change(key, before[key], value, "breaking") for key, value in facts.items()
-            if key in before and before[key] != value]
+    return [Change(key, before[key], value, "setting" if key in SETTING_FACTS else "breaking")
+            for key, value in facts.items() if key in before and before[key] != value]
 
 
 def check_resume(

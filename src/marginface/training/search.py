@@ -242,7 +242,7 @@ def save_state(run_dir: Path, trainer, state: SearchState) -> None:
     from marginface.training import checkpoint as ckpt
 
     tensors = {f"model.{k}": v for k, v in ckpt.model_tensors(trainer.backbone, trainer.loss).items()}
-    opt_tensors, opt_meta = ckpt._flatten_optimizer(trainer.optimizer.state_dict())
+    opt_tensors, opt_meta = ckpt.flatten_optimizer(trainer.optimizer.state_dict())
     tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
     tensors["search.mean"] = state.mean.contiguous()
     tensors["search.generator"] = state.generator.get_state()
@@ -269,7 +269,7 @@ def load_state(run_dir: Path, trainer, settings: SearchSettings) -> SearchState 
     trainer.backbone.load_state_dict({k[len("backbone."):]: v for k, v in model.items() if k.startswith("backbone.")})
     trainer.loss.load_state_dict({k[len("loss."):]: v for k, v in model.items() if k.startswith("loss.")})
     optim = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
-    trainer.optimizer.load_state_dict(ckpt._unflatten_optimizer(optim, json.loads(meta["optimizer"])))
+    trainer.optimizer.load_state_dict(ckpt.unflatten_optimizer(optim, json.loads(meta["optimizer"])))
     if tensors["search.mean"].numel() != identity_mean(settings).numel():
         raise ValueError(f"{path} holds a search over {tensors['search.mean'].numel()} parameters but the config "
                          f"searches {identity_mean(settings).numel()}: use a fresh output_dir (or --fresh)")

@@ -26,15 +26,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from marginface import backbones, losses
+from marginface import backbones
 from marginface.analysis.angles import attach_theta_recorder
 from marginface.training import checkpoint as ckpt
 from marginface.training import finetune
 from marginface.training.config import TrainConfig, config_to_dict, resolve_epochs
 from marginface.training.data import FlipByIndex, StepBatchSampler, build_dataset
-from marginface.training.distributed import DistInfo, barrier, init_from_env, mean_across_ranks
+from marginface.training.distributed import barrier, init_from_env, mean_across_ranks
 from marginface.training.interrupt import StopRequest, ignore_stop_signals
 from marginface.training.pk_sampler import pk_batch_sampler
+from marginface.training.placement import ClassPlacement
 from marginface.training.run_checks import check_resume, record_start
 from marginface.training.run_report import banner, exclude_pause, validation_line
 from marginface.training.schedules import learning_rate
@@ -43,7 +44,8 @@ from marginface.training.schedules import learning_rate
 class FaceModel(nn.Module):
     """Backbone + head as one module: ``model(images, labels)`` is the mean loss (what DDP wraps).
 
-    ``embedding_grad_scale`` multiplies the gradient reaching the backbone (sharded heads: see ``setup``).
+    ``embedding_grad_scale`` multiplies the gradient reaching the backbone (sharded heads: see
+    ``ClassPlacement.distributed_parts``).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, embedding_grad_scale: float = 1.0) -> None:
@@ -60,18 +62,6 @@ class FaceModel(nn.Module):
 
             embeddings = scale_gradient(embeddings, self.embedding_grad_scale)
         return self.head(embeddings, labels)  # the head computes in float32 whatever the embedding dtype
-
-
-def build_head(config: TrainConfig, loss: losses.MarginLoss, dist_info: DistInfo, num_classes: int) -> nn.Module:
-    from marginface.heads import create_head
-    from marginface.training.optim import wants_sparse_centre_gradients
-
-    # DDP all-reduces dense gradients; sparse rows are for centres no other rank holds (one process, or shards),
-    # and for an optimizer that takes them (AdamW gets Partial FC's dense gradient, as in arcface_torch)
-    sparse = (not dist_info.enabled or config.loss.sharded) and wants_sparse_centre_gradients(config.optim)
-    return create_head(config.loss.head, loss, chunk_size=config.loss.chunk_size,
-                       sample_rate=config.loss.sample_rate, seed=config.seed, sparse_grad=sparse,
-                       sharded=config.loss.sharded, num_classes=num_classes)
 
 
 class Trainer:
@@ -102,15 +92,12 @@ class Trainer:
         self.backbone = backbones.create(cfg.model.backbone, embedding_size=cfg.model.embedding_size,
                                          dropout=cfg.model.dropout, output=cfg.model.output,
                                          checkpointing=cfg.model.checkpointing, **cfg.model.params)
-        self.shard = self._shard_classes(self.dataset.num_classes)
+        self.placement = placement = ClassPlacement.for_run(cfg, self.dist, self.dataset.num_classes)
         if finetune.uses_triplet(cfg):  # triplet alone, or margin softmax + lambda * triplet (training/finetune.py)
-            self.loss, head = finetune.triplet_objective(cfg, self.dist, self.dataset.num_classes)
+            self.loss, head = finetune.triplet_objective(cfg, self.dist, placement)
         else:
-            self.loss = losses.create(cfg.loss.name, embedding_size=cfg.model.embedding_size,
-                                      num_classes=self.shard[1] - self.shard[0], **cfg.loss.params)
-            if cfg.loss.sharded:  # the same centres whatever the number of ranks
-                self.loss.init_rows(self.shard[0], cfg.seed)
-            head = build_head(cfg, self.loss, self.dist, self.dataset.num_classes)
+            self.loss = placement.build_loss(cfg)
+            head = placement.build_head(cfg, self.loss, self.dist)
         if cfg.model.init_from:  # fine-tuning: a trained model's backbone (and loss state); a resume overrides it
             line = finetune.init_from_model(cfg, self.backbone, self.loss)
             if self.dist.is_main:
@@ -118,18 +105,10 @@ class Trainer:
         self.model = FaceModel(self.backbone, head).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.loss.sharded:
-            # Only the backbone is replicated. Each rank's backward gives d(global mean loss)/d(its embeddings)
-            # and DDP averages over ranks, so the backbone gradient is scaled by R to be that of the global mean.
-            self.ddp_module = self._wrap_ddp(self.backbone)
-            self.train_model = FaceModel(self.ddp_module, head, embedding_grad_scale=float(self.dist.world_size))
-        else:
-            self.ddp_module = self.train_model = self._wrap_ddp(self.model)
+        self.ddp_module, self.train_model = placement.distributed_parts(self.model, self._wrap_ddp)
         self.optimizer = self._build_optimizer()
         if cfg.loss.fused_update:
-            if self.dist.enabled and not cfg.loss.sharded:  # DDP would never see (nor all-reduce) that gradient
-                raise ValueError("loss.fused_update under torchrun needs loss.sharded=true: replicated centres "
-                                 "need their gradient all-reduced")
+            placement.check_fused_update(self.dist)
             self.model.head.fuse_optimizer(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.theta_recorder = attach_theta_recorder(self)  # analysis.theta_every: a hook on the head's input
@@ -140,17 +119,6 @@ class Trainer:
             print(banner(cfg, self.dataset.num_classes, len(self.dataset), self.device.type, self.dist.world_size,
                          self.step, self.resumed_from, self.config_changes), flush=True)
         return self
-
-    def _shard_classes(self, num_classes: int) -> tuple[int, int]:
-        """[start, end) of the classes this process holds: all of them unless ``loss.sharded``."""
-        if not self.config.loss.sharded:
-            return 0, num_classes
-        if not self.dist.enabled:
-            raise ValueError("loss.sharded splits the classes over torchrun's processes; this run has one "
-                             "(WORLD_SIZE <= 1): launch it with torchrun --nproc_per_node=N or set loss.sharded=false")
-        from marginface.heads import shard_range
-
-        return shard_range(num_classes, self.dist.world_size, self.dist.rank)
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -173,47 +141,50 @@ class Trainer:
 
         return build_optimizer(self.model, self.config.optim)
 
-    def _checkpoint_root(self) -> Path:
-        """Where this process's checkpoints live: the run folder, or ``rank<r>/`` for a shard of rank r > 0."""
-        if self.config.loss.sharded and self.dist.rank > 0:
-            return self.run_dir / f"rank{self.dist.rank}"
-        return self.run_dir
-
     def _resume(self) -> None:
-        folder = ckpt.latest_checkpoint(self._checkpoint_root())
-        if self.config.loss.sharded:  # every rank resumes from the newest step all of them completed
-            folder = self._common_checkpoint(folder)
-        if folder is None:
+        """Continue from the newest step all shards of which were saved — under any placement of the classes:
+        ``training/reshard.py`` re-cuts the centres, their optimizer state and the samplers for this process."""
+        from marginface.training.reshard import SavedStep, load_for_process
+
+        saved = SavedStep.newest(self.run_dir)
+        self._check_same_step(saved)
+        if saved is None:
             return
-        state = ckpt.load_checkpoint(folder, self.backbone, self.loss, self.optimizer)
-        if self.config.loss.sharded and state.get("shard") != self._shard_state():
-            raise ValueError(f"checkpoint {folder} holds the shard {state.get('shard')} but this process is "
-                             f"{self._shard_state()}: resume with the same number of processes")
+        placement = self.placement
+        state = load_for_process(saved, placement.shards, placement.shard, placement.num_classes, self.backbone,
+                                 self.loss, self.model.head, self.optimizer, self._per_class_optimizer_ids())
         self.step = int(state["step"])
         self.best = state.get("best", {})
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        head_rng = getattr(self.model.head, "generator", None)
-        if "head_rng" in state:
-            if head_rng is None and self.config.loss.sharded:  # ShardedHead creates it at its first forward
-                head_rng = self.model.head.generator = torch.Generator()
-            if head_rng is not None:
-                head_rng.set_state(torch.tensor(state["head_rng"], dtype=torch.uint8))
-        self.resumed_from = folder
+        self.resumed_from = saved.folders[min(placement.shard, saved.shards - 1)]
+        if saved.shards != placement.shards and self.dist.is_main:
+            print(f"resharded step {saved.step}: class centres saved as {saved.shards} shard(s), now "
+                  f"{placement.shards}")
 
-    def _common_checkpoint(self, folder: Path | None) -> Path | None:
-        """The checkpoint of the newest step every rank finished (a kill may land between two ranks' saves)."""
+    def _check_same_step(self, saved) -> None:
+        """Every process must resume the same step (rank folders on one shared filesystem)."""
+        if not self.dist.enabled:
+            return
         import torch.distributed as dist
 
-        step = torch.tensor([-1 if folder is None else int(folder.name.split("_")[-1])], dtype=torch.int64)
-        dist.all_reduce(step, op=dist.ReduceOp.MIN)
-        if int(step) < 0:
-            return None
-        return self._checkpoint_root() / "checkpoints" / f"step_{int(step):08d}"
+        step = torch.tensor([-1 if saved is None else saved.step], dtype=torch.int64)
+        low, high = step.clone(), step.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        if int(low) != int(high):
+            raise ValueError(f"the processes see different checkpoints in {self.run_dir} (newest complete steps "
+                             f"{int(low)} .. {int(high)}): every rank must see the same run folder")
 
-    def _shard_state(self) -> dict[str, int]:
-        return {"rank": self.dist.rank, "world_size": self.dist.world_size, "start": self.shard[0],
-                "end": self.shard[1], "num_classes": self.dataset.num_classes}
+    def _per_class_optimizer_ids(self) -> dict[str, int]:
+        """The optimizer's ids (``optimizer.state_dict()`` numbering) of the loss's per-class parameters."""
+        from marginface.training.placement import per_class_names
+
+        ids = {id(p): i for i, p in enumerate(p for g in self.optimizer.param_groups for p in g["params"])}
+        params = dict(self.loss.named_parameters())
+        rows = getattr(self.loss, "num_classes", None)
+        return {f"loss.{name}": ids[id(params[name])] for name in per_class_names(params, rows)
+                if id(params[name]) in ids} if rows else {}
 
     def _build_validation_sets(self) -> list[tuple[str, torch.Tensor, np.ndarray]]:
         cfg, sets = self.config, []
@@ -366,8 +337,8 @@ class Trainer:
 
         tmp = self.run_dir / "best.safetensors.tmp"
         # Sharded centres are spread over the ranks' checkpoints; best.safetensors then holds the backbone only.
-        loss = None if self.config.loss.sharded else self.loss
-        save_file(ckpt.model_tensors(self.backbone, loss), str(tmp), metadata=self._card(self.best))
+        save_file(ckpt.model_tensors(self.backbone, self.placement.loss_for_best(self.loss)), str(tmp),
+                  metadata=self._card(self.best))
         os.replace(tmp, self.run_dir / "best.safetensors")
         (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=2))
 
@@ -379,21 +350,21 @@ class Trainer:
         return training_card(self.config, self.dataset.num_classes, len(self.dataset), validation, state).metadata()
 
     def save(self) -> Path | None:
-        """Checkpoint (rank 0; with sharded centres every rank writes its own, under ``_checkpoint_root``).
+        """Checkpoint (rank 0; with sharded centres every rank writes its own shard, see ``ClassPlacement``).
         Returns the checkpoint folder this process wrote (None on a rank that writes none)."""
-        sharded = self.config.loss.sharded
-        if not (self.dist.is_main or sharded):
+        from marginface.training.placement import head_state
+
+        if not self.placement.writes_checkpoints(self.dist):
             barrier(self.dist)
             return None
         extra: dict[str, Any] = {"best": self.best, "scaler": self.scaler.state_dict() if self.scaler.is_enabled()
-                                 else None}
-        head_rng = getattr(self.model.head, "generator", None)
-        if head_rng is not None:
-            extra["head_rng"] = head_rng.get_state().tolist()
-        if sharded:
-            extra["shard"] = self._shard_state()
-        folder = ckpt.save_checkpoint(self._checkpoint_root(), self.step, self.backbone, self.loss, self.optimizer,
-                                      extra, metadata=self._card(self._last_validation))
+                                 else None,
+                                 "classes": {**self.placement.layout(),
+                                             "optimizer_ids": self._per_class_optimizer_ids()}}
+        head = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head_state(self.model.head).items()}
+        folder = ckpt.save_checkpoint(self.placement.checkpoint_root(self.run_dir), self.step, self.backbone,
+                                      self.loss, self.optimizer, extra, metadata=self._card(self._last_validation),
+                                      training_tensors=head)
         barrier(self.dist)
         return folder
 
