@@ -47,7 +47,7 @@ class Tiny28(nn.Module):
 
 
 def register_experiment_pieces() -> None:
-    backbones._REGISTRY["tiny28"] = Tiny28
+    backbones.register("tiny28", Tiny28)
     SyntheticFaces.render = functools.lru_cache(maxsize=None)(SyntheticFaces.render)
 
 

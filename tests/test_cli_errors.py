@@ -60,7 +60,7 @@ def test_losses_params_lists_each_loss_with_its_defaults(capsys: pytest.CaptureF
     for line in lines:
         name = line.split(":")[0]
         # independent reference: the factory's own signature
-        signature = inspect.signature(losses._REGISTRY[name]).parameters.values()
+        signature = inspect.signature(losses.LOSSES[name]).parameters.values()
         expected = [f"{p.name}={p.default!r}" for p in signature if p.name not in ("embedding_size", "num_classes")]
         assert line == f"{name}: {', '.join(expected)}"
     assert "arcface: scale=64.0, margin=0.5, easy_margin=False" in lines

@@ -38,7 +38,7 @@ class StandInDetector:
 
 @pytest.fixture
 def stand_in_detector(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(detectors._REGISTRY, "stand-in", lambda **kwargs: StandInDetector())
+    monkeypatch.setitem(detectors.DETECTORS, "stand-in", lambda **kwargs: StandInDetector())
     return "stand-in"
 
 

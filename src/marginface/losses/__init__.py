@@ -4,11 +4,12 @@
 ``available()`` lists the names. Every loss is an ``nn.Module`` owning ``weight`` (num_classes, embedding_size)
 (sub-center ArcFace: (num_classes, k, embedding_size)); ``loss(embeddings, labels)`` is the mean loss and
 ``loss.logits(embeddings, labels)`` the (B, C) float32 logits whose cross-entropy is that loss.
+
+Each loss registers itself where it is defined (``@register("arcface")`` on its class, see
+:mod:`marginface.losses.registry`); the imports below load every loss module and so fill the registry.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from marginface.losses.adacos import AdaCosLoss
 from marginface.losses.adaface import AdaFaceLoss
@@ -23,24 +24,16 @@ from marginface.losses.elasticface import ElasticArcFaceLoss, ElasticCosFaceLoss
 from marginface.losses.magface import MagFaceLoss
 from marginface.losses.mv_softmax import MVSoftmaxLoss
 from marginface.losses.normface import NormFaceLoss
+from marginface.losses.registry import LOSSES, register
 from marginface.losses.softmax import SoftmaxLoss
 from marginface.losses.sphereface import SphereFaceLoss
 from marginface.losses.sphereface2 import SphereFace2Loss
 from marginface.losses.subcenter import SubCenterArcFaceLoss
 
-_REGISTRY: dict[str, Callable[..., MarginLoss]] = {}
-
-
-def register(name: str, factory: Callable[..., MarginLoss]) -> None:
-    """Add a loss under ``name``; ``factory(embedding_size=..., num_classes=..., **params)`` builds it."""
-    if name in _REGISTRY:
-        raise ValueError(f"a loss named {name!r} is already registered")
-    _REGISTRY[name] = factory
-
 
 def available() -> list[str]:
     """The registered loss names, sorted."""
-    return sorted(_REGISTRY)
+    return LOSSES.names()
 
 
 def parameters(name: str) -> dict[str, object]:
@@ -52,9 +45,7 @@ def parameters(name: str) -> dict[str, object]:
     """
     import inspect
 
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown loss {name!r}; available: {', '.join(available())}")
-    signature = inspect.signature(_REGISTRY[name])
+    signature = inspect.signature(LOSSES.factory(name))
     return {p.name: p.default for p in signature.parameters.values()
             if p.name not in ("self", "embedding_size", "num_classes")
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
@@ -64,39 +55,21 @@ def accepts_any_parameter(name: str) -> bool:
     """True when loss ``name``'s factory takes ``**kwargs`` (its parameter names cannot be checked up front)."""
     import inspect
 
-    return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(_REGISTRY[name]).parameters.values())
+    return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(LOSSES.factory(name)).parameters.values())
 
 
 def create(name: str, *, embedding_size: int, num_classes: int, **params) -> MarginLoss:
     """Build the loss registered as ``name`` with its parameters (full names, units as documented per loss)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown loss {name!r}; available: {', '.join(available())}")
+    factory = LOSSES.factory(name)
     try:
-        return _REGISTRY[name](embedding_size=embedding_size, num_classes=num_classes, **params)
+        return factory(embedding_size=embedding_size, num_classes=num_classes, **params)
     except TypeError as err:  # an unknown keyword: name the loss and its parameters
         raise ValueError(f"bad parameters for loss {name!r}: {err}") from err
 
 
-for _name, _factory in {
-    "softmax": SoftmaxLoss,
-    "normface": NormFaceLoss,
-    "sphereface": SphereFaceLoss,
-    "am_softmax": AMSoftmaxLoss,
-    "cosface": CosFaceLoss,
-    "arcface": ArcFaceLoss,
-    "combined": CombinedMarginLoss,
-    "mv_softmax": MVSoftmaxLoss,
-    "curricularface": CurricularFaceLoss,
-    "circle": CircleLoss,
-    "subcenter_arcface": SubCenterArcFaceLoss,
-    "adaface": AdaFaceLoss,
-    "magface": MagFaceLoss,
-    "elasticface_arc": ElasticArcFaceLoss,
-    "elasticface_cos": ElasticCosFaceLoss,
-    "sphereface2": SphereFace2Loss,
-    "adacos": AdaCosLoss,
-    "amlfs": AMLFSLoss,
-}.items():
-    register(_name, _factory)
-
-__all__ = ["MarginContext", "MarginLoss", "available", "create", "parameters", "register"]
+__all__ = [
+    "LOSSES", "AMLFSLoss", "AMSoftmaxLoss", "AdaCosLoss", "AdaFaceLoss", "ArcFaceLoss", "CircleLoss",
+    "CombinedMarginLoss", "CosFaceLoss", "CurricularFaceLoss", "ElasticArcFaceLoss", "ElasticCosFaceLoss",
+    "MVSoftmaxLoss", "MagFaceLoss", "MarginContext", "MarginLoss", "NormFaceLoss", "SoftmaxLoss", "SphereFace2Loss",
+    "SphereFaceLoss", "SubCenterArcFaceLoss", "available", "create", "parameters", "register",
+]

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss, angle
+from marginface.losses.registry import register
 
 #: floor of the dynamic scale: log(B_avg) < 0 (every non-target cosine far below 0 with few classes) would give a
 #: negative scale; from the floor the next step's B_avg ~ C - 1 restores s ~ log(C - 1) / cos(theta_med).
@@ -43,6 +44,7 @@ def fixed_scale(num_classes: int) -> float:
     return math.sqrt(2.0) * math.log(num_classes - 1)
 
 
+@register("adacos")
 class AdaCosLoss(MarginLoss):
     """Adaptive scale, no margin; ``dynamic`` selects Algorithm 1 (default) or the fixed scale."""
 

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss, angle, sin_from_cos
+from marginface.losses.registry import register
 
 #: the official code's stability constants: norm clip range and the eps in the z_hat denominator
 NORM_MIN, NORM_MAX, STD_EPS = 1e-3, 100.0, 1e-3
@@ -57,6 +58,7 @@ def shifted_cos(cos: Tensor, g: Tensor) -> Tensor:
     return torch.where(below_zero, torch.ones_like(cos), shifted)
 
 
+@register("adaface")
 class AdaFaceLoss(MarginLoss):
     """Quality-adaptive margin. ``margin`` m in radians / cosine units (the same m scales both parts),
     ``h`` the concentration of z_hat, ``momentum`` the EMA weight of the current batch (the paper's alpha)."""

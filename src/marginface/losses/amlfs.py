@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss
+from marginface.losses.registry import register
 
 #: the floor of tau(p) before the log: -log(1e-30) = 69.1 is the largest loss a sample can get from tau.
 TAU_FLOOR = 1e-30
@@ -55,6 +56,7 @@ def piecewise_linear(x: Tensor, slopes: Tensor, intercepts: Tensor, low: float, 
     return slopes[i] * x + intercepts[i]
 
 
+@register("amlfs")
 class AMLFSLoss(MarginLoss):
     """One sampled AM-LFS loss: target logit ``s t(cos theta_y)``, others ``s cos theta_j``, loss ``-log tau(p_y)``.
 

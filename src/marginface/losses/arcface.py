@@ -6,8 +6,10 @@ import torch
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss, arc_margin
+from marginface.losses.registry import register
 
 
+@register("arcface")
 class ArcFaceLoss(MarginLoss):
     """Target logit ``s cos(theta + m)``, others ``s cos(theta_j)``; ``margin`` in radians (default 0.5).
 

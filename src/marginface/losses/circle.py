@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss
+from marginface.losses.registry import register
 
 
+@register("circle")
 class CircleLoss(MarginLoss):
     """``scale`` is the paper's gamma (default 256), ``margin`` its relaxation m (default 0.25)."""
 

@@ -13,8 +13,10 @@ import torch
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss, angle
+from marginface.losses.registry import register
 
 
+@register("combined")
 class CombinedMarginLoss(MarginLoss):
     """Target logit ``s (cos(m1 theta + m2) - m3)``, kept decreasing in theta on [0, pi].
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss
+from marginface.losses.registry import register
 
 
 class AdditiveCosineMarginLoss(MarginLoss):
@@ -27,6 +28,7 @@ class AdditiveCosineMarginLoss(MarginLoss):
         return f"{super().extra_repr()}, margin={self.margin}"
 
 
+@register("am_softmax")
 class AMSoftmaxLoss(AdditiveCosineMarginLoss):
     """AM-Softmax with its paper's defaults: scale 30, margin 0.35."""
 
@@ -34,5 +36,6 @@ class AMSoftmaxLoss(AdditiveCosineMarginLoss):
         super().__init__(embedding_size, num_classes, scale=scale, margin=margin)
 
 
+@register("cosface")
 class CosFaceLoss(AdditiveCosineMarginLoss):
     """CosFace (LMCL) with its paper's defaults: scale 64, margin 0.35."""

@@ -12,8 +12,10 @@ import torch
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss, arc_margin
+from marginface.losses.registry import register
 
 
+@register("curricularface")
 class CurricularFaceLoss(MarginLoss):
     """State: buffer ``t`` (starts at 0). At each training-mode forward, before use:
     ``t <- momentum * mean_batch(cos theta_y) + (1 - momentum) * t`` (the un-margined target cosines, detached).

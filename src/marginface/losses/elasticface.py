@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss, arc_margin
+from marginface.losses.registry import register
 
 _GOLDEN = 0x9E3779B9  # spreads consecutive steps over the 32-bit seed space of the mt19937 generator
 
@@ -78,6 +79,7 @@ class ElasticMarginLoss(MarginLoss):
         return f"{super().extra_repr()}, margin={self.margin}, std={self.std}"
 
 
+@register("elasticface_arc")
 class ElasticArcFaceLoss(ElasticMarginLoss):
     """ElasticFace-Arc: target ``s cos(theta + m_i)``, m_i ~ N(margin, std) in radians."""
 
@@ -93,6 +95,7 @@ class ElasticArcFaceLoss(ElasticMarginLoss):
         return self.scale * arc_margin(cos, ctx.extras["margin"])
 
 
+@register("elasticface_cos")
 class ElasticCosFaceLoss(ElasticMarginLoss):
     """ElasticFace-Cos: target ``s (cos(theta) - m_i)``, m_i ~ N(margin, std) in cosine units."""
 

@@ -25,8 +25,10 @@ import torch
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss, arc_margin
+from marginface.losses.registry import register
 
 
+@register("magface")
 class MagFaceLoss(MarginLoss):
     """Magnitude-aware ArcFace. Magnitudes in embedding-norm units, margins in radians."""
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss, arc_margin
+from marginface.losses.registry import register
 
 
+@register("mv_softmax")
 class MVSoftmaxLoss(MarginLoss):
     """``base`` "am" (margin in cosine units, default 0.35) or "arc" (radians, default 0.5); ``t`` >= 0."""
 

@@ -6,8 +6,10 @@ import torch
 from torch import Tensor, nn
 
 from marginface.losses.base import MarginContext, MarginLoss
+from marginface.losses.registry import register
 
 
+@register("normface")
 class NormFaceLoss(MarginLoss):
     """Normalised softmax: logits ``s cos(theta_j)`` for every class, no margin. Default ``scale`` 30.
 

@@ -6,8 +6,10 @@ import torch
 from torch import Tensor, nn
 
 from marginface.losses.base import MarginLoss
+from marginface.losses.registry import register
 
 
+@register("softmax")
 class SoftmaxLoss(MarginLoss):
     """The baseline of every margin-loss paper: logits ``W_j . x + b_j`` for every class (target included).
 

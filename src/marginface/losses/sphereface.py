@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from marginface.losses.base import MarginContext, MarginLoss
+from marginface.losses.registry import register
 
 
 def chebyshev_cos_multiple(cos: Tensor, m: int) -> Tensor:
@@ -25,6 +26,7 @@ def chebyshev_cos_multiple(cos: Tensor, m: int) -> Tensor:
     return cur
 
 
+@register("sphereface")
 class SphereFaceLoss(MarginLoss):
     """A-Softmax with integer multiplicative ``margin`` m (default 4) and lambda annealing.
 

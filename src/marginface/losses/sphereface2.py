@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from marginface.losses.base import MarginContext, MarginLoss, angle
+from marginface.losses.registry import register
 
 MAGNITUDE_TYPES = ("C", "A")
 
@@ -65,6 +66,7 @@ def initial_bias(num_classes: int, positive_weight: float, scale: float, margin:
     return math.log(2.0 * z) - a_i - math.log(1.0 - z + root)
 
 
+@register("sphereface2")
 class SphereFace2Loss(MarginLoss):
     """One-vs-all binary loss. ``scale`` is r, ``margin`` m (cosine units for "C", radians for "A"),
     ``positive_weight`` the paper's lambda, ``t`` the adjustment power (>= 1). Owns ``bias`` (a scalar b)."""

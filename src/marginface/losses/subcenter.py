@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from marginface.losses.arcface import ArcFaceLoss
+from marginface.losses.registry import register
 
 
+@register("subcenter_arcface")
 class SubCenterArcFaceLoss(ArcFaceLoss):
     """ArcFace on the max-pooled cosine over ``k`` sub-centres per class.
 
