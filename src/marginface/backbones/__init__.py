@@ -35,6 +35,7 @@ for _name in VIT_VARIANTS:
 # the ArcFace paper's comparison CNNs (insightface's fmobilenet / fdensenet adaptations to 112x112)
 register("mobilenet", MobileNet)
 register("densenet121", partial(densenet, 121))
+del _depth, _name  # loop variables, not part of the module
 
 
 def available() -> list[str]:
