@@ -128,10 +128,42 @@ def test_every_search_preset_parses_and_is_named_dataset_backbone_loss(path):
     assert config.train.steps == config.search.rounds * config.search.steps_per_round
 
 
-def test_search_refuses_torchrun(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="torchrun"):
+def test_search_needs_the_samples_to_divide_over_the_torchrun_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match=r"search.samples \(2\) must be a multiple of the 3 torchrun processes"):
         run_search(tiny_search(tmp_path, "ddp"), progress=False)
+
+
+def _search_worker(rank: int, world: int, port: int, config_path: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from marginface.training.distributed import shutdown
+
+    run_search(load_search_config(config_path), progress=False)
+    shutdown()
+
+
+@pytest.mark.slow
+def test_one_sample_per_torchrun_rank_equals_the_one_process_search(tmp_path):
+    """2 gloo processes x 1 copy each (B = 2, 2 rounds) == 1 process training both copies in turn: the same
+    samples, rewards, mean, and every saved weight and optimizer tensor (the winner broadcast from its rank)."""
+    from tests.training.test_trainer import free_port
+
+    torch.set_num_threads(1)
+    tiny_search(tmp_path, "ranks", seed=2)  # writes ranks.yaml; seed 2: rank 1's copy wins both rounds
+    torch.multiprocessing.spawn(_search_worker, args=(2, free_port(), str(tmp_path / "ranks.yaml")), nprocs=2)
+    one = run_search(tiny_search(tmp_path, "one", seed=2), progress=False)
+    a, b = load_file(str(tmp_path / "one" / STATE_FILE)), load_file(str(tmp_path / "ranks" / STATE_FILE))
+    assert a.keys() == b.keys() and len(a) > 100
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    history = read_search(tmp_path / "ranks")
+    assert history["rewards"] == [rec["rewards"] for rec in one.history]
+    assert [rec["best"] for rec in one.history] == [1, 1] and one.round == 2  # broadcast from rank 1
+    assert (tmp_path / "ranks" / "log.csv").read_text() == (tmp_path / "one" / "log.csv").read_text()
 
 
 def test_search_config_errors_name_the_fix(tmp_path):

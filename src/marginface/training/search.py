@@ -12,11 +12,16 @@ over the Gaussian distribution N(mu, sigma^2 I) of the loss parameters theta, si
                         = mu_t + eta (1/B) sum_i R^_i (theta_i - mu_t) / sigma^2;
 5. broadcast: w_{t+1} = the weights (and optimizer state) of the copy with the highest reward.
 
-Here the B copies are advanced **in turn on one machine**. That equals the paper's B parallel workers exactly:
+In one process the B copies are advanced **in turn**. That equals the paper's B parallel workers exactly:
 every copy starts from the same snapshot (weights, BatchNorm statistics, optimizer momentum, step counter),
 reads the same batches with the same flips (the data order is a function of (seed, step) only, see
 ``training/data.py``), and nothing else in a training step is random, so a copy's result does not depend on
 which copies ran before it. The samples theta are drawn from the search's own generator before any training.
+Under ``torchrun`` (R processes, R dividing B) each rank draws the same theta and trains the copies i with
+i mod R = rank — with R = B, one sample per rank, the paper's setting — on its own (a single-process trainer:
+each copy sees the whole batch, as in one process); the rewards are summed over ranks, every rank makes the same
+REINFORCE update, and the best copy's weights and optimizer state are broadcast from the rank that trained it.
+For the reason above the result equals the one-process search (tested).
 
 The state after every round (mu, the search generator, the broadcast weights and optimizer state, the history
 of samples and rewards) is written atomically to ``search_state.safetensors``; a killed search resumes from
@@ -25,6 +30,7 @@ the last finished round and gives the same result as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -40,6 +46,7 @@ import torch
 import yaml
 
 from marginface.training.config import ConfigError, TrainConfig, _build, apply_overrides, config_from_dict
+from marginface.training.distributed import DistInfo, init_from_env
 
 STATE_FILE = "search_state.safetensors"
 PARTS = ("logit_slopes", "logit_intercepts", "prob_slopes", "prob_intercepts")
@@ -211,28 +218,77 @@ def search_reward(trainer) -> float:
     return sum(accuracies) / len(accuracies)
 
 
-def run_round(trainer, config: SearchConfig, state: SearchState) -> SearchState:
-    """One round: sample B losses, train B copies in turn, reward, REINFORCE, broadcast the best copy."""
-    s = config.search
+def run_round(trainer, config: SearchConfig, state: SearchState, group: Workers | None = None) -> SearchState:
+    """One round: sample B losses, train B copies (this process's share of them, in turn), reward, REINFORCE,
+    broadcast the best copy."""
+    s, group = config.search, group or Workers()
     samples = state.mean + s.sigma * torch.randn(s.samples, state.mean.numel(), generator=state.generator,
                                                  dtype=torch.float64)
     start, first_step = _snapshot(trainer), state.round * s.steps_per_round
-    rewards, losses_, best = [], [], None
-    for theta in samples:
+    rewards, losses_ = torch.zeros(s.samples, dtype=torch.float64), torch.zeros(s.samples, dtype=torch.float64)
+    best = None
+    for i in group.mine(s.samples):
         _restore(trainer, start)
-        trainer.loss.set_transform(**unpack(theta, s))
-        losses_.append(train_copy(trainer, first_step, s.steps_per_round))
-        rewards.append(search_reward(trainer))
-        if best is None or rewards[-1] > max(rewards[:-1]):
-            best = _snapshot(trainer)
-    reward_tensor = torch.tensor(rewards, dtype=torch.float64)
-    new_mean = reinforce_update(state.mean, samples, reward_tensor, s.sigma, s.lr)
-    _restore(trainer, best)  # the paper's broadcast of the best model to every copy
+        trainer.loss.set_transform(**unpack(samples[i], s))
+        losses_[i] = train_copy(trainer, first_step, s.steps_per_round)
+        rewards[i] = search_reward(trainer)
+        if best is None or rewards[i] > rewards[best[0]]:
+            best = (i, _snapshot(trainer))
+    rewards, losses_ = group.sum(rewards), group.sum(losses_)
+    winner = int(rewards.argmax())  # the first of equal rewards, on every rank alike
+    new_mean = reinforce_update(state.mean, samples, rewards, s.sigma, s.lr)
+    if group.owner(winner) == group.rank:
+        # the winner is the first index with the highest reward, so its owner kept it as its own best copy
+        # (summing zeros leaves every reward exact)
+        assert best is not None and best[0] == winner, (best and best[0], winner)
+        _restore(trainer, best[1])
+    group.broadcast_model(trainer, group.owner(winner))  # the paper's broadcast of the best model to every copy
     trainer.step = first_step + s.steps_per_round
     record = {"round": state.round, "mean_before": state.mean.tolist(), "mean_after": new_mean.tolist(),
-              "samples": samples.tolist(), "rewards": rewards, "train_losses": losses_,
-              "best": int(reward_tensor.argmax())}
+              "samples": samples.tolist(), "rewards": rewards.tolist(), "train_losses": losses_.tolist(),
+              "best": winner}
     return SearchState(state.round + 1, new_mean, state.generator, [*state.history, record])
+
+
+@dataclass(frozen=True)
+class Workers:
+    """The processes sharing a search's copies: one (the default) or torchrun's R, copy i on rank i mod R."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def mine(self, samples: int) -> range:
+        return range(self.rank, samples, self.world_size)
+
+    def owner(self, index: int) -> int:
+        return index % self.world_size
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Each rank filled its own copies' entries (zeros elsewhere): the sum is every copy's value."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(values)
+        return values
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast_model(self, trainer, source: int) -> None:
+        """Every tensor of the weights and the optimizer state from rank ``source`` (same structure everywhere:
+        every rank trained at least one copy of the same model)."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        tensors = [*trainer.backbone.state_dict().values(), *trainer.loss.state_dict().values()]
+        for slots in trainer.optimizer.state.values():
+            tensors += [v for v in slots.values() if torch.is_tensor(v)]
+        for tensor in tensors:
+            dist.broadcast(tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor, src=source)
 
 
 def save_state(run_dir: Path, trainer, state: SearchState) -> None:
@@ -305,23 +361,41 @@ def run_search(config: SearchConfig, max_rounds: int | None = None, progress: bo
     from marginface.training.trainer import Trainer
 
     settings, run_dir = config.search, Path(config.train.output_dir)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("marginface search runs in one process (the B copies in turn); one sample per torchrun "
-                          "rank is not implemented: launch it without torchrun")
+    group = _join_workers(config)
     params = {**config.train.loss.params, **unpack(identity_mean(settings), settings)}
     train_cfg = dataclasses.replace(config.train, loss=dataclasses.replace(config.train.loss, params=params))
-    trainer = Trainer(train_cfg).setup()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "search.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2))
+    if group.rank:  # ranks > 0 train their copies silently; their trainers' start records go to a folder of their own
+        train_cfg = dataclasses.replace(train_cfg, output_dir=str(run_dir / f"rank{group.rank}"))
+    with contextlib.redirect_stdout(io.StringIO()) if group.rank else contextlib.nullcontext():
+        trainer = Trainer(train_cfg, dist_info=DistInfo()).setup()  # each process trains whole copies alone
+    main = group.rank == 0
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "search.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2))
     state = load_state(run_dir, trainer, settings)
     if state is None:
         state = SearchState(0, identity_mean(settings), torch.Generator().manual_seed(settings.seed))
     last = settings.rounds if max_rounds is None else min(settings.rounds, state.round + max_rounds)
-    for _ in tqdm(range(state.round, last), desc="search rounds", disable=not progress):
-        state = run_round(trainer, config, state)
-        save_state(run_dir, trainer, state)
-        write_log(run_dir, settings, state.history)
+    for _ in tqdm(range(state.round, last), desc="search rounds", disable=not (progress and main)):
+        state = run_round(trainer, config, state, group)
+        if main:
+            save_state(run_dir, trainer, state)
+            write_log(run_dir, settings, state.history)
+        group.barrier()  # the next round (or a resume) reads nothing half-written
     return state
+
+
+def _join_workers(config: SearchConfig) -> Workers:
+    """torchrun's processes (each trains B / R copies) or this one; refuses R not dividing B."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Workers()
+    if config.search.samples % world:
+        raise ConfigError(f"search.samples ({config.search.samples}) must be a multiple of the {world} torchrun "
+                          "processes (each trains samples / processes copies; equal: one sample per rank)")
+    device = "cuda" if config.train.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    info = init_from_env(device)
+    return Workers(info.rank, info.world_size)
 
 
 def read_search(run_dir: str | Path, points: int = 181) -> dict[str, Any]:
@@ -374,7 +448,7 @@ def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[i
             loss = dataclasses.replace(config.train.loss, params={**config.train.loss.params, **params})
             cfg = dataclasses.replace(config.train, loss=loss, seed=seed, steps=steps,
                                       output_dir=str(run_dir / "retrain" / f"{name}_seed{seed}"))
-            final = Trainer(cfg).setup().fit()["final"]
+            final = Trainer(cfg, dist_info=DistInfo()).setup().fit()["final"]  # one process, even under torchrun
             runs[name].append(sum(final.values()) / len(final))
             if progress:
                 print(f"from scratch, seed {seed}, {name}: held-out accuracy {runs[name][-1]:.4f}")

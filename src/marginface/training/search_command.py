@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ from typing import Any
 def add_search(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "search", help="AM-LFS: search the loss (piecewise-linear t and tau) with REINFORCE while training",
-        description="Each round samples B losses from N(mu, sigma^2), trains B copies of the model in turn, rewards "
+        description="Each round samples B losses from N(mu, sigma^2), trains B copies of the model in turn (under "
+        "torchrun: B / R per rank, one sample per rank when R = B), rewards "
         "each with held-out verification accuracy, updates mu by REINFORCE and keeps the best copy. Writes "
         "log.csv (samples, rewards, distribution per round), search_state.safetensors (resumable) and "
         "search.png to the config's output_dir.")
@@ -36,6 +38,11 @@ def run_search_command(args: argparse.Namespace) -> int:
     if args.fresh:
         clear_run(config.train.output_dir)
     state = run_search(config, max_rounds=args.rounds)
+    from marginface.training.distributed import shutdown
+
+    shutdown()  # under torchrun the ranks are done together; what follows is rank 0's, in one process
+    if int(os.environ.get("RANK", "0")) > 0:
+        return 0
     figure = plot_search(config.train.output_dir)
     result: dict[str, Any] = {
         "rounds_done": state.round, "mean": unpack(state.mean, config.search),

@@ -32,7 +32,7 @@ from marginface.training import checkpoint as ckpt
 from marginface.training import finetune
 from marginface.training.config import TrainConfig, config_to_dict, resolve_epochs
 from marginface.training.data import FlipByIndex, StepBatchSampler, build_dataset
-from marginface.training.distributed import barrier, init_from_env, mean_across_ranks
+from marginface.training.distributed import DistInfo, barrier, init_from_env, mean_across_ranks
 from marginface.training.interrupt import StopRequest, ignore_stop_signals
 from marginface.training.pk_sampler import pk_batch_sampler
 from marginface.training.placement import ClassPlacement
@@ -67,9 +67,13 @@ class FaceModel(nn.Module):
 class Trainer:
     """Owns a run: model, loss, optimizer, data, logs and checkpoints under ``config.output_dir``."""
 
-    def __init__(self, config: TrainConfig, allow_schedule_change: bool = False) -> None:
+    def __init__(self, config: TrainConfig, allow_schedule_change: bool = False,
+                 dist_info: DistInfo | None = None) -> None:
+        """``dist_info``: train as this process group member instead of joining torchrun's (the AM-LFS search
+        gives each rank a trainer of its own, ``DistInfo()``, while it uses the group for its rewards)."""
         self.config = config
         self.allow_schedule_change = allow_schedule_change  # resume checks: see training/run_checks.py
+        self._dist_info = dist_info
         self.resumed_from: Path | None = None
         self.step = 0
         self.best: dict[str, Any] = {}
@@ -80,7 +84,7 @@ class Trainer:
         cfg = self.config
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if cfg.device == "auto" else cfg.device))
-        self.dist = init_from_env(self.device.type)
+        self.dist = self._dist_info or init_from_env(self.device.type)
         self.run_dir = Path(cfg.output_dir)
         self._seed_everything(cfg.seed)
         self.dataset = build_dataset(cfg.data)
