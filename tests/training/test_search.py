@@ -40,6 +40,18 @@ def test_reinforce_update_equals_the_hand_computed_step():
     torch.testing.assert_close(new, torch.tensor([step, 1.0 - step], dtype=torch.float64), rtol=1e-12, atol=1e-12)
 
 
+def test_raw_rewards_weight_the_step_by_the_rewards_themselves():
+    """reward='raw': gradient = (1/3) [0.9 (0.2, 0) + 0.5 (-0.2, 0.4) + 0.7 (0, -0.4)] / 0.04 = (0.08, -0.08) / 0.12."""
+    mean = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    samples = torch.tensor([[0.2, 1.0], [-0.2, 1.4], [0.0, 0.6]], dtype=torch.float64)
+    rewards = torch.tensor([0.9, 0.5, 0.7], dtype=torch.float64)
+    new = reinforce_update(mean, samples, rewards, sigma=0.2, lr=0.1, reward="raw")
+    expected = torch.tensor([0.1 * 0.08 / 0.12, 1.0 - 0.1 * 0.08 / 0.12], dtype=torch.float64)
+    torch.testing.assert_close(new, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError, match="search.reward"):
+        SearchSettings(reward="baseline")
+
+
 def test_equal_rewards_leave_the_mean_unchanged():
     mean = torch.tensor([1.0, 0.0], dtype=torch.float64)
     samples = torch.randn(4, 2, dtype=torch.float64)

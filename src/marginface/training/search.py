@@ -1,4 +1,4 @@
-"""AM-LFS: search the loss function with REINFORCE while training (Li et al., ICCV 2019, Sec. 3.3, Alg. 1).
+"""AM-LFS: search the loss function with REINFORCE while training (Li et al., ICCV 2019; docs/amlfs.md).
 
 The bilevel problem: the inner level trains the network with a loss sampled from the search space (one
 :class:`marginface.losses.amlfs.AMLFSLoss` per sample), the outer level maximises the expected validation reward
@@ -7,7 +7,8 @@ over the Gaussian distribution N(mu, sigma^2 I) of the loss parameters theta, si
 1. draw theta_1..theta_B ~ N(mu_t, sigma^2 I);
 2. train B copies of the model, each from the round's common weights w_t, for ``steps_per_round`` steps with
    its loss theta_i; the reward R(theta_i) is the copy's verification accuracy on held-out identities;
-3. normalise the rewards, R^_i = (R_i - mean R) / std R (population std; all equal: no update);
+3. normalise the rewards, R^_i = (R_i - mean R) / std R (population std; all equal: no update) — our default
+   baseline, as the public reproductions; ``search.reward: raw`` uses R_i as the update is restated from the paper;
 4. REINFORCE: mu_{t+1} = mu_t + eta (1/B) sum_i R^_i grad_mu log N(theta_i; mu_t, sigma^2 I)
                         = mu_t + eta (1/B) sum_i R^_i (theta_i - mu_t) / sigma^2;
 5. broadcast: w_{t+1} = the weights (and optimizer state) of the copy with the highest reward.
@@ -75,6 +76,8 @@ class SearchSettings:
     """Which transforms are searched: 'logit' (t), 'prob' (tau) or 'both'; the others stay the identity."""
     seed: int = 0
     """Seed of the search's generator (the samples theta)."""
+    reward: str = "normalised"
+    """The REINFORCE weights: 'normalised' (R - mean R) / std R, or 'raw' R (docs/amlfs.md: which is the paper's)."""
 
     def __post_init__(self) -> None:
         for name in ("rounds", "samples", "steps_per_round", "logit_intervals", "prob_intervals"):
@@ -87,6 +90,8 @@ class SearchSettings:
             raise ConfigError(f"search.sigma and search.lr must be positive, got {self.sigma}, {self.lr}")
         if self.space not in ("logit", "prob", "both"):
             raise ConfigError(f"search.space must be 'logit', 'prob' or 'both', got {self.space!r}")
+        if self.reward not in ("normalised", "raw"):
+            raise ConfigError(f"search.reward must be 'normalised' or 'raw', got {self.reward!r}")
 
 
 @dataclass
@@ -157,12 +162,14 @@ def normalise_rewards(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def reinforce_update(mean: torch.Tensor, samples: torch.Tensor, rewards: torch.Tensor, sigma: float,
-                     lr: float) -> torch.Tensor:
-    """mu + lr (1/B) sum_i R^_i (theta_i - mu) / sigma^2: one REINFORCE ascent step on the normalised rewards.
+                     lr: float, reward: str = "normalised") -> torch.Tensor:
+    """mu + lr (1/B) sum_i R^_i (theta_i - mu) / sigma^2: one REINFORCE ascent step.
 
     ``mean`` (P,), ``samples`` (B, P), ``rewards`` (B,) raw; (theta - mu)/sigma^2 is grad_mu log N(theta; mu, sigma^2).
+    ``reward``: "normalised" uses R^ = (R - mean R) / std R (a baseline: what the public reproductions do), "raw"
+    uses R itself (the update as the paper's equation is restated in secondary sources; see docs/amlfs.md).
     """
-    advantage = normalise_rewards(rewards)
+    advantage = normalise_rewards(rewards) if reward == "normalised" else rewards.to(torch.float64)
     gradient = (advantage[:, None] * (samples.to(torch.float64) - mean) / sigma ** 2).mean(dim=0)
     return mean + lr * gradient
 
@@ -236,7 +243,7 @@ def run_round(trainer, config: SearchConfig, state: SearchState, group: Workers 
             best = (i, _snapshot(trainer))
     rewards, losses_ = group.sum(rewards), group.sum(losses_)
     winner = int(rewards.argmax())  # the first of equal rewards, on every rank alike
-    new_mean = reinforce_update(state.mean, samples, rewards, s.sigma, s.lr)
+    new_mean = reinforce_update(state.mean, samples, rewards, s.sigma, s.lr, s.reward)
     if group.owner(winner) == group.rank:
         # the winner is the first index with the highest reward, so its owner kept it as its own best copy
         # (summing zeros leaves every reward exact)
