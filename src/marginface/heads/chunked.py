@@ -399,29 +399,23 @@ def class_statistic(plan: ChunkPlan, feats: Tensor) -> Tensor:
     return total
 
 
-def cross_entropy_from_lse(lse_nt: Tensor, ctx: MarginContext, loss: MarginLoss) -> Tensor:
-    """Mean over the batch of ``logaddexp(lse_nt, t) - t (+ regulariser)``: the dense cross-entropy, with the loss's
-    ``probability_transform`` applied to the per-sample cross-entropy as on the dense path (required, so no head
-    can skip it)."""
-    per_sample = loss.probability_transform(torch.logaddexp(lse_nt, ctx.target_logit) - ctx.target_logit, ctx)
-    if ctx.regularizer is not None:
-        per_sample = per_sample + ctx.regularizer
-    return per_sample.mean()
+@dataclasses.dataclass
+class ChunkedSource:
+    """The chunked heads' :class:`~marginface.losses.base.SimilaritySource`: the target similarity from the B
+    target rows (``target_rows`` (B,) index ``loss.weight``), the class statistic and the non-target
+    log-sum-exp chunk by chunk over ``plan``'s classes."""
 
+    plan: ChunkPlan
+    target_rows: Tensor
 
-def chunked_loss(loss: MarginLoss, embeddings: Tensor, labels: Tensor, plan: ChunkPlan,
-                 target_labels: Tensor) -> Tensor:
-    """The mean margin cross-entropy over the plan's classes, single process.
+    def target_similarity(self, features: Tensor) -> Tensor:
+        return target_similarity(self.plan.loss, features, self.target_rows, self.plan.sink)
 
-    ``target_labels`` (B,) index ``loss.weight`` (the class rows of the targets); ``plan.positions`` locate
-    them within the plan. Runs in float32 (float64 for float64 input) with autocast disabled.
-    """
-    with autocast_disabled(embeddings.device.type):
-        feats = loss.features(embeddings)
-        target_sim = target_similarity(loss, feats, target_labels, plan.sink)
-        statistic = class_statistic(plan, feats) if loss.needs_class_statistic else None
-        ctx = loss.make_context(embeddings, labels, target_sim, statistic)
-        return cross_entropy_from_lse(nontarget_lse(plan, feats, ctx), ctx, loss)
+    def class_statistic(self, features: Tensor) -> Tensor:
+        return class_statistic(self.plan, features)
+
+    def nontarget_lse(self, features: Tensor, ctx: MarginContext) -> Tensor:
+        return nontarget_lse(self.plan, features, ctx)
 
 
 class ChunkedHead(nn.Module):
@@ -457,7 +451,7 @@ class ChunkedHead(nn.Module):
         labels = labels.long()
         plan = ChunkPlan(self.loss, positions=labels, chunk_size=self.chunk_size,
                          fused=active_update(self._fused, self.loss))
-        return chunked_loss(self.loss, embeddings, labels, plan, labels)
+        return self.loss.loss_from_source(embeddings, labels, ChunkedSource(plan, labels))
 
     def extra_repr(self) -> str:
         return f"chunk_size={self.chunk_size}" + (", fused_optimizer=True" if self._fused is not None else "")
