@@ -14,7 +14,8 @@ and autograd keeps several. Here the classes are visited one chunk of ``chunk_si
   accumulated chunk by chunk.
 
 The target similarity is ``diag(loss.similarity(features, weight[labels], labels))`` — the same function the
-chunks use, on the B target rows only — gathered through :func:`gather_rows`, whose gradient is added into
+chunks use, on the B target rows only (:class:`ChunkedSource`, the heads' source for the pipeline driver
+``MarginLoss.run_pipeline``) — gathered through :func:`gather_rows`, whose gradient is added into
 the chunk backward's weight-gradient buffer (:class:`GradSink`) or returned as B sparse rows, so no second
 dense (C, D) gradient is ever created.
 
@@ -143,17 +144,6 @@ class _GatherRows(torch.autograd.Function):
 def gather_rows(weight: Tensor, index: Tensor, sink: GradSink | None = None) -> Tensor:
     """(n, ...) rows ``weight[index]``; their gradient reaches ``weight`` sparse, or through ``sink``."""
     return _GatherRows.apply(weight, index, sink)
-
-
-def target_similarity(loss: MarginLoss, feats: Tensor, labels: Tensor,
-                      sink: GradSink | None = None) -> Tensor:
-    """(B,) the loss's similarity of each sample with its own class, from B target rows only.
-
-    ``labels`` index ``loss.weight`` (local labels for a shard). A (B, B) similarity is computed and its
-    diagonal kept: B^2 D flops, negligible next to B C D, and it is the very function the chunks apply.
-    """
-    rows = gather_rows(loss.weight, labels, sink)
-    return loss.similarity(feats, rows, labels).diagonal()
 
 
 @dataclasses.dataclass
@@ -379,43 +369,41 @@ class _FusedChunks:
         self.update.awaiting_targets = True
 
 
-def nontarget_lse(plan: ChunkPlan, feats: Tensor, ctx: MarginContext) -> Tensor:
-    """(B,) log-sum-exp of the non-target logits over the plan's classes; differentiable, O(B D) memory."""
-    names, tensors = context_tensors(ctx)
-    params = other_parameters(plan.loss)
-    return _NonTargetLSE.apply(plan, ctx, names, feats, plan.loss.weight, *tensors, *params)
-
-
-@torch.no_grad()
-def class_statistic(plan: ChunkPlan, feats: Tensor) -> Tensor:
-    """(B,) the loss's ``class_statistic`` summed chunk by chunk over the plan's classes (no gradient)."""
-    total = torch.zeros(feats.shape[0], dtype=feats.dtype, device=feats.device)
-    for a, b, classes in plan.chunks():
-        sim = plan.loss.similarity(feats, plan.rows(plan.loss.weight, a, b, classes), classes)
-        mask = torch.zeros_like(sim, dtype=torch.bool)
-        samples, cols = plan.target_cells(a, b)
-        mask[samples, cols] = True
-        total += plan.loss.class_statistic(sim, mask)
-    return total
-
-
 @dataclasses.dataclass
 class ChunkedSource:
-    """The chunked heads' :class:`~marginface.losses.base.SimilaritySource`: the target similarity from the B
-    target rows (``target_rows`` (B,) index ``loss.weight``), the class statistic and the non-target
-    log-sum-exp chunk by chunk over ``plan``'s classes."""
+    """The chunked heads' :class:`~marginface.losses.base.SimilaritySource` over ``plan``'s classes.
+
+    ``target_rows`` (B,) index ``loss.weight`` (local rows for a shard): the rows of each sample's target.
+    """
 
     plan: ChunkPlan
     target_rows: Tensor
 
     def target_similarity(self, features: Tensor) -> Tensor:
-        return target_similarity(self.plan.loss, features, self.target_rows, self.plan.sink)
+        """(B,) from the B target rows only: the diagonal of a (B, B) similarity (B^2 D flops, negligible next
+        to B C D, and the very function the chunks apply), gathered through the plan's :class:`GradSink`."""
+        loss = self.plan.loss
+        rows = gather_rows(loss.weight, self.target_rows, self.plan.sink)
+        return loss.similarity(features, rows, self.target_rows).diagonal()
 
+    @torch.no_grad()
     def class_statistic(self, features: Tensor) -> Tensor:
-        return class_statistic(self.plan, features)
+        """(B,) the loss's ``class_statistic`` summed chunk by chunk over the plan's classes (no gradient)."""
+        plan = self.plan
+        total = torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
+        for a, b, classes in plan.chunks():
+            sim = plan.loss.similarity(features, plan.rows(plan.loss.weight, a, b, classes), classes)
+            mask = torch.zeros_like(sim, dtype=torch.bool)
+            samples, cols = plan.target_cells(a, b)
+            mask[samples, cols] = True
+            total += plan.loss.class_statistic(sim, mask)
+        return total
 
     def nontarget_lse(self, features: Tensor, ctx: MarginContext) -> Tensor:
-        return nontarget_lse(self.plan, features, ctx)
+        """(B,) log-sum-exp of the non-target logits over the plan's classes; differentiable, O(B D) memory."""
+        names, tensors = context_tensors(ctx)
+        params = other_parameters(self.plan.loss)
+        return _NonTargetLSE.apply(self.plan, ctx, names, features, self.plan.loss.weight, *tensors, *params)
 
 
 class ChunkedHead(nn.Module):
