@@ -4,6 +4,7 @@ source's non-target log-sum-exp giving the dense loss (the last step the chunked
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -71,6 +72,14 @@ def test_centres_are_built_after_the_subclass_constructor_and_stay_the_first_par
     softmax = losses.create("softmax", embedding_size=4, num_classes=5)
     assert [name for name, _ in softmax.named_parameters()] == ["weight", "bias"]
     assert copy.deepcopy(softmax).weight.shape == (5, 4)
+
+
+def test_a_loss_class_keeps_its_constructor_signature():
+    """The post-init step must not hide the constructor's parameters (the registry and CLI read them)."""
+    assert list(inspect.signature(FieldShaped).parameters) == ["embedding_size", "num_classes", "k"]
+    init = list(inspect.signature(ArcFaceLoss.__init__).parameters)
+    assert list(inspect.signature(ArcFaceLoss).parameters) == init[1:]
+    assert losses.parameters("subcenter_arcface")["k"] == 3
 
 
 @pytest.mark.parametrize("case", [c for c in all_cases() if build(*c).objective == "softmax"], ids=case_id)

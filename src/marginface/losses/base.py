@@ -26,6 +26,7 @@ cos = +-1 stay finite) and the true gradient of every margin function is used (n
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -127,6 +128,13 @@ class _CentresAfterInit(type(nn.Module)):
         loss = super().__call__(*args, **kwargs)
         loss.build_centres()
         return loss
+
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        """The constructor's parameters (``inspect.signature`` of the class would otherwise report this
+        ``__call__``'s ``*args, **kwargs``; the registry reads loss parameters from it)."""
+        signature = inspect.signature(cls.__init__)
+        return signature.replace(parameters=list(signature.parameters.values())[1:])  # without self
 
 
 class MarginLoss(nn.Module, metaclass=_CentresAfterInit):
