@@ -1,7 +1,7 @@
 """What a margin does to the logits, computed by the losses themselves (no re-typed formula).
 
 Every number here comes from :func:`logits_from_cosines`, which runs a loss's own element-wise pipeline
-(``make_context`` -> ``target_logit`` / ``nontarget_logits``, see ``marginface.losses.base``) on cosines that
+(``run_pipeline`` with the cosines as a ``DenseSimilarity``, see ``marginface.losses.base``) on cosines that
 we choose, instead of on cosines computed from embeddings and centres. Because the margin is element-wise,
 these are exactly the logits ``loss.logits`` gives for any embeddings and centres with those cosines (the
 tests check it against ``loss.logits`` on constructed unit vectors).
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from marginface import losses
-from marginface.losses.base import MarginLoss
+from marginface.losses.base import DenseSimilarity, MarginLoss
 
 #: The loss set of the ArcFace paper's Fig. 5(a): (registry name, parameters). SphereFace's lambda is held at
 #: its floor lambda_min = 5 (lambda_base 0), as in that figure; scales are irrelevant once divided out.
@@ -88,13 +88,9 @@ def logits_from_cosines(loss: MarginLoss, cosines: Tensor, labels: Tensor, norm:
     labels = labels.long()
     embeddings = torch.zeros(cosines.shape[0], loss.embedding_size, dtype=cosines.dtype)
     embeddings[:, 0] = norm
-    target = cosines.gather(1, labels[:, None]).squeeze(1)
-    statistic = None
-    if loss.needs_class_statistic:
-        statistic = loss.class_statistic(cosines, F.one_hot(labels, cosines.shape[1]).bool())
-    ctx = loss.make_context(embeddings, labels, target, statistic)
-    out = loss.nontarget_logits(cosines, ctx)
-    return out.scatter(1, labels[:, None], ctx.target_logit[:, None].to(out.dtype))
+    source = DenseSimilarity(loss, labels, similarity=cosines)
+    _, ctx = loss.run_pipeline(embeddings, labels, source)
+    return source.logits(ctx)
 
 
 def _pair_cosines(cos_target: Tensor, cos_other: Tensor) -> Tensor:

@@ -14,7 +14,8 @@ and autograd keeps several. Here the classes are visited one chunk of ``chunk_si
   accumulated chunk by chunk.
 
 The target similarity is ``diag(loss.similarity(features, weight[labels], labels))`` — the same function the
-chunks use, on the B target rows only — gathered through :func:`gather_rows`, whose gradient is added into
+chunks use, on the B target rows only (:class:`ChunkedSource`, the heads' source for the pipeline driver
+``MarginLoss.run_pipeline``) — gathered through :func:`gather_rows`, whose gradient is added into
 the chunk backward's weight-gradient buffer (:class:`GradSink`) or returned as B sparse rows, so no second
 dense (C, D) gradient is ever created.
 
@@ -143,17 +144,6 @@ class _GatherRows(torch.autograd.Function):
 def gather_rows(weight: Tensor, index: Tensor, sink: GradSink | None = None) -> Tensor:
     """(n, ...) rows ``weight[index]``; their gradient reaches ``weight`` sparse, or through ``sink``."""
     return _GatherRows.apply(weight, index, sink)
-
-
-def target_similarity(loss: MarginLoss, feats: Tensor, labels: Tensor,
-                      sink: GradSink | None = None) -> Tensor:
-    """(B,) the loss's similarity of each sample with its own class, from B target rows only.
-
-    ``labels`` index ``loss.weight`` (local labels for a shard). A (B, B) similarity is computed and its
-    diagonal kept: B^2 D flops, negligible next to B C D, and it is the very function the chunks apply.
-    """
-    rows = gather_rows(loss.weight, labels, sink)
-    return loss.similarity(feats, rows, labels).diagonal()
 
 
 @dataclasses.dataclass
@@ -379,49 +369,41 @@ class _FusedChunks:
         self.update.awaiting_targets = True
 
 
-def nontarget_lse(plan: ChunkPlan, feats: Tensor, ctx: MarginContext) -> Tensor:
-    """(B,) log-sum-exp of the non-target logits over the plan's classes; differentiable, O(B D) memory."""
-    names, tensors = context_tensors(ctx)
-    params = other_parameters(plan.loss)
-    return _NonTargetLSE.apply(plan, ctx, names, feats, plan.loss.weight, *tensors, *params)
+@dataclasses.dataclass
+class ChunkedSource:
+    """The chunked heads' :class:`~marginface.losses.base.SimilaritySource` over ``plan``'s classes.
 
-
-@torch.no_grad()
-def class_statistic(plan: ChunkPlan, feats: Tensor) -> Tensor:
-    """(B,) the loss's ``class_statistic`` summed chunk by chunk over the plan's classes (no gradient)."""
-    total = torch.zeros(feats.shape[0], dtype=feats.dtype, device=feats.device)
-    for a, b, classes in plan.chunks():
-        sim = plan.loss.similarity(feats, plan.rows(plan.loss.weight, a, b, classes), classes)
-        mask = torch.zeros_like(sim, dtype=torch.bool)
-        samples, cols = plan.target_cells(a, b)
-        mask[samples, cols] = True
-        total += plan.loss.class_statistic(sim, mask)
-    return total
-
-
-def cross_entropy_from_lse(lse_nt: Tensor, ctx: MarginContext, loss: MarginLoss) -> Tensor:
-    """Mean over the batch of ``logaddexp(lse_nt, t) - t (+ regulariser)``: the dense cross-entropy, with the loss's
-    ``probability_transform`` applied to the per-sample cross-entropy as on the dense path (required, so no head
-    can skip it)."""
-    per_sample = loss.probability_transform(torch.logaddexp(lse_nt, ctx.target_logit) - ctx.target_logit, ctx)
-    if ctx.regularizer is not None:
-        per_sample = per_sample + ctx.regularizer
-    return per_sample.mean()
-
-
-def chunked_loss(loss: MarginLoss, embeddings: Tensor, labels: Tensor, plan: ChunkPlan,
-                 target_labels: Tensor) -> Tensor:
-    """The mean margin cross-entropy over the plan's classes, single process.
-
-    ``target_labels`` (B,) index ``loss.weight`` (the class rows of the targets); ``plan.positions`` locate
-    them within the plan. Runs in float32 (float64 for float64 input) with autocast disabled.
+    ``target_rows`` (B,) index ``loss.weight`` (local rows for a shard): the rows of each sample's target.
     """
-    with autocast_disabled(embeddings.device.type):
-        feats = loss.features(embeddings)
-        target_sim = target_similarity(loss, feats, target_labels, plan.sink)
-        statistic = class_statistic(plan, feats) if loss.needs_class_statistic else None
-        ctx = loss.make_context(embeddings, labels, target_sim, statistic)
-        return cross_entropy_from_lse(nontarget_lse(plan, feats, ctx), ctx, loss)
+
+    plan: ChunkPlan
+    target_rows: Tensor
+
+    def target_similarity(self, features: Tensor) -> Tensor:
+        """(B,) from the B target rows only: the diagonal of a (B, B) similarity (B^2 D flops, negligible next
+        to B C D, and the very function the chunks apply), gathered through the plan's :class:`GradSink`."""
+        loss = self.plan.loss
+        rows = gather_rows(loss.weight, self.target_rows, self.plan.sink)
+        return loss.similarity(features, rows, self.target_rows).diagonal()
+
+    @torch.no_grad()
+    def class_statistic(self, features: Tensor) -> Tensor:
+        """(B,) the loss's ``class_statistic`` summed chunk by chunk over the plan's classes (no gradient)."""
+        plan = self.plan
+        total = torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
+        for a, b, classes in plan.chunks():
+            sim = plan.loss.similarity(features, plan.rows(plan.loss.weight, a, b, classes), classes)
+            mask = torch.zeros_like(sim, dtype=torch.bool)
+            samples, cols = plan.target_cells(a, b)
+            mask[samples, cols] = True
+            total += plan.loss.class_statistic(sim, mask)
+        return total
+
+    def nontarget_lse(self, features: Tensor, ctx: MarginContext) -> Tensor:
+        """(B,) log-sum-exp of the non-target logits over the plan's classes; differentiable, O(B D) memory."""
+        names, tensors = context_tensors(ctx)
+        params = other_parameters(self.plan.loss)
+        return _NonTargetLSE.apply(self.plan, ctx, names, features, self.plan.loss.weight, *tensors, *params)
 
 
 class ChunkedHead(nn.Module):
@@ -457,7 +439,7 @@ class ChunkedHead(nn.Module):
         labels = labels.long()
         plan = ChunkPlan(self.loss, positions=labels, chunk_size=self.chunk_size,
                          fused=active_update(self._fused, self.loss))
-        return chunked_loss(self.loss, embeddings, labels, plan, labels)
+        return self.loss.loss_from_source(embeddings, labels, ChunkedSource(plan, labels))
 
     def extra_repr(self) -> str:
         return f"chunk_size={self.chunk_size}" + (", fused_optimizer=True" if self._fused is not None else "")

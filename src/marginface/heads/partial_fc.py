@@ -21,12 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from marginface.heads.chunked import (
-    ChunkPlan,
-    check_chunk_size,
-    check_softmax_objective,
-    chunked_loss,
-)
+from marginface.heads.chunked import ChunkedSource, ChunkPlan, check_chunk_size, check_softmax_objective
 from marginface.losses.base import MarginLoss
 
 
@@ -103,7 +98,7 @@ class PartialFCHead(nn.Module):
         positions = torch.searchsorted(index, labels)
         plan = ChunkPlan(self.loss, positions=positions, chunk_size=self.chunk_size, index=index,
                          sparse_grad=self.sparse_grad)
-        return chunked_loss(self.loss, embeddings, labels, plan, labels)
+        return self.loss.loss_from_source(embeddings, labels, ChunkedSource(plan, labels))
 
     def extra_repr(self) -> str:
         return f"sample_rate={self.sample_rate}, num_sample={self.num_sample}, chunk_size={self.chunk_size}"

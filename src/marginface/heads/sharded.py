@@ -30,20 +30,17 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from marginface.heads.chunked import (
+    ChunkedSource,
     ChunkPlan,
     active_update,
     check_chunk_size,
     check_softmax_objective,
-    class_statistic,
     context_tensors,
-    cross_entropy_from_lse,
-    nontarget_lse,
     rebuild_context,
-    target_similarity,
 )
 from marginface.heads.fused_update import FusedRowUpdate
 from marginface.heads.partial_fc import check_sample_rate, sample_classes
-from marginface.losses.base import MarginContext, MarginLoss, autocast_disabled
+from marginface.losses.base import MarginContext, MarginLoss
 
 
 def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -246,23 +243,40 @@ class ShardedHead(nn.Module):
         _check_equal_batches(embeddings.shape[0], embeddings.device, group)
         labels_all = _gather_labels(labels.long(), group)
         plan, owned, local = self._plan(labels_all, rank, start, end)
-        with autocast_disabled(embeddings.device.type):
-            emb_all = _AllGather.apply(embeddings, group)
-            feats = self.loss.features(emb_all)
-            (feats_part,) = _SumGradients.apply(group, feats)
-            owned_sim = target_similarity(self.loss, feats_part, local, plan.sink)
-            owned_sim = torch.where(owned, owned_sim, torch.zeros_like(owned_sim))
-            target_sim = _AllReduceSum.apply(owned_sim, group)
-            statistic = None
-            if self.loss.needs_class_statistic:
-                statistic = class_statistic(plan, feats)
-                dist.all_reduce(statistic, group=group)
-            ctx = self.loss.make_context(emb_all, labels_all, target_sim, statistic)
-            lse_local = nontarget_lse(plan, feats_part, _partial_context(ctx, group))
-            return cross_entropy_from_lse(_global_lse(lse_local, group), ctx, self.loss)
+        emb_all = _AllGather.apply(embeddings, group)
+        return self.loss.loss_from_source(emb_all, labels_all, _ShardSource(plan, local, owned, group))
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, sample_rate={self.sample_rate}, chunk_size={self.chunk_size}"
+
+
+class _ShardSource(ChunkedSource):
+    """The sharded head's source: this rank's chunks, with the per-rank pieces summed over ranks.
+
+    ``target_rows`` (N,) local rows of the owned targets (0 elsewhere), ``owned`` (N,) bool. The features
+    reach the per-rank pieces (owned target rows, chunks) through one gradient all-reduce, made at
+    ``target_similarity`` (the driver's first call) and reused by ``nontarget_lse``.
+    """
+
+    def __init__(self, plan: ChunkPlan, target_rows: Tensor, owned: Tensor, group) -> None:
+        super().__init__(plan, target_rows)
+        self.owned, self.group = owned, group
+        self.features_part: Tensor | None = None
+
+    def target_similarity(self, features: Tensor) -> Tensor:
+        (self.features_part,) = _SumGradients.apply(self.group, features)
+        owned_sim = super().target_similarity(self.features_part)
+        owned_sim = torch.where(self.owned, owned_sim, torch.zeros_like(owned_sim))
+        return _AllReduceSum.apply(owned_sim, self.group)
+
+    def class_statistic(self, features: Tensor) -> Tensor:
+        statistic = super().class_statistic(features)
+        dist.all_reduce(statistic, group=self.group)
+        return statistic
+
+    def nontarget_lse(self, features: Tensor, ctx: MarginContext) -> Tensor:
+        lse_local = super().nontarget_lse(self.features_part, _partial_context(ctx, self.group))
+        return _global_lse(lse_local, self.group)
 
 
 def _partial_context(ctx: MarginContext, group) -> MarginContext:

@@ -70,12 +70,11 @@ class AdaCosLoss(MarginLoss):
         new_scale = torch.log(b_avg) / torch.cos(torch.clamp(theta_med, max=math.pi / 4))
         self.adaptive_scale.copy_(new_scale.clamp(min=MIN_SCALE))
 
-    def make_context(self, embeddings, labels, target_similarity, class_statistic=None) -> MarginContext:
-        if self.training and self.dynamic:
-            if class_statistic is None:
+    def update_state(self, ctx: MarginContext) -> None:
+        if self.dynamic:
+            if ctx.class_statistic is None:
                 raise ValueError("dynamic AdaCos needs class_statistic (the summed exp(s cos) of the non-targets)")
-            self.update_scale(target_similarity, class_statistic)
-        return super().make_context(embeddings, labels, target_similarity, class_statistic)
+            self.update_scale(ctx.target_similarity, ctx.class_statistic)
 
     def target_transform(self, cos: Tensor, ctx: MarginContext) -> Tensor:
         return self.adaptive_scale.to(cos.dtype) * cos

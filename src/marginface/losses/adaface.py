@@ -99,11 +99,8 @@ class AdaFaceLoss(MarginLoss):
         mean, std = self.batch_mean.to(z.dtype), self.batch_std.to(z.dtype)
         return torch.clamp(self.h * (z - mean) / (std + STD_EPS), -1.0, 1.0)
 
-    def make_context(self, embeddings, labels, target_similarity, class_statistic=None) -> MarginContext:
-        norms = embeddings.to(target_similarity.dtype).norm(dim=1)
-        if self.training:
-            self.update_statistics(norms)
-        return super().make_context(embeddings, labels, target_similarity, class_statistic)
+    def update_state(self, ctx: MarginContext) -> None:
+        self.update_statistics(ctx.norms)
 
     def target_transform(self, cos: Tensor, ctx: MarginContext) -> Tensor:
         z_hat = self.margin_scaler(ctx.norms)

@@ -1,20 +1,23 @@
-"""The shared pipeline of every margin loss.
+"""The shared pipeline of every margin loss, and the one driver every head runs it through.
 
-A margin loss turns embeddings ``x`` (B, D) and labels ``y`` (B,) into logits (B, C) in three element-wise
-steps, which is what lets a chunked or sharded head (``marginface.heads``) apply any loss to any slice of
-classes without ever seeing all of them:
+A margin loss turns embeddings ``x`` (B, D) and labels ``y`` (B,) into logits (B, C) in element-wise steps,
+which is what lets a chunked or sharded head (``marginface.heads``) apply any loss to any slice of classes
+without ever seeing all of them. :meth:`MarginLoss.run_pipeline` is the driver; a head supplies only a
+:class:`SimilaritySource` (how it gets the target similarities, the class statistic and the non-target
+log-sum-exp):
 
-1. ``similarity(features, rows)``: the cosine (or, for plain softmax, the linear score) of every sample with
-   a slice of class centres, float32, (B, c). ``target_similarity`` gives the same for each sample's own class.
-2. ``make_context(embeddings, labels, target_similarity)``: per-sample quantities (feature norm, target
-   cosine, the margined target logit ...). Losses with running statistics update them here, once per call in
-   training mode, *before* they are used (CurricularFace's t, AdaFace's norm EMA, SphereFace's lambda step).
-3. ``nontarget_logits(similarity, ctx)`` (B, c) and ``ctx.target_logit`` (B,): scaled logits for the other
-   classes and for the target class. The dense logits are the non-target transform everywhere with the target
-   column replaced by ``ctx.target_logit``.
-
-The loss is ``cross_entropy(logits, y) + ctx.regularizer`` (mean over the batch); losses that are not a
-softmax cross-entropy (SphereFace2) override ``loss_from_logits``.
+1. ``features(embeddings)`` (B, D); ``source.target_similarity(features)`` (B,) the cosine (for plain softmax,
+   the linear score) of each sample with its own class, from the loss's ``similarity``.
+2. ``source.class_statistic(features)`` (B,), summed over every class, only when ``needs_class_statistic``.
+3. ``make_context``: the per-sample context, built by the loss's hooks in this order, each called once:
+   ``update_state(ctx)`` (training mode only: running statistics move *before* they are used) ->
+   ``add_extras(ctx)`` (the per-sample tensors the transforms read, the regulariser) ->
+   ``target_transform(cos, ctx)`` (the target logit ``ctx.target_logit``).
+4. ``nontarget_logits(similarity, ctx)`` (B, c) for any slice of classes; ``source.nontarget_lse`` reduces them
+   over every class but the target, and the loss is ``loss_from_lse``. The dense path has every logit, so
+   there the non-target logits with the target column replaced by ``ctx.target_logit`` are the (B, C) logits
+   and the loss is ``loss_from_logits`` (which losses that are not a softmax cross-entropy, SphereFace2,
+   override).
 
 Numerics: everything after the backbone runs in float32, with autocast disabled, whatever the input dtype.
 Angles are taken from cosines clamped to [-1, 1]; ``sqrt(1 - cos^2)`` is clamped away from 0 (so gradients at
@@ -23,8 +26,10 @@ cos = +-1 stay finite) and the true gradient of every margin function is used (n
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +51,26 @@ class MarginContext:
     extras: dict[str, Tensor] = field(default_factory=dict)
     # Per-sample term added to the cross-entropy (MagFace's magnitude regulariser), or None.
     regularizer: Tensor | None = None
+    # The summed ``class_statistic`` over every class when the loss ``needs_class_statistic`` (no gradient).
+    class_statistic: Tensor | None = None
+
+
+class SimilaritySource(Protocol):
+    """What a head supplies to :meth:`MarginLoss.run_pipeline`: the all-class quantities of one forward.
+
+    A source is built for one forward; the driver calls ``target_similarity`` first, then ``class_statistic``
+    (only when the loss ``needs_class_statistic``), then the head calls ``nontarget_lse`` (or, dense, reads
+    the logits). ``features`` (B, D) are the loss's ``features`` of the embeddings.
+    """
+
+    def target_similarity(self, features: Tensor) -> Tensor:
+        """(B,) the loss's ``similarity`` of each sample with its own class."""
+
+    def class_statistic(self, features: Tensor) -> Tensor:
+        """(B,) the loss's ``class_statistic`` summed over every class (no gradient)."""
+
+    def nontarget_lse(self, features: Tensor, ctx: MarginContext) -> Tensor:
+        """(B,) the log-sum-exp of ``nontarget_logits`` over every class but each sample's target."""
 
 
 def autocast_disabled(device_type: str) -> torch.autocast:
@@ -92,11 +117,33 @@ def arc_margin(cos: Tensor, margin: Tensor | float) -> Tensor:
     return torch.where(past_pi, cos - margin * sin_m, shifted)
 
 
-class MarginLoss(nn.Module):
+class _CentresAfterInit(type(nn.Module)):
+    """Builds a loss's centres once its outermost ``__init__`` has returned (a post-init step).
+
+    ``weight_shape`` and ``reset_parameters`` may then read every field a subclass sets in its own constructor
+    (sub-centre ArcFace's k, SphereFace2's bias), in the usual order: ``super().__init__`` first.
+    """
+
+    def __call__(cls, *args, **kwargs):
+        loss = super().__call__(*args, **kwargs)
+        loss.build_centres()
+        return loss
+
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        """The constructor's parameters (``inspect.signature`` of the class would otherwise report this
+        ``__call__``'s ``*args, **kwargs``; the registry reads loss parameters from it)."""
+        signature = inspect.signature(cls.__init__)
+        return signature.replace(parameters=list(signature.parameters.values())[1:])  # without self
+
+
+class MarginLoss(nn.Module, metaclass=_CentresAfterInit):
     """Base class: owns the class centres ``weight`` (num_classes, embedding_size) and the shared pipeline.
 
-    Subclasses implement ``target_transform`` (and, when non-targets are modulated, ``nontarget_logits``).
+    Subclasses implement ``target_transform`` (and, when non-targets are modulated, ``nontarget_logits``), and
+    the context hooks ``update_state`` / ``add_extras`` when they keep running state or per-sample extras.
     ``scale`` is the logit scale s; subclasses without a fixed scale document what ``scale`` means.
+    ``weight`` is created and initialised after the subclass constructor (:meth:`build_centres`).
     """
 
     #: whether ``logits`` has a cross-entropy meaning (heads rely on it); SphereFace2 is one-vs-all.
@@ -117,10 +164,15 @@ class MarginLoss(nn.Module):
         self.embedding_size = embedding_size
         self.num_classes = num_classes
         self.scale = float(scale)
+        # Registered now so that ``weight`` stays the first parameter (optimizer and checkpoint order).
+        self.register_parameter("weight", None)
+
+    # ------------------------------------------------------------------ construction
+    def build_centres(self) -> None:
+        """Create ``weight`` of ``weight_shape()`` and ``reset_parameters``; called after the constructor."""
         self.weight = nn.Parameter(torch.empty(self.weight_shape()))
         self.reset_parameters()
 
-    # ------------------------------------------------------------------ construction
     def weight_shape(self) -> tuple[int, ...]:
         """Shape of the class centres; dimension 0 is always the class (heads slice it)."""
         return (self.num_classes, self.embedding_size)
@@ -212,16 +264,29 @@ class MarginLoss(nn.Module):
     def make_context(
         self, embeddings: Tensor, labels: Tensor, target_similarity: Tensor, class_statistic: Tensor | None = None
     ) -> MarginContext:
-        """Per-sample quantities; stateful losses update their running statistics here (training mode only).
+        """Per-sample quantities, built by the hooks in their fixed order (each called once per forward):
+        ``update_state`` (training mode only) -> ``add_extras`` -> ``target_transform``.
 
         ``embeddings`` (B, D) as given to the loss; ``target_similarity`` (B,) from ``similarity``;
         ``class_statistic`` (B,) the summed ``class_statistic`` when ``needs_class_statistic``.
         """
         norms = embeddings.to(target_similarity.dtype).norm(dim=1)
         ctx = MarginContext(labels=labels, norms=norms, target_similarity=target_similarity,
-                            target_logit=target_similarity)
+                            target_logit=target_similarity, class_statistic=class_statistic)
+        if self.training:
+            self.update_state(ctx)
+        self.add_extras(ctx)
         ctx.target_logit = self.target_transform(target_similarity, ctx)
         return ctx
+
+    def update_state(self, ctx: MarginContext) -> None:
+        """Advance the running state (buffers) from this batch, before anything reads it; training mode only.
+
+        ``ctx`` holds labels, norms, target_similarity and class_statistic; nothing here carries a gradient.
+        """
+
+    def add_extras(self, ctx: MarginContext) -> None:
+        """Fill ``ctx.extras`` (per-sample tensors the transforms read) and ``ctx.regularizer``; none by default."""
 
     def target_transform(self, cos: Tensor, ctx: MarginContext) -> Tensor:
         """(B,) the target-class logit from the target cosine: margin and scale applied."""
@@ -239,23 +304,49 @@ class MarginLoss(nn.Module):
         """
         return cross_entropy
 
+    # ------------------------------------------------------------------ the driver
+    def run_pipeline(
+        self, embeddings: Tensor, labels: Tensor, source: SimilaritySource
+    ) -> tuple[Tensor, MarginContext]:
+        """Steps 1-3 for every head: (features (B, D), context). ``labels`` (B,) long, already checked.
+
+        Call under ``autocast_disabled``; the head then reduces ``nontarget_logits`` with ``ctx``.
+        """
+        feats = self.features(embeddings)
+        target_sim = source.target_similarity(feats)
+        statistic = source.class_statistic(feats) if self.needs_class_statistic else None
+        return feats, self.make_context(embeddings, labels, target_sim, statistic)
+
+    def loss_from_source(self, embeddings: Tensor, labels: Tensor, source: SimilaritySource) -> Tensor:
+        """The mean loss of a head that never holds every logit (chunked, sampled, sharded): the driver, then
+        ``loss_from_lse`` of the source's non-target log-sum-exp. Float32 with autocast disabled."""
+        with autocast_disabled(embeddings.device.type):
+            feats, ctx = self.run_pipeline(embeddings, labels, source)
+            return self.loss_from_lse(source.nontarget_lse(feats, ctx), ctx)
+
+    def loss_from_lse(self, lse_nontarget: Tensor, ctx: MarginContext) -> Tensor:
+        """Mean loss from the non-target log-sum-exp (B,): the per-sample cross-entropy is
+        ``logaddexp(lse_nt, t) - t`` with t the target logit, as the dense one."""
+        target = ctx.target_logit
+        return self.mean_loss(torch.logaddexp(lse_nontarget, target) - target, ctx)
+
+    def mean_loss(self, cross_entropy: Tensor, ctx: MarginContext) -> Tensor:
+        """Mean over the batch of ``probability_transform`` of the per-sample cross-entropy (B,) plus the
+        regulariser: the last step of every head (required, so no head can skip the transform)."""
+        per_sample = self.probability_transform(cross_entropy, ctx)
+        if ctx.regularizer is not None:
+            per_sample = per_sample + ctx.regularizer
+        return per_sample.mean()
+
     # ------------------------------------------------------------------ dense path
     def dense(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, MarginContext]:
         """The (B, C) float32 logits and the per-sample context of one forward pass over all classes."""
         self.check_inputs(embeddings, labels)
         labels = labels.long()
+        source = DenseSimilarity(self, labels)
         with autocast_disabled(embeddings.device.type):
-            feats = self.features(embeddings)
-            sim = self.similarity(feats, self.weight)
-            target_sim = sim.gather(1, labels[:, None]).squeeze(1)
-            statistic = None
-            if self.needs_class_statistic:
-                target_mask = F.one_hot(labels, self.num_classes).bool()
-                statistic = self.class_statistic(sim, target_mask)
-            ctx = self.make_context(embeddings, labels, target_sim, statistic)
-            out = self.nontarget_logits(sim, ctx)
-            out = out.scatter(1, labels[:, None], ctx.target_logit[:, None].to(out.dtype))
-        return out, ctx
+            _, ctx = self.run_pipeline(embeddings, labels, source)
+            return source.logits(ctx), ctx
 
     def logits(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """(B, C) float32 logits, margin and scale applied; their cross-entropy with ``labels`` is the loss.
@@ -266,13 +357,41 @@ class MarginLoss(nn.Module):
 
     def loss_from_logits(self, logits: Tensor, ctx: MarginContext) -> Tensor:
         """Mean loss from dense logits (B, C); a softmax cross-entropy plus the context's regulariser."""
-        loss = self.probability_transform(F.cross_entropy(logits, ctx.labels, reduction="none"), ctx)
-        if ctx.regularizer is not None:
-            loss = loss + ctx.regularizer
-        return loss.mean()
+        return self.mean_loss(F.cross_entropy(logits, ctx.labels, reduction="none"), ctx)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """The mean loss (scalar, float32) of embeddings (B, D) with integer labels (B,)."""
         logits, ctx = self.dense(embeddings, labels)
         with autocast_disabled(embeddings.device.type):
             return self.loss_from_logits(logits, ctx)
+
+
+class DenseSimilarity:
+    """The dense head's source: the (B, C) similarity to every class at once (or given, ``similarity``).
+
+    ``labels`` (B,) long. The similarity is computed at ``target_similarity`` and kept for the other steps.
+    """
+
+    def __init__(self, loss: MarginLoss, labels: Tensor, similarity: Tensor | None = None) -> None:
+        self.loss, self.labels, self.similarity = loss, labels, similarity
+
+    def target_similarity(self, features: Tensor) -> Tensor:
+        if self.similarity is None:
+            self.similarity = self.loss.similarity(features, self.loss.weight)
+        return self.similarity.gather(1, self.labels[:, None]).squeeze(1)
+
+    def target_mask(self) -> Tensor:
+        """(B, C) bool, each sample's own class."""
+        return F.one_hot(self.labels, self.similarity.shape[1]).bool()
+
+    def class_statistic(self, features: Tensor) -> Tensor:
+        return self.loss.class_statistic(self.similarity, self.target_mask())
+
+    def nontarget_lse(self, features: Tensor, ctx: MarginContext) -> Tensor:
+        logits = self.loss.nontarget_logits(self.similarity, ctx)
+        return torch.logsumexp(logits.masked_fill(self.target_mask(), float("-inf")), dim=1)
+
+    def logits(self, ctx: MarginContext) -> Tensor:
+        """(B, C) the non-target logits with each target column replaced by ``ctx.target_logit``."""
+        out = self.loss.nontarget_logits(self.similarity, ctx)
+        return out.scatter(1, self.labels[:, None], ctx.target_logit[:, None].to(out.dtype))

@@ -35,14 +35,13 @@ class CurricularFaceLoss(MarginLoss):
         self.margin, self.momentum = float(margin), float(momentum)
         self.register_buffer("t", torch.zeros(()))
 
-    def make_context(self, embeddings, labels, target_similarity, class_statistic=None) -> MarginContext:
-        if self.training:
-            with torch.no_grad():
-                batch_mean = target_similarity.detach().mean().to(self.t.dtype)
-                self.t.copy_(self.momentum * batch_mean + (1.0 - self.momentum) * self.t)
-        ctx = super().make_context(embeddings, labels, target_similarity, class_statistic)
-        ctx.extras["hard_threshold"] = arc_margin(target_similarity, self.margin).detach()
-        return ctx
+    @torch.no_grad()
+    def update_state(self, ctx: MarginContext) -> None:
+        batch_mean = ctx.target_similarity.detach().mean().to(self.t.dtype)
+        self.t.copy_(self.momentum * batch_mean + (1.0 - self.momentum) * self.t)
+
+    def add_extras(self, ctx: MarginContext) -> None:
+        ctx.extras["hard_threshold"] = arc_margin(ctx.target_similarity, self.margin).detach()
 
     def target_transform(self, cos: Tensor, ctx: MarginContext) -> Tensor:
         return self.scale * arc_margin(cos, self.margin)

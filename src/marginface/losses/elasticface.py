@@ -59,21 +59,24 @@ class ElasticMarginLoss(MarginLoss):
         self.register_buffer("seed", torch.tensor(int(seed), dtype=torch.long))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
-    def sample_margins(self, batch_size: int, like: Tensor) -> Tensor:
-        """(B,) this step's margins: a fresh draw in training mode (advancing ``step``), the mean in eval mode."""
+    def current_margins(self, batch_size: int, like: Tensor) -> Tensor:
+        """(B,) the margins of the current ``step`` in training mode, the mean in eval mode (no state change)."""
         if not self.training:
             return torch.full((batch_size,), self.margin, dtype=like.dtype, device=like.device)
-        self.step += 1
         draws = margin_draws(int(self.seed), int(self.step), batch_size, self.margin, self.std)
         return draws.to(dtype=like.dtype, device=like.device)
 
-    def make_context(self, embeddings, labels, target_similarity, class_statistic=None) -> MarginContext:
-        norms = embeddings.to(target_similarity.dtype).norm(dim=1)
-        margins = self.sample_margins(labels.shape[0], target_similarity)
-        ctx = MarginContext(labels=labels, norms=norms, target_similarity=target_similarity,
-                            target_logit=target_similarity, extras={"margin": margins})
-        ctx.target_logit = self.target_transform(target_similarity, ctx)
-        return ctx
+    def sample_margins(self, batch_size: int, like: Tensor) -> Tensor:
+        """(B,) this step's margins: a fresh draw in training mode (advancing ``step``), the mean in eval mode."""
+        if self.training:
+            self.step += 1
+        return self.current_margins(batch_size, like)
+
+    def update_state(self, ctx: MarginContext) -> None:
+        self.step += 1  # one fresh draw per training step
+
+    def add_extras(self, ctx: MarginContext) -> None:
+        ctx.extras["margin"] = self.current_margins(ctx.labels.shape[0], ctx.target_similarity)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, std={self.std}"

@@ -62,10 +62,8 @@ class MagFaceLoss(MarginLoss):
         """(B,) lambda_g g(a) = lambda_g (1/a + a/u_a^2)."""
         return self.regularizer_weight * (1.0 / a + a / self.magnitude_max**2)
 
-    def make_context(self, embeddings, labels, target_similarity, class_statistic=None) -> MarginContext:
-        ctx = super().make_context(embeddings, labels, target_similarity, class_statistic)
+    def add_extras(self, ctx: MarginContext) -> None:
         ctx.regularizer = self.regularizer(self.magnitude(ctx.norms))
-        return ctx
 
     def target_transform(self, cos: Tensor, ctx: MarginContext) -> Tensor:
         margined = arc_margin(cos, self.adaptive_margin(self.magnitude(ctx.norms)))

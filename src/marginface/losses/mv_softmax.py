@@ -40,10 +40,8 @@ class MVSoftmaxLoss(MarginLoss):
     def margined_cos(self, cos: Tensor) -> Tensor:
         return cos - self.margin if self.base == "am" else arc_margin(cos, self.margin)
 
-    def make_context(self, embeddings, labels, target_similarity, class_statistic=None) -> MarginContext:
-        ctx = super().make_context(embeddings, labels, target_similarity, class_statistic)
-        ctx.extras["hard_threshold"] = self.margined_cos(target_similarity).detach()
-        return ctx
+    def add_extras(self, ctx: MarginContext) -> None:
+        ctx.extras["hard_threshold"] = self.margined_cos(ctx.target_similarity).detach()
 
     def target_transform(self, cos: Tensor, ctx: MarginContext) -> Tensor:
         margined = self.margined_cos(cos)

@@ -61,10 +61,8 @@ class SphereFaceLoss(MarginLoss):
             sign = 1.0 - 2.0 * torch.remainder(k, 2)
         return sign * chebyshev_cos_multiple(cos, self.margin) - 2.0 * k
 
-    def make_context(self, embeddings, labels, target_similarity, class_statistic=None) -> MarginContext:
-        if self.training:
-            self.step += 1
-        return super().make_context(embeddings, labels, target_similarity, class_statistic)
+    def update_state(self, ctx: MarginContext) -> None:
+        self.step += 1
 
     def target_transform(self, cos: Tensor, ctx: MarginContext) -> Tensor:
         lam = self.current_lambda()

@@ -66,6 +66,12 @@ def initial_bias(num_classes: int, positive_weight: float, scale: float, margin:
     return math.log(2.0 * z) - a_i - math.log(1.0 - z + root)
 
 
+def softplus(z: Tensor) -> Tensor:
+    """log(1 + e^z), exact to the dtype: torch returns z itself above ``threshold`` (default 20), which is exact in
+    float32 (e^-20 < 2^-24) but off by e^-20 ~ 2e-9 in float64, where e^-40 < 2^-53 is needed."""
+    return F.softplus(z, threshold=40.0 if z.dtype == torch.float64 else 20.0)
+
+
 @register("sphereface2")
 class SphereFace2Loss(MarginLoss):
     """One-vs-all binary loss. ``scale`` is r, ``margin`` m (cosine units for "C", radians for "A"),
@@ -93,14 +99,12 @@ class SphereFace2Loss(MarginLoss):
         self.magnitude_type, self.loss_weight = magnitude_type, float(loss_weight)
         self.detach_adjustment = bool(detach_adjustment)
         self.bias = nn.Parameter(torch.empty(()))
-        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        if "bias" in self._parameters:  # the base constructor calls this before the bias exists
-            with torch.no_grad():
-                self.bias.fill_(initial_bias(self.num_classes, self.positive_weight, self.scale, self.margin,
-                                             self.t, self.magnitude_type))
+        with torch.no_grad():
+            self.bias.fill_(initial_bias(self.num_classes, self.positive_weight, self.scale, self.margin,
+                                         self.t, self.magnitude_type))
 
     def _binary_logit(self, cos: Tensor, adjusted: Tensor) -> Tensor:
         if self.detach_adjustment:
@@ -124,8 +128,8 @@ class SphereFace2Loss(MarginLoss):
         ``target_mask`` (B, c) marks each sample's own class; the loss is ``loss_weight / r`` times the sum of
         these over all classes, averaged over the batch.
         """
-        positive = self.positive_weight * F.softplus(-logits)
-        negative = (1.0 - self.positive_weight) * F.softplus(logits)
+        positive = self.positive_weight * softplus(-logits)
+        negative = (1.0 - self.positive_weight) * softplus(logits)
         return torch.where(target_mask, positive, negative)
 
     def loss_from_logits(self, logits: Tensor, ctx: MarginContext) -> Tensor:

@@ -36,8 +36,8 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
     ) -> None:
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k (sub-centres per class) must be a positive int, got {k!r}")
-        self.k = k  # before the base constructor: it calls weight_shape()
         super().__init__(embedding_size, num_classes, scale=scale, margin=margin, easy_margin=easy_margin)
+        self.k = k
 
     def weight_shape(self) -> tuple[int, ...]:
         return (self.num_classes, self.k, self.embedding_size)
