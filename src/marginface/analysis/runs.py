@@ -40,6 +40,7 @@ def pick_steps(available: list[int], wanted: list[int] | None) -> list[int]:
 def load_run_model(run_dir: str | Path, step: int):
     """(backbone, loss, dataset) of checkpoint ``step`` of a run, on the CPU, in eval mode."""
     from marginface import backbones, losses
+    from marginface.training.checkpoint import load_model_tensors
     from marginface.training.config import config_from_dict
     from marginface.training.data import build_dataset
     from marginface.training.reshard import SavedStep
@@ -59,8 +60,7 @@ def load_run_model(run_dir: str | Path, step: int):
         raise ValueError(f"{run_dir}: no checkpoint at step {step}")
     # the whole centre matrix, however many shards the run saved it in (training/reshard.py)
     weights = SavedStep(run_dir, step).files_for(1, 0, dataset.num_classes, optimizer_ids={}).model
-    backbone.load_state_dict({k[9:]: v for k, v in weights.items() if k.startswith("backbone.")})
-    loss.load_state_dict({k[5:]: v for k, v in weights.items() if k.startswith("loss.")})
+    load_model_tensors(weights, backbone, loss)
     return backbone.eval(), loss.eval(), dataset
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 
@@ -132,22 +132,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return folder if (folder / "state.json").is_file() else None
 
 
-def load_checkpoint(folder: str | Path, backbone: nn.Module, loss: nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """Restore weights (and, with ``optimizer``, the optimizer and RNG states); returns ``state.json``.
-
-    One folder, as written; the trainer resumes through ``training/reshard.py``, which also reads runs whose
-    class centres were split over another number of processes."""
-    folder = Path(folder)
-    for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"checkpoint {folder} is incomplete: {name} is missing")
-    weights = load_file(str(folder / "model.safetensors"))
-    backbone.load_state_dict({k[9:]: v for k, v in weights.items() if k.startswith("backbone.")})
-    loss.load_state_dict({k[5:]: v for k, v in weights.items() if k.startswith("loss.")})
-    state = json.loads((folder / "state.json").read_text())
-    if optimizer is not None:
-        tensors = load_file(str(folder / "optimizer.safetensors"))
-        optimizer.load_state_dict(unflatten_optimizer(tensors, state["optimizer"]))
-        set_rng_state(tensors, state["rng"])
-    return state
+def load_model_tensors(weights: dict[str, torch.Tensor], backbone: nn.Module, loss: nn.Module | None) -> None:
+    """Load ``backbone.*`` / ``loss.*`` tensors (what :func:`model_tensors` gives) into the modules, strictly."""
+    backbone.load_state_dict({k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")})
+    if loss is not None:
+        loss.load_state_dict({k[len("loss."):]: v for k, v in weights.items() if k.startswith("loss.")})

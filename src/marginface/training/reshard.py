@@ -168,8 +168,7 @@ def load_for_process(saved: SavedStep, shards: int, shard: int, num_classes: int
     """Restore this process's backbone, loss rows, head sampler, optimizer and RNGs from ``saved`` (any layout);
     returns the state (``state.json`` of the re-cut shard)."""
     files = saved.files_for(shards, shard, num_classes, optimizer_ids)
-    backbone.load_state_dict({k[9:]: v for k, v in files.model.items() if k.startswith("backbone.")})
-    loss.load_state_dict({k[5:]: v for k, v in files.model.items() if k.startswith("loss.")})
+    ckpt.load_model_tensors(files.model, backbone, loss)
     optimizer.load_state_dict(ckpt.unflatten_optimizer(files.training, files.state["optimizer"]))
     ckpt.set_rng_state(files.training, files.state["rng"])
     head_tensors = {k[5:]: v for k, v in files.training.items() if k.startswith("head.")}

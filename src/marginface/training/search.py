@@ -329,8 +329,7 @@ def load_state(run_dir: Path, trainer, settings: SearchSettings) -> SearchState 
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    trainer.backbone.load_state_dict({k[len("backbone."):]: v for k, v in model.items() if k.startswith("backbone.")})
-    trainer.loss.load_state_dict({k[len("loss."):]: v for k, v in model.items() if k.startswith("loss.")})
+    ckpt.load_model_tensors(model, trainer.backbone, trainer.loss)
     optim = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
     trainer.optimizer.load_state_dict(ckpt.unflatten_optimizer(optim, json.loads(meta["optimizer"])))
     if tensors["search.mean"].numel() != identity_mean(settings).numel():

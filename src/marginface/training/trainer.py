@@ -36,6 +36,7 @@ from marginface.training.distributed import DistInfo, barrier, init_from_env, me
 from marginface.training.interrupt import StopRequest, ignore_stop_signals
 from marginface.training.pk_sampler import pk_batch_sampler
 from marginface.training.placement import ClassPlacement
+from marginface.training.reshard import SavedStep, load_for_process
 from marginface.training.run_checks import check_resume, record_start
 from marginface.training.run_report import banner, exclude_pause, validation_line
 from marginface.training.schedules import learning_rate
@@ -91,8 +92,9 @@ class Trainer:
         self.config = cfg = resolve_epochs(cfg, len(self.dataset))  # epochs -> steps, now that N is known
         self.facts = {"world_size": self.dist.world_size, "identities": self.dataset.num_classes,
                       "images": len(self.dataset)}
+        saved = SavedStep.newest(self.run_dir)  # what a resume continues (training/reshard.py); None: a new run
         self.config_changes = check_resume(self.run_dir, config_to_dict(cfg), self.facts, self.allow_schedule_change,
-                                           has_checkpoint=ckpt.latest_checkpoint(self.run_dir) is not None)
+                                           has_checkpoint=saved is not None)
         self.backbone = backbones.create(cfg.model.backbone, embedding_size=cfg.model.embedding_size,
                                          dropout=cfg.model.dropout, output=cfg.model.output,
                                          checkpointing=cfg.model.checkpointing, **cfg.model.params)
@@ -116,7 +118,7 @@ class Trainer:
             self.model.head.fuse_optimizer(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.theta_recorder = attach_theta_recorder(self)  # analysis.theta_every: a hook on the head's input
-        self._resume()
+        self._resume(saved)
         self.validation_sets = self._build_validation_sets()
         if self.dist.is_main:
             record_start(self.run_dir, config_to_dict(cfg), self.step, self.facts, self.config_changes)
@@ -145,12 +147,10 @@ class Trainer:
 
         return build_optimizer(self.model, self.config.optim)
 
-    def _resume(self) -> None:
-        """Continue from the newest step all shards of which were saved — under any placement of the classes:
-        ``training/reshard.py`` re-cuts the centres, their optimizer state and the samplers for this process."""
-        from marginface.training.reshard import SavedStep, load_for_process
-
-        saved = SavedStep.newest(self.run_dir)
+    def _resume(self, saved: SavedStep | None) -> None:
+        """Continue from ``saved``, the newest step all shards of which were saved — under any placement of the
+        classes: ``training/reshard.py`` re-cuts the centres, their optimizer state and the samplers for this
+        process."""
         self._check_same_step(saved)
         if saved is None:
             return
@@ -166,7 +166,7 @@ class Trainer:
             print(f"resharded step {saved.step}: class centres saved as {saved.shards} shard(s), now "
                   f"{placement.shards}")
 
-    def _check_same_step(self, saved) -> None:
+    def _check_same_step(self, saved: SavedStep | None) -> None:
         """Every process must resume the same step (rank folders on one shared filesystem)."""
         if not self.dist.enabled:
             return
