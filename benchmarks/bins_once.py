@@ -26,36 +26,16 @@ from marginface.evaluation import report, verification
 from marginface.evaluation.embed import embed_tensor, load_backbone
 
 
-def _from_card(checkpoint: str) -> torch.nn.Module:
-    """The backbone the checkpoint's model card names (registry name, embedding size, kwargs), weights loaded."""
-    from safetensors import safe_open
-
-    from marginface import backbones
-    from marginface.evaluation.embed import load_backbone_weights
-    from marginface.inference.card import CARD_KEY, ModelCard
-
-    with safe_open(checkpoint, "pt") as f:
-        text = (f.metadata() or {}).get(CARD_KEY)
-    if text is None:
-        raise SystemExit(f"{checkpoint} has no model card: pass --backbone and --embedding-size")
-    card = ModelCard.from_json(text, checkpoint)
-    print(f"model card: {card.backbone} D={card.embedding_size} {card.backbone_kwargs} loss={card.loss} "
-          f"data={card.training_data} validation={card.validation}")
-    model = backbones.create(card.backbone, embedding_size=card.embedding_size, **card.backbone_kwargs)
-    return load_backbone_weights(model, checkpoint)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--backbone", help="registry name; default: from the checkpoint's model card")
-    parser.add_argument("--embedding-size", type=int, default=512)
+    parser.add_argument("--embedding-size", type=int, help="default: from the checkpoint's model card, else 512")
     parser.add_argument("--bins", nargs="+", required=True)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args()
-    model = load_backbone(args.backbone, args.checkpoint, args.embedding_size) if args.backbone else _from_card(
-        args.checkpoint)
+    model = load_backbone(args.backbone, args.checkpoint, args.embedding_size)
     distinct: dict[bytes, int] = {}
     per_bin, tensors = [], []
     for path in args.bins:

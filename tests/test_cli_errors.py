@@ -96,3 +96,46 @@ def _message(function, *args) -> str:
     except ValueError as err:
         return str(err)
     raise AssertionError("no error")
+
+
+def test_eval_reads_the_backbone_from_the_model_card(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A newcomer's `marginface eval --checkpoint best.safetensors --bins lfw.bin` used to stop at 'give --checkpoint
+    and --backbone' although training writes the backbone into the file's card; a file without a card still
+    needs --backbone, and says so."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from marginface import backbones
+    from marginface.data.bins import write_verification_bin
+    from marginface.inference.card import ModelCard, tensors_sha256
+
+    torch.manual_seed(0)
+    model = backbones.create("mobilefacenet", embedding_size=16)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    card = ModelCard(backbone="mobilefacenet", embedding_size=16, weights_sha256=tensors_sha256(state))
+    save_file(state, str(tmp_path / "card.safetensors"), metadata=card.metadata())
+    save_file(state, str(tmp_path / "bare.safetensors"))
+    rng = np.random.default_rng(0)
+    images = []
+    for pixels in rng.integers(0, 256, (40, 112, 112, 3), dtype=np.uint8):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    write_verification_bin(tmp_path / "v.bin", images, np.arange(20) % 2 == 0)
+
+    def table(*model_args: str) -> str:
+        assert main(["eval", *model_args, "--bins", str(tmp_path / "v.bin"), "--roc", "", "--json"]) == 0
+        return capsys.readouterr().out
+
+    from_card = table("--checkpoint", str(tmp_path / "card.safetensors"))
+    given = table("--checkpoint", str(tmp_path / "bare.safetensors"), "--backbone", "mobilefacenet",
+                  "--embedding-size", "16")
+    assert from_card.replace("card", "bare") == given and '"accuracy"' in given
+    assert main(["eval", "--checkpoint", str(tmp_path / "bare.safetensors"), "--bins", str(tmp_path / "v.bin"),
+                 "--roc", ""]) == 2
+    err = capsys.readouterr().err
+    assert "bare.safetensors has no model card: pass --backbone (and --embedding-size, default 512)" in err

@@ -44,8 +44,10 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
         "precomputed embeddings (--embeddings, from any model) on a pairs.txt. See docs/evaluation.md.",
     )
     parser.add_argument("--checkpoint", help="safetensors backbone weights (keys unprefixed or 'backbone.')")
-    parser.add_argument("--backbone", help="backbone registry name, e.g. iresnet50")
-    parser.add_argument("--embedding-size", type=int, default=512, help="the checkpoint's embedding size")
+    parser.add_argument("--backbone", help="backbone registry name, e.g. iresnet50 (default: from the checkpoint's "
+                        "model card)")
+    parser.add_argument("--embedding-size", type=int, default=None,
+                        help="the checkpoint's embedding size (default: from its model card, else 512)")
     parser.add_argument("--bins", nargs="+", default=[], metavar="BIN", help="insightface .bin sets")
     parser.add_argument("--pairs", help="LFW-format pairs.txt (its 10 folds are used)")
     parser.add_argument("--images", help="aligned 112x112 faces for --pairs: <root>/<Name>/<Name>_NNNN.jpg "

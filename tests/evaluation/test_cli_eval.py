@@ -37,7 +37,7 @@ def test_eval_embeddings_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--pairs", "p.txt"], "give --checkpoint and --backbone"),
+        (["--pairs", "p.txt"], "give --checkpoint (or --embeddings"),
         (["--embeddings", "e.npz"], "--embeddings needs --pairs"),
         (["--checkpoint", "c.safetensors", "--backbone", "x", "--pairs", "p.txt"], "--pairs and --images"),
         (["--checkpoint", "c.safetensors", "--backbone", "x"], "nothing to evaluate"),

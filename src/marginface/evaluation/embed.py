@@ -177,21 +177,21 @@ def load_backbone_weights(model: nn.Module, checkpoint: str | Path) -> nn.Module
     return model
 
 
+def _card(path: Path):
+    """The model card of a safetensors file (:func:`marginface.inference.model.read_card`), None when it has none
+    or one that does not parse."""
+    from marginface.inference.model import read_card
+
+    try:
+        return read_card(path)
+    except ValueError:
+        return None
+
+
 def _card_hint(path: Path) -> str:
     """``' (its model card says: --backbone X --embedding-size D)'`` when the file carries a card."""
-    from safetensors import safe_open
-
-    from marginface.inference.card import CARD_KEY, ModelCard
-
-    with safe_open(str(path), framework="pt") as handle:
-        text = (handle.metadata() or {}).get(CARD_KEY)
-    if not text:
-        return ""
-    try:
-        card = ModelCard.from_json(text, str(path))
-    except ValueError:
-        return ""
-    return f" (its model card says: --backbone {card.backbone} --embedding-size {card.embedding_size})"
+    card = _card(path)
+    return "" if card is None else f" (its model card says: --backbone {card.backbone} --embedding-size {card.embedding_size})"
 
 
 def mismatch_summary(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> str:
@@ -215,9 +215,24 @@ def mismatch_summary(model: nn.Module, state: dict[str, torch.Tensor], path: Pat
     return f"checkpoint {path} does not fit this backbone: {'; '.join(facts)}.\nIt holds {fix}{_card_hint(path)}"
 
 
-def load_backbone(name: str, checkpoint: str | Path, embedding_size: int = 512) -> nn.Module:
-    """Build backbone ``name`` with :func:`marginface.backbones.create` and load ``checkpoint`` into it."""
-    from marginface import backbones
+def load_backbone(name: str | None, checkpoint: str | Path, embedding_size: int | None = None) -> nn.Module:
+    """Build the backbone and load ``checkpoint`` into it.
 
-    model = backbones.create(name, embedding_size=embedding_size)
+    ``name`` / ``embedding_size`` None: taken from the checkpoint's model card (training writes one into every
+    backbone file), with the card's backbone kwargs; a file without a card then needs ``name`` (the embedding
+    size defaults to 512). Given values win over the card (a wrong one fails with the card's values in the
+    message)."""
+    from marginface import backbones
+    from marginface.errors import UserError
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    card = _card(path) if path.suffix == ".safetensors" else None
+    if name is None and card is None:
+        raise UserError(f"checkpoint {path} has no model card: pass --backbone (and --embedding-size, default 512)")
+    kwargs = dict(card.backbone_kwargs) if card is not None and name in (None, card.backbone) else {}
+    name = name or card.backbone
+    size = embedding_size or (card.embedding_size if card is not None else 512)
+    model = backbones.create(name, embedding_size=size, **kwargs)
     return load_backbone_weights(model, checkpoint)

@@ -55,8 +55,8 @@ def evaluate_sets(args: argparse.Namespace) -> list:
 def _ijb_results(args: argparse.Namespace) -> list:
     if not args.ijb:
         return []
-    if not (args.checkpoint and args.backbone):
-        raise ValueError("--ijb needs --checkpoint and --backbone (the model that embeds the IJB crops)")
+    if not args.checkpoint:
+        raise ValueError("--ijb needs --checkpoint (the model that embeds the IJB crops)")
     from marginface.evaluation import ijb
     from marginface.evaluation.embed import load_backbone
 

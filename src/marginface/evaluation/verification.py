@@ -378,7 +378,7 @@ def plot_roc(results: Sequence[VerificationResult], path: str | Path) -> Path:
 
 
 def evaluate_cli_sets(
-    *, checkpoint: str | None, backbone: str | None, embedding_size: int = 512, bins: Sequence[str] = (),
+    *, checkpoint: str | None, backbone: str | None, embedding_size: int | None = None, bins: Sequence[str] = (),
     pairs: str | None = None, images: str | None = None, embeddings: str | None = None,
     metric: str = "cosine", batch_size: int = 128, flip: bool = True, device: str = "cpu", workers: int = 0,
     aligned: bool = False, center_crop: bool = False,
@@ -391,8 +391,8 @@ def evaluate_cli_sets(
             raise ValueError("--embeddings needs --pairs and takes no --checkpoint/--bins/--images "
                              "(the embeddings already come from a model)")
         return [evaluate_embeddings_file(embeddings, pairs, metric=metric)]
-    if not (checkpoint and backbone):
-        raise ValueError("give --checkpoint and --backbone (or --embeddings FILE --pairs pairs.txt)")
+    if not checkpoint:
+        raise ValueError("give --checkpoint (or --embeddings FILE --pairs pairs.txt)")
     if bool(pairs) != bool(images):
         raise ValueError("--pairs and --images go together (pairs.txt and its image root)")
     if not bins and not pairs:
