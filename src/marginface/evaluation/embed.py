@@ -191,7 +191,9 @@ def _card(path: Path):
 def _card_hint(path: Path) -> str:
     """``' (its model card says: --backbone X --embedding-size D)'`` when the file carries a card."""
     card = _card(path)
-    return "" if card is None else f" (its model card says: --backbone {card.backbone} --embedding-size {card.embedding_size})"
+    if card is None:
+        return ""
+    return f" (its model card says: --backbone {card.backbone} --embedding-size {card.embedding_size})"
 
 
 def mismatch_summary(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> str:
