@@ -4,8 +4,9 @@ A verification ``.bin`` stores both images of every pair, so an image used by k 
 14,000 stored, 5,901 distinct; CFP-FF shares its frontal images). This script decodes every ``.bin``
 (``data.bins.load_verification_bin``), embeds each distinct *encoded* image once (identical bytes decode to the
 identical tensor, so the embeddings are exactly those of ``marginface eval --bins``), then runs the same protocol
-(``verification.evaluate_interleaved``: flip TTA, cosine, 10 contiguous folds) and prints ``eval``'s table and
-the field's one-row table. Use it where CPU time is short; ``marginface eval`` gives the same numbers.
+(``verification.evaluate_interleaved``: flip TTA unless ``--no-flip``, cosine, 10 contiguous folds) and prints
+``eval``'s table and the field's one-row table. Use it where CPU time is short; ``marginface eval`` gives the
+same numbers.
 
     python benchmarks/bins_once.py --checkpoint best.safetensors --backbone mobilefacenet --embedding-size 128 \\
         --bins cfp_fp.bin cfp_ff.bin
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--bins", nargs="+", required=True)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--json", help="also write the results as JSON here")
+    parser.add_argument("--no-flip", action="store_true", help="no flip TTA (half the forwards)")
     args = parser.parse_args()
     model = load_backbone(args.backbone, args.checkpoint, args.embedding_size)
     distinct: dict[bytes, int] = {}
@@ -50,9 +52,10 @@ def main() -> None:
         per_bin.append((Path(path).stem, np.array(rows), issame))
     stored = sum(len(rows) for _, rows, _ in per_bin)
     start = time.perf_counter()
-    embeddings = embed_tensor(model, torch.stack(tensors), batch_size=args.batch_size)
+    embeddings = embed_tensor(model, torch.stack(tensors), batch_size=args.batch_size, flip=not args.no_flip)
     seconds = time.perf_counter() - start
-    print(f"embedded {len(tensors):,} distinct images (of {stored:,} stored) in {seconds:.0f} s, flip TTA")
+    flip = "off" if args.no_flip else "on"
+    print(f"embedded {len(tensors):,} distinct images (of {stored:,} stored) in {seconds:.0f} s, flip TTA {flip}")
     results = [verification.evaluate_interleaved(embeddings[rows], issame, 10, name) for name, rows, issame in per_bin]
     print(verification.format_table(results))
     print(report.standard_table(Path(args.checkpoint).stem, results, []))
