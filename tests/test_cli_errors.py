@@ -111,7 +111,7 @@ def test_eval_reads_the_backbone_from_the_model_card(tmp_path, capsys: pytest.Ca
 
     from marginface import backbones
     from marginface.data.bins import write_verification_bin
-    from marginface.inference.card import ModelCard, tensors_sha256
+    from marginface.inference.card import InputContract, ModelCard, tensors_sha256
 
     torch.manual_seed(0)
     model = backbones.create("mobilefacenet", embedding_size=16)
@@ -139,3 +139,9 @@ def test_eval_reads_the_backbone_from_the_model_card(tmp_path, capsys: pytest.Ca
                  "--roc", ""]) == 2
     err = capsys.readouterr().err
     assert "bare.safetensors has no model card: pass --backbone (and --embedding-size, default 512)" in err
+    bgr = ModelCard(backbone="mobilefacenet", embedding_size=16, weights_sha256=card.weights_sha256,
+                    input=InputContract(channel_order="BGR"))
+    save_file(state, str(tmp_path / "bgr.safetensors"), metadata=bgr.metadata())
+    assert main(["eval", "--checkpoint", str(tmp_path / "bgr.safetensors"), "--bins", str(tmp_path / "v.bin"),
+                 "--roc", ""]) == 2
+    assert "asks for another input" in capsys.readouterr().err

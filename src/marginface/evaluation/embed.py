@@ -226,6 +226,7 @@ def load_backbone(name: str | None, checkpoint: str | Path, embedding_size: int 
     message)."""
     from marginface import backbones
     from marginface.errors import UserError
+    from marginface.inference.card import InputContract
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -233,6 +234,10 @@ def load_backbone(name: str | None, checkpoint: str | Path, embedding_size: int 
     card = _card(path) if path.suffix == ".safetensors" else None
     if name is None and card is None:
         raise UserError(f"checkpoint {path} has no model card: pass --backbone (and --embedding-size, default 512)")
+    if card is not None and card.input != InputContract(flip_tta=card.input.flip_tta):
+        # eval feeds RGB 112x112 in [-1, 1]; another contract would give wrong numbers without a word
+        raise UserError(f"checkpoint {path}'s model card asks for another input ({card.input}) than eval feeds "
+                        "(112x112 RGB, (x - 127.5) / 127.5): evaluate it through marginface.inference.FaceRecognizer")
     kwargs = dict(card.backbone_kwargs) if card is not None and name in (None, card.backbone) else {}
     name = name or card.backbone
     size = embedding_size or (card.embedding_size if card is not None else 512)
