@@ -145,3 +145,27 @@ def test_eval_reads_the_backbone_from_the_model_card(tmp_path, capsys: pytest.Ca
     assert main(["eval", "--checkpoint", str(tmp_path / "bgr.safetensors"), "--bins", str(tmp_path / "v.bin"),
                  "--roc", ""]) == 2
     assert "asks for another input" in capsys.readouterr().err
+
+
+def test_load_backbone_follows_the_cards_kwargs(tmp_path) -> None:
+    """A ViT trained with mask_ratio 0 has no mask_token: built with the default kwargs it would not load; built
+    from its card (backbone_kwargs) it does, and its weights are the saved ones."""
+    import torch
+    from safetensors.torch import save_file
+
+    from marginface import backbones
+    from marginface.evaluation.embed import load_backbone, load_backbone_weights
+    from marginface.inference.card import ModelCard, tensors_sha256
+
+    torch.manual_seed(0)
+    model = backbones.create("vit_t", embedding_size=16, mask_ratio=0.0)
+    state = {f"backbone.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    card = ModelCard(backbone="vit_t", embedding_size=16, backbone_kwargs={"mask_ratio": 0.0},
+                     weights_sha256=tensors_sha256(state))
+    save_file(state, str(tmp_path / "vit.safetensors"), metadata=card.metadata())
+    loaded = load_backbone(None, tmp_path / "vit.safetensors")
+    assert loaded.mask_token is None
+    assert all(torch.equal(v, state[f"backbone.{k}"]) for k, v in loaded.state_dict().items())
+    assert load_backbone("vit_t", tmp_path / "vit.safetensors").mask_token is None  # the card's kwargs, name given
+    with pytest.raises(ValueError, match="does not fit this backbone"):  # the default kwargs: a mask_token too many
+        load_backbone_weights(backbones.create("vit_t", embedding_size=16), tmp_path / "vit.safetensors")
