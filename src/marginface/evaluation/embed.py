@@ -220,10 +220,10 @@ def mismatch_summary(model: nn.Module, state: dict[str, torch.Tensor], path: Pat
 def load_backbone(name: str | None, checkpoint: str | Path, embedding_size: int | None = None) -> nn.Module:
     """Build the backbone and load ``checkpoint`` into it.
 
-    ``name`` / ``embedding_size`` None: taken from the checkpoint's model card (training writes one into every
-    backbone file), with the card's backbone kwargs; a file without a card then needs ``name`` (the embedding
-    size defaults to 512). Given values win over the card (a wrong one fails with the card's values in the
-    message)."""
+    ``name`` / ``embedding_size`` None or equal to the card's: the model the checkpoint's card describes, built by
+    :func:`marginface.inference.load_model` (kwargs, strict load, weights hash checked). A file without a card needs
+    ``name`` (the embedding size defaults to 512). Values other than the card's win over it (a wrong one fails with
+    the card's values in the message)."""
     from marginface import backbones
     from marginface.errors import UserError
     from marginface.inference.card import InputContract
@@ -232,14 +232,17 @@ def load_backbone(name: str | None, checkpoint: str | Path, embedding_size: int 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     card = _card(path) if path.suffix == ".safetensors" else None
-    if name is None and card is None:
-        raise UserError(f"checkpoint {path} has no model card: pass --backbone (and --embedding-size, default 512)")
-    if card is not None and card.input != InputContract(flip_tta=card.input.flip_tta):
+    if card is None:
+        if name is None:
+            raise UserError(f"checkpoint {path} has no model card: pass --backbone (and --embedding-size, default 512)")
+        return load_backbone_weights(backbones.create(name, embedding_size=embedding_size or 512), checkpoint)
+    if card.input != InputContract(flip_tta=card.input.flip_tta):
         # eval feeds RGB 112x112 in [-1, 1]; another contract would give wrong numbers without a word
         raise UserError(f"checkpoint {path}'s model card asks for another input ({card.input}) than eval feeds "
                         "(112x112 RGB, (x - 127.5) / 127.5): evaluate it through marginface.inference.FaceRecognizer")
-    kwargs = dict(card.backbone_kwargs) if card is not None and name in (None, card.backbone) else {}
-    name = name or card.backbone
-    size = embedding_size or (card.embedding_size if card is not None else 512)
-    model = backbones.create(name, embedding_size=size, **kwargs)
+    if name in (None, card.backbone) and embedding_size in (None, card.embedding_size):
+        from marginface.inference.model import load_model
+
+        return load_model(path).runner
+    model = backbones.create(name or card.backbone, embedding_size=embedding_size or card.embedding_size)
     return load_backbone_weights(model, checkpoint)
