@@ -1,15 +1,11 @@
-"""Evaluate a checkpoint on several ``.bin`` sets, embedding each distinct image once.
+"""Evaluate a checkpoint on several ``.bin`` sets, embedding each distinct image once, and time the embedding.
 
-A verification ``.bin`` stores both images of every pair, so an image used by k pairs is stored k times (CFP-FP:
-14,000 stored, 5,901 distinct; CFP-FF shares its frontal images). This script decodes every ``.bin``
-(``data.bins.load_verification_bin``), embeds each distinct *encoded* image once (identical bytes decode to the
-identical tensor, so the embeddings are exactly those of ``marginface eval --bins``), then runs the same protocol
-(``verification.evaluate_interleaved``: flip TTA unless ``--no-flip``, cosine, 10 contiguous folds) and prints
-``eval``'s table and the field's one-row table. Use it where CPU time is short; ``marginface eval`` gives the
-same numbers.
+``marginface eval --bins`` does the same since 2026-12-03 (``verification.evaluate_bins``: a ``.bin`` stores both
+images of every pair, so an image used by k pairs is stored k times — CFP-FP: 14,000 stored, 5,901 distinct;
+CFP-FF shares its frontal images); this script stays because docs/*.md ran their measurements with it, and it
+prints the embedding time and the per-fold accuracies, and writes the JSON to a file.
 
-    python benchmarks/bins_once.py --checkpoint best.safetensors --backbone mobilefacenet --embedding-size 128 \\
-        --bins cfp_fp.bin cfp_ff.bin
+    python benchmarks/bins_once.py --checkpoint best.safetensors --bins cfp_fp.bin cfp_ff.bin --no-flip
 """
 
 from __future__ import annotations
@@ -19,12 +15,8 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from marginface.data.bins import load_verification_bin, read_verification_bin
 from marginface.evaluation import report, verification
-from marginface.evaluation.embed import embed_tensor, load_backbone
+from marginface.evaluation.embed import load_backbone
 
 
 def main() -> None:
@@ -38,25 +30,10 @@ def main() -> None:
     parser.add_argument("--no-flip", action="store_true", help="no flip TTA (half the forwards)")
     args = parser.parse_args()
     model = load_backbone(args.backbone, args.checkpoint, args.embedding_size)
-    distinct: dict[bytes, int] = {}
-    per_bin, tensors = [], []
-    for path in args.bins:
-        encoded, issame = read_verification_bin(path)
-        images, _ = load_verification_bin(path)
-        rows = []
-        for k, data in enumerate(encoded):
-            if data not in distinct:
-                distinct[data] = len(distinct)
-                tensors.append(images[k])
-            rows.append(distinct[data])
-        per_bin.append((Path(path).stem, np.array(rows), issame))
-    stored = sum(len(rows) for _, rows, _ in per_bin)
     start = time.perf_counter()
-    embeddings = embed_tensor(model, torch.stack(tensors), batch_size=args.batch_size, flip=not args.no_flip)
-    seconds = time.perf_counter() - start
-    flip = "off" if args.no_flip else "on"
-    print(f"embedded {len(tensors):,} distinct images (of {stored:,} stored) in {seconds:.0f} s, flip TTA {flip}")
-    results = [verification.evaluate_interleaved(embeddings[rows], issame, 10, name) for name, rows, issame in per_bin]
+    results = verification.evaluate_bins(model, args.bins, batch_size=args.batch_size, flip=not args.no_flip)
+    print(f"decoded, embedded and evaluated {len(args.bins)} set(s) in {time.perf_counter() - start:.0f} s, "
+          f"flip TTA {'off' if args.no_flip else 'on'}")
     print(verification.format_table(results))
     print(report.standard_table(Path(args.checkpoint).stem, results, []))
     for r in results:

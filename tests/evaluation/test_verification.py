@@ -170,3 +170,40 @@ def test_table_and_plot(tmp_path: Path) -> None:
     assert "n/a" in table.splitlines()[2]  # FAR 1e-4 and 1e-6 are below 1/300
     png = verification.plot_roc([result], tmp_path / "roc.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = __import__("io").BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_evaluate_bins_embeds_each_distinct_image_once(tmp_path: Path) -> None:
+    """Two sets sharing images (as CFP-FF and CFP-FP share their frontal ones, and every set repeats images across
+    pairs): each set's result equals evaluate_bin's, and the model sees each distinct image once."""
+    bins = pytest.importorskip("marginface.data.bins")
+    rng = np.random.default_rng(1)
+    pool = [_png(np.clip(c + rng.normal(0, 3, (112, 112, 3)), 0, 255).astype(np.uint8))
+            for c in rng.integers(0, 256, (12, 3))]
+    issame = np.array([True, False] * 10)
+    pick_a = [(i % 12, i % 12 if s else (i + 5) % 12) for i, s in enumerate(issame)]
+    pick_b = [(i % 6, i % 6 if s else 6 + i % 6) for i, s in enumerate(issame)]
+    path_a = bins.write_verification_bin(tmp_path / "a.bin", [pool[k] for p in pick_a for k in p], issame)
+    path_b = bins.write_verification_bin(tmp_path / "b.bin", [pool[k] for p in pick_b for k in p], issame)
+
+    class Counting(MeanColour):
+        seen = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            Counting.seen += x.shape[0]
+            return super().forward(x)
+
+    model = Counting()
+    together = verification.evaluate_bins(model, [path_a, path_b], flip=False)
+    assert Counting.seen == 12  # 80 stored images, 12 distinct
+    for result, path in zip(together, (path_a, path_b), strict=True):
+        alone = verification.evaluate_bin(MeanColour(), path, flip=False)
+        assert result.name == alone.name
+        np.testing.assert_array_equal(result.accuracy.accuracies, alone.accuracy.accuracies)
+        np.testing.assert_array_equal(result.accuracy.thresholds, alone.accuracy.thresholds)
+        assert result.auc == alone.auc

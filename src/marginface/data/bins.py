@@ -141,16 +141,25 @@ def load_verification_bin(
     Images whose size differs from ``image_size`` are an error naming the image (verification sets are
     stored aligned; resizing silently would hide a wrong file).
     """
+    encoded, issame = read_verification_bin(path)
+    return decode_verification_images(encoded, path, range(len(encoded)), image_size, decoder), issame
+
+
+def decode_verification_images(
+    encoded: Sequence[bytes], path: str | Path, indices: Sequence[int], image_size: int = 112, decoder: str = "auto"
+) -> torch.Tensor:
+    """Decode ``encoded[i]`` for ``i`` in ``indices`` (images of the ``.bin`` at ``path``, named in errors) ->
+    ``(len(indices), 3, image_size, image_size)`` float32 in [-1, 1]."""
     from tqdm.auto import tqdm
 
     from marginface.data.decode import decode_image
     from marginface.data.folder import check_size
     from marginface.data.transforms import to_tensor
 
-    encoded, issame = read_verification_bin(path)
-    images = np.empty((len(encoded), 3, image_size, image_size), dtype=np.float32)
-    for i, data in enumerate(tqdm(encoded, desc=f"decoding {Path(path).name}", unit="img", leave=False)):
+    images = np.empty((len(indices), 3, image_size, image_size), dtype=np.float32)
+    for row, i in enumerate(tqdm(indices, desc=f"decoding {Path(path).name}", unit="img", leave=False)):
         source = f"image {i} of {path}"
         # filled through numpy: a per-row torch copy goes through the intra-op pool, slow on busy CPUs
-        images[i] = to_tensor(check_size(decode_image(data, source, decoder), source, image_size, False)).numpy()
-    return torch.from_numpy(images), issame
+        images[row] = to_tensor(check_size(decode_image(encoded[i], source, decoder), source, image_size,
+                                           False)).numpy()
+    return torch.from_numpy(images)
