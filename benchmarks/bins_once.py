@@ -1,8 +1,8 @@
 """Evaluate a checkpoint on several ``.bin`` sets, embedding each distinct image once, and time the embedding.
 
 ``marginface eval --bins`` does the same since 2026-12-03 (``verification.evaluate_bins``: a ``.bin`` stores both
-images of every pair, so an image used by k pairs is stored k times — CFP-FP: 14,000 stored, 5,901 distinct;
-CFP-FF shares its frontal images); this script stays because docs/*.md ran their measurements with it, and it
+images of every pair, so an image used by k pairs is stored k times — LFW + CFP-FP + CFP-FF: 40,000 stored,
+14,582 distinct); this script stays because docs/*.md ran their measurements with it, and it
 prints the embedding time and the per-fold accuracies, and writes the JSON to a file.
 
     python benchmarks/bins_once.py --checkpoint best.safetensors --bins cfp_fp.bin cfp_ff.bin --no-flip

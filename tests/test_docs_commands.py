@@ -12,7 +12,8 @@ import pytest
 from marginface.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "training.md", ROOT / "docs" / "evaluation.md", ROOT / "docs" / "data.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "training.md", ROOT / "docs" / "evaluation.md", ROOT / "docs" / "data.md",
+        ROOT / "docs" / "results.md"]
 CHEAP = {("configs",), ("losses",), ("losses", "--params"), ("train", "--list")}
 
 

@@ -257,6 +257,7 @@ from marginface.inference.commands import add_inference_commands  # noqa: E402 (
 from marginface.training.checkpoint_command import add_checkpoint  # noqa: E402 (light module: argparse only)
 from marginface.training.presets import add_configs  # noqa: E402 (light module: argparse, json, pathlib)
 from marginface.training.search_command import add_search  # noqa: E402 (light module: argparse only)
+from marginface.training.study_command import add_study  # noqa: E402 (light module: argparse, json, shlex)
 
 _PREPARE_KINDS.append(add_prepare_cfp)
 
@@ -271,6 +272,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_inference_commands,
     add_clean,
     add_search,
+    add_study,
     add_configs,
     add_checkpoint,
 ]

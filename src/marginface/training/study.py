@@ -1,0 +1,337 @@
+"""A study: training runs of one preset (arms x seeds), each evaluated once on fixed ``.bin`` sets; resumable.
+
+A study is what a loss comparison needs to be reproducible and honest: one committed spec, one command, every
+run's raw numbers in one CSV, the spread over seeds in the summary. The spec (YAML, e.g.
+``configs/study/celeba299_losses.yaml``)::
+
+    preset: configs/celeba299_mobilefacenet_arcface.yaml   # the base config of every run
+    overrides: [data.path=../cache/celeba112, "validation.bins=[]"]  # key=value, applied to every run
+    seeds: [0, 1, 2]
+    arms:                                                   # arm name -> its own key=value overrides
+      softmax: [loss.name=softmax]
+      arcface: [loss.name=arcface, "loss.params={scale: 16.0, margin: 0.5}"]
+    eval: {bins: [../cache/lfw.bin], flip: false}           # evaluated on the final checkpoint of each run
+    lanes: 2                                                # runs side by side, cpu_count // lanes threads each
+
+Each run is exactly ``marginface train --config PRESET OVERRIDES ARM_OVERRIDES seed=S output_dir=OUT/ARM_sS``
+(``--dry-run`` prints these commands), then ``marginface eval --checkpoint <final step> --bins ... --json``, both in
+child processes so that the lanes run in parallel with a fixed number of threads each. ``OUT/results.csv`` gets a
+row per evaluated run (written atomically). Rerunning the command skips runs that have their row, evaluates
+trained runs that lack it, and resumes half-trained ones from their last checkpoint (the trainer's own resume);
+a failed run is reported with its log and the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: results.csv columns before the per-set ones
+BASE_COLUMNS = ["arm", "seed", "steps", "train_wall_s", "eval_wall_s"]
+#: per verification set: 10-fold accuracy, its std over the folds, TAR at this FAR
+SET_FIELDS = ["acc", "acc_std", "tar"]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study's runs and evaluation (see the module docstring for the YAML form).
+
+    Attributes:
+        preset: base config of every run (a preset name or YAML path, as ``marginface train --config``).
+        arms: arm name -> that arm's ``key=value`` overrides (loss, its parameters, ...).
+        seeds: the seeds every arm is run with.
+        overrides: ``key=value`` overrides applied to every run (before the arm's).
+        bins: ``.bin`` verification sets evaluated on each run's final checkpoint.
+        flip: flip test-time augmentation in the evaluation.
+        far: the FAR at which TAR is reported.
+        lanes: runs trained side by side; each gets ``cpu_count // lanes`` intra-op threads.
+    """
+
+    preset: str
+    arms: dict[str, list[str]]
+    seeds: list[int]
+    overrides: list[str] = field(default_factory=list)
+    bins: list[str] = field(default_factory=list)
+    flip: bool = True
+    far: float = 1e-3
+    lanes: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.arms:
+            raise ValueError("the study has no arms: give arms: {name: [key=value, ...], ...}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
+        if not self.bins:
+            raise ValueError("the study evaluates nothing: give eval: {bins: [path.bin, ...]}")
+        if self.lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {self.lanes}")
+        for arm, values in self.arms.items():
+            if not arm or "/" in arm or arm.startswith("."):
+                raise ValueError(f"arm name {arm!r} must be a plain folder name")
+            for item in [*self.overrides, *values]:
+                if "=" not in str(item):
+                    raise ValueError(f"arm {arm}: override {item!r} is not key=value")
+        names = [Path(b).stem for b in self.bins]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two eval sets share a name: {names} (the results are keyed by file stem)")
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read a study spec; relative ``preset`` and ``bins`` paths are kept as written (resolved from the working
+    directory, as ``marginface train`` resolves a config's paths)."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a study spec is a mapping (preset, arms, seeds, eval, ...)")
+    known = {"preset", "arms", "seeds", "overrides", "eval", "lanes"}
+    if unknown := sorted(set(raw) - known):
+        raise ValueError(f"{path}: unknown key(s) {unknown}; a study spec has {sorted(known)}")
+    ev = raw.get("eval") or {}
+    arms = {str(k): [str(v) for v in (vals or [])] for k, vals in (raw.get("arms") or {}).items()}
+    return StudySpec(preset=str(raw["preset"]), arms=arms, seeds=[int(s) for s in raw.get("seeds", [0])],
+                     overrides=[str(v) for v in raw.get("overrides") or []], bins=[str(b) for b in ev.get("bins", [])],
+                     flip=bool(ev.get("flip", True)), far=float(ev.get("far", 1e-3)), lanes=int(raw.get("lanes", 1)))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the study."""
+
+    arm: str
+    seed: int
+    run_dir: Path
+    log: Path
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.arm, self.seed
+
+
+def plan(spec: StudySpec, out: str | Path) -> list[Run]:
+    """Every run, seed-major (all arms of seed 0 first), so that a half-done study has whole seeds to compare."""
+    out = Path(out)
+    return [Run(arm, seed, out / f"{arm}_s{seed}", out / "logs" / f"{arm}_s{seed}.log")
+            for seed in spec.seeds for arm in spec.arms]
+
+
+def train_command(spec: StudySpec, run: Run) -> list[str]:
+    """The exact ``marginface train`` command line of ``run``."""
+    return ["marginface", "train", "--config", spec.preset, *spec.overrides, *spec.arms[run.arm],
+            f"seed={run.seed}", f"output_dir={run.run_dir}"]
+
+
+def final_checkpoint(run: Run) -> Path | None:
+    """The final step's weights, if the run finished (its config.json says how many steps)."""
+    config = run.run_dir / "config.json"
+    if not config.is_file():
+        return None
+    steps = int(json.loads(config.read_text())["steps"])
+    path = run.run_dir / "checkpoints" / f"step_{steps:08d}" / "model.safetensors"
+    return path if (path.parent / "state.json").is_file() else None
+
+
+def columns(spec: StudySpec) -> list[str]:
+    return BASE_COLUMNS + [f"{Path(b).stem}_{f}" for b in spec.bins for f in SET_FIELDS]
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def status(spec: StudySpec, run: Run, done: set[tuple[str, int]]) -> str:
+    """'done' (has its results row), 'evaluate' (trained), 'resume' (a run folder without the final step), 'train'."""
+    if (run.arm, str(run.seed)) in done:
+        return "done"
+    if final_checkpoint(run) is not None:
+        return "evaluate"
+    return "resume" if run.run_dir.exists() else "train"
+
+
+Executor = Callable[[list[str], Path, dict[str, str]], int]
+
+
+def run_child(argv: list[str], log: Path, env: dict[str, str]) -> int:
+    """Run a ``marginface`` command in a child process (``python -m marginface.cli``), output appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(argv)}\n")
+        f.flush()
+        return subprocess.run([sys.executable, "-m", "marginface.cli", *argv[1:]], stdout=f, stderr=subprocess.STDOUT,
+                              env=env, check=False).returncode
+
+
+class Study:
+    """Runs a :class:`StudySpec` into ``out`` (see the module docstring); :meth:`run` returns the failed runs."""
+
+    def __init__(self, spec: StudySpec, out: str | Path, executor: Executor = run_child,
+                 threads: int | None = None) -> None:
+        self.spec, self.out, self.executor = spec, Path(out), executor
+        self.threads = threads or max(1, (os.cpu_count() or 1) // spec.lanes)
+        self.results = self.out / "results.csv"
+        self._lock = threading.Lock()
+
+    def env(self) -> dict[str, str]:
+        threads = str(self.threads)
+        return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+    def run(self, progress: bool = True) -> list[tuple[Run, str]]:
+        from tqdm.auto import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_spec()
+        done = {(r["arm"], r["seed"]) for r in read_results(self.results)}
+        todo = [r for r in plan(self.spec, self.out) if status(self.spec, r, done) != "done"]
+        failed: list[tuple[Run, str]] = []
+        bar = tqdm(total=len(todo), desc="study runs", unit="run", disable=not progress)
+        with ThreadPoolExecutor(max_workers=self.spec.lanes) as pool:
+            for run, error in zip(todo, pool.map(self._one, todo), strict=True):
+                bar.update()
+                if error:
+                    failed.append((run, error))
+        bar.close()
+        return failed
+
+    def _one(self, run: Run) -> str:
+        """Train (or resume) and evaluate one run; '' when its row is written, else what went wrong."""
+        timing_file = run.log.with_suffix(".json")
+        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {"train_wall_s": 0.0}
+        if final_checkpoint(run) is None:
+            start = time.perf_counter()
+            code = self.executor(train_command(self.spec, run), run.log, self.env())
+            timing["train_wall_s"] += time.perf_counter() - start
+            _atomic_write(timing_file, json.dumps(timing))
+            if code != 0:
+                return f"training exited with {code}; see {run.log}"
+        checkpoint = final_checkpoint(run)
+        if checkpoint is None:
+            return f"training ended without a final checkpoint; see {run.log}"
+        report = run.log.with_name(f"{run.arm}_s{run.seed}.eval.json")
+        argv = ["marginface", "eval", "--checkpoint", str(checkpoint), "--bins", *self.spec.bins, "--json",
+                "--roc", "", *([] if self.spec.flip else ["--no-flip"])]
+        start = time.perf_counter()
+        code = self.executor(argv, run.log, self.env())
+        eval_wall = time.perf_counter() - start
+        if code != 0:
+            return f"evaluation exited with {code}; see {run.log}"
+        result = _last_json(run.log)
+        _atomic_write(report, json.dumps(result, indent=2))
+        self._append(self._row(run, checkpoint, timing["train_wall_s"], eval_wall, result))
+        return ""
+
+    def _row(self, run: Run, checkpoint: Path, train_wall: float, eval_wall: float, result: dict) -> dict:
+        row: dict[str, Any] = {"arm": run.arm, "seed": run.seed, "steps": int(checkpoint.parent.name.split("_")[1]),
+                               "train_wall_s": f"{train_wall:.0f}", "eval_wall_s": f"{eval_wall:.0f}"}
+        by_name = {v["name"]: v for v in result["verification"]}
+        for b in self.spec.bins:
+            v = by_name[Path(b).stem]
+            tar = v["tar_at_far"].get(f"{self.spec.far:g}")
+            row |= {f"{Path(b).stem}_acc": f"{v['accuracy']:.6f}", f"{Path(b).stem}_acc_std": f"{v['std']:.6f}",
+                    f"{Path(b).stem}_tar": "" if tar is None else f"{tar:.6f}"}
+        return row
+
+    def _append(self, row: dict) -> None:
+        with self._lock:  # lanes finish concurrently: read-modify-replace under one lock
+            rows = read_results(self.results) + [row]
+            rows.sort(key=lambda r: (int(r["seed"]), list(self.spec.arms).index(r["arm"])
+                                     if r["arm"] in self.spec.arms else len(self.spec.arms)))
+            _write_csv(self.results, columns(self.spec), rows)
+
+    def _write_spec(self) -> None:
+        """The spec as run, beside the results: a later change to the committed spec does not rewrite history."""
+        spec = {"preset": self.spec.preset, "overrides": self.spec.overrides, "arms": self.spec.arms,
+                "seeds": self.spec.seeds, "eval": {"bins": self.spec.bins, "flip": self.spec.flip,
+                                                   "far": self.spec.far}, "lanes": self.spec.lanes}
+        path = self.out / "study.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            changed = [k for k in ("preset", "overrides", "eval") if saved.get(k) != spec[k]]
+            changed += [f"arm {a}" for a in spec["arms"] if a in saved.get("arms", {})
+                        and saved["arms"][a] != spec["arms"][a]]
+            if changed:
+                raise ValueError(f"{path} was run with other settings ({', '.join(changed)}): the results would mix "
+                                 "protocols; use another --output folder (adding arms or seeds is fine)")
+            spec["arms"] = {**saved.get("arms", {}), **spec["arms"]}
+            spec["seeds"] = sorted(set(saved.get("seeds", [])) | set(spec["seeds"]))
+        _atomic_write(path, json.dumps(spec, indent=2))
+
+
+def _last_json(log: Path) -> dict:
+    """The JSON object ``marginface eval --json`` printed last into ``log`` (it ends the file)."""
+    text = log.read_text()
+    start = text.rfind("\n{\n")
+    if start < 0:
+        raise ValueError(f"no JSON result in {log}")
+    return json.loads(text[start + 1:])
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(header), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    """One arm's figure on one set over its seeds: mean and sample std (ddof 1; 0 for a single seed)."""
+
+    arm: str
+    metric: str
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def std(self) -> float:
+        n = len(self.values)
+        return 0.0 if n < 2 else math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (n - 1))
+
+
+def summarise(rows: Sequence[dict[str, str]], metric: str) -> list[ArmSummary]:
+    """Per arm (in order of first appearance), the seeds' values of ``metric`` (a results.csv column)."""
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        if row.get(metric, "") != "":
+            values.setdefault(row["arm"], []).append(float(row[metric]))
+    return [ArmSummary(arm, metric, v) for arm, v in values.items()]
+
+
+def summary_table(rows: Sequence[dict[str, str]], sets: Sequence[str]) -> str:
+    """Markdown: per arm, accuracy and TAR (%) as mean ± std over seeds (n seeds) for each set."""
+    header = ["arm", "seeds"] + [f"{s} {k}" for s in sets for k in ("acc %", "TAR %")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        cells = [arm, str(len(mine))]
+        for s in sets:
+            for metric in (f"{s}_acc", f"{s}_tar"):
+                found = summarise(mine, metric)
+                cells.append(f"{100 * found[0].mean:.2f} ± {100 * found[0].std:.2f}" if found else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""``marginface study``: run (or resume) a study of arms x seeds and summarise it (see ``training/study.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
+
+def add_study(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "study", help="train and evaluate arms x seeds of one preset; resumable; results.csv + summary",
+        description="Run every (arm, seed) of a study spec (YAML: preset, overrides, arms, seeds, eval bins, lanes) "
+        "as `marginface train` + `marginface eval` child processes, LANES side by side. Rerunning resumes: runs with "
+        "a row in results.csv are skipped, trained ones are evaluated, half-trained ones continue.")
+    parser.add_argument("spec", help="study spec, e.g. configs/study/celeba299_losses.yaml")
+    parser.add_argument("--output", help="study folder (default: runs/study_<spec name>)")
+    parser.add_argument("--lanes", type=int, help="runs side by side (default: the spec's lanes)")
+    parser.add_argument("--threads", type=int, help="intra-op threads per run (default: CPU cores // lanes)")
+    parser.add_argument("--dry-run", action="store_true", help="print each run's status and command; run nothing")
+    parser.add_argument("--summary", action="store_true", help="only summarise results.csv (mean ± std over seeds)")
+    parser.add_argument("--json", action="store_true", help="print the summary (or the dry-run plan) as JSON")
+    parser.set_defaults(func=run_study_command)
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    from marginface.errors import UserError
+    from marginface.training import study
+
+    spec = study.load_study(args.spec)
+    if args.lanes:
+        spec = replace(spec, lanes=args.lanes)
+    out = Path(args.output or f"runs/study_{Path(args.spec).stem}")
+    if args.dry_run:
+        return _dry_run(spec, out, args.json)
+    if not args.summary:
+        failed = study.Study(spec, out, threads=args.threads).run()
+        if failed:
+            raise UserError("\n".join([f"{len(failed)} run(s) failed (the others are in {out / 'results.csv'}):"]
+                                      + [f"  {r.arm} seed {r.seed}: {why}" for r, why in failed]))
+    rows = study.read_results(out / "results.csv")
+    sets = [Path(b).stem for b in spec.bins]
+    if args.json:
+        print(json.dumps({"results": str(out / "results.csv"), "summary": [
+            {"arm": s.arm, "metric": s.metric, "seeds": len(s.values), "mean": s.mean, "std": s.std}
+            for metric in [f"{n}_{f}" for n in sets for f in ("acc", "tar")] for s in study.summarise(rows, metric)]},
+            indent=2))
+        return 0
+    print(f"{len(rows)} run(s) evaluated of {len(study.plan(spec, out))}: {out / 'results.csv'}")
+    print(f"TAR at FAR = {spec.far:g}; mean ± std over seeds (sample std): differences inside the spread are ties")
+    print(study.summary_table(rows, sets))
+    return 0
+
+
+def _dry_run(spec, out: Path, as_json: bool) -> int:
+    from marginface.training import study
+
+    done = {(r["arm"], r["seed"]) for r in study.read_results(out / "results.csv")}
+    plan = [{"arm": r.arm, "seed": r.seed, "status": study.status(spec, r, done),
+             "command": shlex.join(study.train_command(spec, r))} for r in study.plan(spec, out)]
+    if as_json:
+        print(json.dumps(plan, indent=2))
+        return 0
+    for p in plan:
+        print(f"{p['status']:>8}  {p['command']}")
+    return 0

@@ -1,0 +1,127 @@
+"""``marginface study``: the plan, the real child-process run with resume, failures, and the summary's numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from marginface.cli import main
+from marginface.data.bins import write_verification_bin
+from marginface.data.synthetic import render_face, synthetic_pairs
+from marginface.training import study
+
+TINY = ["data.source=synthetic", "data.synthetic_identities=6", "data.synthetic_images_per_identity=2",
+        "model.backbone=mobilefacenet", "model.embedding_size=32", "batch_size=4", "steps=2", "log_every=1",
+        "checkpoint_every=1", "device=cpu", "optim.lr=0.05", "validation.synthetic_pairs=0"]
+
+
+def _bin(path: Path) -> Path:
+    """20 pairs of held-out synthetic identities (100+), PNG-encoded as a .bin stores them."""
+    members, issame = synthetic_pairs(5, 3, 20, seed=0)
+    images = []
+    for identity, index in members:
+        buf = io.BytesIO()
+        Image.fromarray(render_face(0, 100 + int(identity), int(index))).save(buf, format="PNG")
+        images.append(buf.getvalue())
+    return write_verification_bin(path, images, issame)
+
+
+def _spec(tmp_path: Path, arms: dict) -> Path:
+    spec = {"preset": "synthetic_mobilefacenet_arcface", "overrides": TINY, "seeds": [0], "arms": arms,
+            "eval": {"bins": [str(_bin(tmp_path / "held.bin"))], "flip": False}, "lanes": 2}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_a_study_runs_resumes_and_reports_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _spec(tmp_path, {"arcface": ["loss.name=arcface"], "cosface": ["loss.name=cosface"],
+                            "broken": ["loss.name=nosuchloss"]})
+    out = tmp_path / "out"
+    assert main(["study", str(spec), "--output", str(out), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "1 run(s) failed" in err and "broken seed 0: training exited with 2" in err
+    rows = study.read_results(out / "results.csv")
+    assert [(r["arm"], r["seed"], r["steps"]) for r in rows] == [("arcface", "0", "2"), ("cosface", "0", "2")]
+    report = json.loads((out / "logs" / "arcface_s0.eval.json").read_text())
+    acc = report["verification"][0]["accuracy"]
+    assert float(rows[0]["held_acc"]) == pytest.approx(acc, abs=1e-6)
+    assert 0.0 < acc <= 1.0 and math.isfinite(float(rows[0]["held_acc_std"]))
+
+    # resume: a run with its row is skipped; a trained run without a row is evaluated, not retrained
+    checkpoint = out / "cosface_s0" / "checkpoints" / "step_00000002" / "model.safetensors"
+    mtime = checkpoint.stat().st_mtime_ns
+    with (out / "results.csv").open() as f:
+        kept = [r for r in csv.DictReader(f) if r["arm"] == "arcface"]
+    study._write_csv(out / "results.csv", study.columns(study.load_study(spec)), kept)
+    assert main(["study", str(spec), "--output", str(out), "--dry-run"]) == 0
+    statuses = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert statuses == ["done", "evaluate", "train"]  # the broken arm failed before making its run folder
+    spec.write_text(spec.read_text().replace("nosuchloss", "cosface"))  # the broken arm, fixed, differs: refused
+    assert main(["study", str(spec), "--output", str(out), "--threads", "1"]) == 2
+    assert "was run with other settings (arm broken)" in capsys.readouterr().err
+    spec.write_text(spec.read_text().replace("broken:", "plain:"))  # the same fix as a new arm
+    assert main(["study", str(spec), "--output", str(out), "--threads", "1"]) == 0
+    assert checkpoint.stat().st_mtime_ns == mtime  # evaluated only
+    rows = study.read_results(out / "results.csv")
+    assert [r["arm"] for r in rows] == ["arcface", "cosface", "plain"]
+    assert "| arcface | 1 |" in capsys.readouterr().out
+
+
+def test_the_summary_is_mean_and_sample_std_over_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"preset": "x", "seeds": [0, 1, 2], "arms": {"a": [], "b": []},
+                                    "eval": {"bins": ["lfw.bin"]}}))
+    rng = np.random.default_rng(0)
+    acc = rng.uniform(0.7, 0.9, (2, 3))
+    rows = [{"arm": arm, "seed": s, "steps": 10, "lfw_acc": acc[i, s], "lfw_tar": 0.3} for s in range(3)
+            for i, arm in enumerate("ab")]
+    (tmp_path / "out").mkdir()
+    study._write_csv(tmp_path / "out" / "results.csv", study.columns(study.load_study(spec)), rows)
+    assert main(["study", str(spec), "--output", str(tmp_path / "out"), "--summary", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    for i, arm in enumerate("ab"):
+        row = next(s for s in summary if s["arm"] == arm and s["metric"] == "lfw_acc")
+        assert row["seeds"] == 3
+        assert row["mean"] == pytest.approx(acc[i].mean(), abs=1e-12)
+        assert row["std"] == pytest.approx(acc[i].std(ddof=1), abs=1e-12)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"arms": {}}, "has no arms"), ({"seeds": [1, 1]}, "without repeats"), ({"eval": {}}, "evaluates nothing"),
+    ({"arms": {"a/b": []}}, "plain folder name"), ({"arms": {"a": ["loss.name"]}}, "is not key=value"),
+    ({"colour": 1}, "unknown key"), ({"eval": {"bins": ["x/lfw.bin", "y/lfw.bin"]}}, "share a name")])
+def test_bad_specs_are_refused(tmp_path: Path, change: dict, message: str) -> None:
+    spec = {"preset": "x", "seeds": [0], "arms": {"a": []}, "eval": {"bins": ["lfw.bin"]}} | change
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match=message):
+        study.load_study(path)
+
+
+STUDIES = sorted((Path(__file__).resolve().parents[2] / "configs" / "study").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_committed_studies_parse_and_every_arm_is_a_valid_config(path: Path) -> None:
+    """Every arm's overrides build a config (loss names and parameters checked at config time)."""
+    from marginface.training.config import load_config
+    from marginface.training.presets import resolve_config
+
+    spec = study.load_study(path)
+    root = Path(__file__).resolve().parents[2]
+    for run in study.plan(spec, "out"):
+        config = load_config(resolve_config(str(root / spec.preset)), [*study.train_command(spec, run)[4:]])
+        assert config.seed == run.seed and config.output_dir == str(run.run_dir)
+
+
+def test_committed_studies_exist() -> None:
+    assert {p.stem for p in STUDIES} >= {"celeba299_losses", "celeba299_arcface_margins"}
