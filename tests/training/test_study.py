@@ -125,3 +125,13 @@ def test_committed_studies_parse_and_every_arm_is_a_valid_config(path: Path) -> 
 
 def test_committed_studies_exist() -> None:
     assert {p.stem for p in STUDIES} >= {"celeba299_losses", "celeba299_arcface_margins"}
+
+
+def test_the_eval_json_is_read_from_the_end_of_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    log.write_text('$ marginface train ...\nstep 1\n$ marginface eval ...\n'
+                   '{\n  "model": "m",\n  "verification": []\n}\na warning printed at exit\n')
+    assert study._last_json(log) == {"model": "m", "verification": []}
+    log.write_text("$ marginface eval ...\nTraceback ...\n")
+    with pytest.raises(ValueError, match="no JSON result"):
+        study._last_json(log)

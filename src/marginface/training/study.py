@@ -208,6 +208,12 @@ class Study:
 
     def _one(self, run: Run) -> str:
         """Train (or resume) and evaluate one run; '' when its row is written, else what went wrong."""
+        try:
+            return self._train_and_evaluate(run)
+        except (OSError, ValueError, KeyError) as err:  # one run's broken output must not stop the others
+            return f"{type(err).__name__}: {err}; see {run.log}"
+
+    def _train_and_evaluate(self, run: Run) -> str:
         timing_file = run.log.with_suffix(".json")
         timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {"train_wall_s": 0.0}
         if final_checkpoint(run) is None:
@@ -276,7 +282,7 @@ def _last_json(log: Path) -> dict:
     start = text.rfind("\n{\n")
     if start < 0:
         raise ValueError(f"no JSON result in {log}")
-    return json.loads(text[start + 1:])
+    return json.JSONDecoder().raw_decode(text, start + 1)[0]  # whatever follows it (a warning at exit) is ignored
 
 
 def _atomic_write(path: Path, text: str) -> None:
