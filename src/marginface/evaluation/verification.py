@@ -174,9 +174,9 @@ def evaluate_bins(
     A ``.bin`` stores both images of every pair, so an image used by k pairs is stored k times. Measured on the
     sets ``marginface prepare`` packs: LFW 12,000 stored / 7,701 distinct, CFP-FP 14,000 / 5,890, CFP-FF 14,000 /
     4,737 of which only 991 are not already in CFP-FP — the three together 40,000 stored, 14,582 distinct.
-    Identical bytes decode to the identical tensor and the model
-    is in eval mode, so each set's result equals :func:`evaluate_bin`'s; only the forwards are fewer. Every set's
-    labels are checked before anything is decoded.
+    Identical bytes decode to the identical tensor and the model is in eval mode, so each set's result is
+    :func:`evaluate_bin`'s (up to float rounding where a batch of other images takes another convolution
+    algorithm); only the forwards are fewer. Every set's labels are checked before anything is decoded.
     """
     from marginface.data.bins import decode_verification_images, read_verification_bin
 
