@@ -50,4 +50,5 @@ def test_rendered_once_returns_the_same_pixels():
 
 def test_demo_steps_override_keeps_a_valid_schedule():
     config = demo_config("x", steps=40)
-    assert config.steps == 40 and config.optim.milestones == [24, 34] and config.analysis.theta_every > 0
+    assert config.steps == 40 and config.optim.schedule == "cosine" and config.analysis.theta_every > 0
+    assert config.optim.warmup_steps < config.steps  # the cosine decays over the steps after the warm-up

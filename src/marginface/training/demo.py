@@ -24,7 +24,10 @@ DEMO: dict[str, Any] = {
              "synthetic_seed": 0},
     "model": {"backbone": "mobilefacenet", "embedding_size": 128},
     "loss": {"name": "arcface", "params": {"scale": 16.0, "margin": 0.3}},
-    "optim": {"lr": 0.1, "milestones": [150, 212], "warmup_steps": 10},
+    # AdamW + cosine (2026-12-03): 91.67% held-out after 250 steps against 85.7-87.3% for SGD lr 0.1 step or cosine
+    # (docs/analysis.md, "The demo"); no weight decay on norms and biases
+    "optim": {"name": "adamw", "lr": 0.004, "weight_decay": 0.05, "weight_decay_params": "weights",
+              "schedule": "cosine", "warmup_steps": 10},
     # validated before and after only: every intermediate pass over the 1,200 held-out images costs ~25 steps
     "validation": {"synthetic_pairs": 600, "synthetic_identities": 60, "every": 0, "batch_size": 100},
     "analysis": {"theta_every": 10},
@@ -56,7 +59,6 @@ def demo_config(output_dir: str, steps: int | None = None) -> TrainConfig:
         values["precision"] = "fp32"
     if steps is not None:
         values["steps"] = steps
-        values["optim"] = {**DEMO["optim"], "milestones": [int(steps * 0.6), int(steps * 0.85)]}
         values["checkpoint_every"] = max(1, steps // 3)
     return config_from_dict(values)
 
@@ -134,8 +136,8 @@ def write_demo_figures(trainer: Trainer, before, after, seconds: float):
                 f"images; {cfg.validation.synthetic_pairs} pairs of {cfg.validation.synthetic_identities} "
                 "held-out identities",
         "model": f"{cfg.model.backbone}, D={cfg.model.embedding_size}, {cfg.loss.name} {cfg.loss.params}",
-        "training": f"{trainer.step} steps of {cfg.batch_size}, lr {cfg.optim.lr}, milestones "
-                    f"{cfg.optim.milestones}, {cfg.precision}",
+        "training": f"{trainer.step} steps of {cfg.batch_size}, {cfg.optim.name} lr {cfg.optim.lr}, "
+                    f"{cfg.optim.schedule} schedule, {cfg.precision}",
         "wall time (setup, training, validation)": f"{seconds:.0f} s",
     }
     figures = [("training loss (and final held-out accuracy)", "loss_curve.png"),
