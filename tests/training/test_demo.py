@@ -52,3 +52,4 @@ def test_demo_steps_override_keeps_a_valid_schedule():
     config = demo_config("x", steps=40)
     assert config.steps == 40 and config.optim.schedule == "cosine" and config.analysis.theta_every > 0
     assert config.optim.warmup_steps < config.steps  # the cosine decays over the steps after the warm-up
+    assert demo_config("x", steps=5).optim.warmup_steps == 0  # `marginface demo --steps 5` is a valid config

@@ -20,7 +20,7 @@ from marginface.training import study
 
 TINY = ["data.source=synthetic", "data.synthetic_identities=6", "data.synthetic_images_per_identity=2",
         "model.backbone=mobilefacenet", "model.embedding_size=32", "batch_size=4", "steps=2", "log_every=1",
-        "checkpoint_every=1", "device=cpu", "optim.lr=0.05", "validation.synthetic_pairs=0"]
+        "checkpoint_every=1", "device=cpu", "optim.lr=0.05", "optim.warmup_steps=0", "validation.synthetic_pairs=0"]
 
 
 def _bin(path: Path) -> Path:

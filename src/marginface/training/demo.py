@@ -59,6 +59,8 @@ def demo_config(output_dir: str, steps: int | None = None) -> TrainConfig:
         values["precision"] = "fp32"
     if steps is not None:
         values["steps"] = steps
+        # the cosine needs its warm-up shorter than the run: 10 of 250 steps, scaled for a shorter --steps
+        values["optim"] = {**DEMO["optim"], "warmup_steps": min(DEMO["optim"]["warmup_steps"], steps // 10)}
         values["checkpoint_every"] = max(1, steps // 3)
     return config_from_dict(values)
 
