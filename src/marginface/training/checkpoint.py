@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace``: a crash leaves the old file or the new."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -113,7 +114,7 @@ def write_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tens
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _atomic_write_text(root / "latest", final.name)
+    atomic_write_text(root / "latest", final.name)
     return final
 
 

@@ -24,18 +24,21 @@ a failed run is reported with its log and the others go on.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import math
 import os
+import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from marginface.training.checkpoint import atomic_write_text
 
 #: results.csv columns before the per-set ones
 BASE_COLUMNS = ["arm", "seed", "steps", "train_wall_s", "eval_wall_s"]
@@ -114,10 +117,6 @@ class Run:
     run_dir: Path
     log: Path
 
-    @property
-    def key(self) -> tuple[str, int]:
-        return self.arm, self.seed
-
 
 def plan(spec: StudySpec, out: str | Path) -> list[Run]:
     """Every run, seed-major (all arms of seed 0 first), so that a half-done study has whole seeds to compare."""
@@ -153,16 +152,18 @@ def read_results(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def status(spec: StudySpec, run: Run, done: set[tuple[str, int]]) -> str:
+def finished(results: Path) -> set[tuple[str, str]]:
+    """The (arm, seed) of every run with a row in ``results`` (seed as the CSV holds it: a string)."""
+    return {(r["arm"], r["seed"]) for r in read_results(results)}
+
+
+def status(run: Run, done: set[tuple[str, str]]) -> str:
     """'done' (has its results row), 'evaluate' (trained), 'resume' (a run folder without the final step), 'train'."""
     if (run.arm, str(run.seed)) in done:
         return "done"
     if final_checkpoint(run) is not None:
         return "evaluate"
     return "resume" if run.run_dir.exists() else "train"
-
-
-Executor = Callable[[list[str], Path, dict[str, str]], int]
 
 
 def run_child(argv: list[str], log: Path, env: dict[str, str]) -> int:
@@ -178,9 +179,8 @@ def run_child(argv: list[str], log: Path, env: dict[str, str]) -> int:
 class Study:
     """Runs a :class:`StudySpec` into ``out`` (see the module docstring); :meth:`run` returns the failed runs."""
 
-    def __init__(self, spec: StudySpec, out: str | Path, executor: Executor = run_child,
-                 threads: int | None = None) -> None:
-        self.spec, self.out, self.executor = spec, Path(out), executor
+    def __init__(self, spec: StudySpec, out: str | Path, threads: int | None = None) -> None:
+        self.spec, self.out = spec, Path(out)
         self.threads = threads or max(1, (os.cpu_count() or 1) // spec.lanes)
         self.results = self.out / "results.csv"
         self._lock = threading.Lock()
@@ -194,8 +194,8 @@ class Study:
 
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_spec()
-        done = {(r["arm"], r["seed"]) for r in read_results(self.results)}
-        todo = [r for r in plan(self.spec, self.out) if status(self.spec, r, done) != "done"]
+        done = finished(self.results)
+        todo = [r for r in plan(self.spec, self.out) if status(r, done) != "done"]
         failed: list[tuple[Run, str]] = []
         bar = tqdm(total=len(todo), desc="study runs", unit="run", disable=not progress)
         with ThreadPoolExecutor(max_workers=self.spec.lanes) as pool:
@@ -218,9 +218,9 @@ class Study:
         timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {"train_wall_s": 0.0}
         if final_checkpoint(run) is None:
             start = time.perf_counter()
-            code = self.executor(train_command(self.spec, run), run.log, self.env())
+            code = run_child(train_command(self.spec, run), run.log, self.env())
             timing["train_wall_s"] += time.perf_counter() - start
-            _atomic_write(timing_file, json.dumps(timing))
+            atomic_write_text(timing_file, json.dumps(timing))
             if code != 0:
                 return f"training exited with {code}; see {run.log}"
         checkpoint = final_checkpoint(run)
@@ -230,12 +230,12 @@ class Study:
         argv = ["marginface", "eval", "--checkpoint", str(checkpoint), "--bins", *self.spec.bins, "--json",
                 "--roc", "", *([] if self.spec.flip else ["--no-flip"])]
         start = time.perf_counter()
-        code = self.executor(argv, run.log, self.env())
+        code = run_child(argv, run.log, self.env())
         eval_wall = time.perf_counter() - start
         if code != 0:
             return f"evaluation exited with {code}; see {run.log}"
         result = _last_json(run.log)
-        _atomic_write(report, json.dumps(result, indent=2))
+        atomic_write_text(report, json.dumps(result, indent=2))
         self._append(self._row(run, checkpoint, timing["train_wall_s"], eval_wall, result))
         return ""
 
@@ -273,7 +273,7 @@ class Study:
                                  "protocols; use another --output folder (adding arms or seeds is fine)")
             spec["arms"] = {**saved.get("arms", {}), **spec["arms"]}
             spec["seeds"] = sorted(set(saved.get("seeds", [])) | set(spec["seeds"]))
-        _atomic_write(path, json.dumps(spec, indent=2))
+        atomic_write_text(path, json.dumps(spec, indent=2))
 
 
 def _last_json(log: Path) -> dict:
@@ -285,19 +285,12 @@ def _last_json(log: Path) -> dict:
     return json.JSONDecoder().raw_decode(text, start + 1)[0]  # whatever follows it (a warning at exit) is ignored
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(header), extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(header), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 @dataclass(frozen=True)
@@ -310,12 +303,11 @@ class ArmSummary:
 
     @property
     def mean(self) -> float:
-        return sum(self.values) / len(self.values)
+        return statistics.fmean(self.values)
 
     @property
     def std(self) -> float:
-        n = len(self.values)
-        return 0.0 if n < 2 else math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (n - 1))
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
 
 def summarise(rows: Sequence[dict[str, str]], metric: str) -> list[ArmSummary]:

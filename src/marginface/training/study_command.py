@@ -57,8 +57,8 @@ def run_study_command(args: argparse.Namespace) -> int:
 def _dry_run(spec, out: Path, as_json: bool) -> int:
     from marginface.training import study
 
-    done = {(r["arm"], r["seed"]) for r in study.read_results(out / "results.csv")}
-    plan = [{"arm": r.arm, "seed": r.seed, "status": study.status(spec, r, done),
+    done = study.finished(out / "results.csv")
+    plan = [{"arm": r.arm, "seed": r.seed, "status": study.status(r, done),
              "command": shlex.join(study.train_command(spec, r))} for r in study.plan(spec, out)]
     if as_json:
         print(json.dumps(plan, indent=2))
