@@ -198,3 +198,48 @@ def test_cli_search_reports_a_bad_config_in_one_line(tmp_path, capsys):
 
     assert main(["search", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "configs/" in capsys.readouterr().err
+
+
+def test_the_from_scratch_test_set_is_people_the_search_never_saw(tmp_path):
+    """Synthetic test identities are a block after the reward's: no image equals a training or reward image."""
+    from marginface.data.synthetic import synthetic_splits
+    from marginface.training.search import test_sets
+
+    config = tiny_search(tmp_path, "sets")
+    (name, test_images, issame), = test_sets(config)
+    data, val = config.train.data, config.train.validation
+    train, val_images, _ = synthetic_splits(data.synthetic_identities, val.synthetic_identities,
+                                            data.synthetic_images_per_identity, val.synthetic_pairs, 0)
+    assert name == "synthetic_test" and test_images.shape == val_images.shape and len(issame) == val.synthetic_pairs
+    seen = torch.cat([val_images, torch.stack([train[i][0] for i in range(len(train))])]).flatten(1)
+    assert torch.cdist(test_images.flatten(1), seen).min() > 1.0  # far from every image the search trained or scored
+
+
+def test_a_reward_set_cannot_be_the_test_set(tmp_path):
+    from marginface.training.search import test_sets
+
+    config = tiny_search(tmp_path, "leak")
+    config.train.validation.bins = [str(tmp_path / "lfw.bin")]
+    with pytest.raises(ConfigError, match="never saw"):
+        test_sets(config, [str(tmp_path / "." / "lfw.bin")])
+
+
+@pytest.mark.slow
+def test_from_scratch_reports_the_test_accuracy_of_each_final_model(tmp_path):
+    """retrain.json's test accuracy = the saved final model embedded and scored again, independently."""
+    from marginface.evaluation.embed import embed_tensor, load_backbone
+    from marginface.evaluation.verification import evaluate_interleaved
+    from marginface.training.search import compare_from_scratch, test_sets
+
+    config = tiny_search(tmp_path, "scratch")
+    mean = identity_mean(config.search) + 0.1
+    result = compare_from_scratch(config, mean, seeds=[0], steps=2, progress=False)
+    assert result["test_sets"] == ["synthetic_test"]
+    (_, images, issame), = test_sets(config)
+    for name in ("searched", "softmax"):
+        kinds = result["results"][name]
+        assert set(kinds) == {"validation", "test"} and kinds["test"]["std"] == 0.0
+        final = tmp_path / "scratch" / "retrain" / f"{name}_seed0" / "checkpoints" / "step_00000002"
+        backbone = load_backbone("mobilefacenet", str(final / "model.safetensors"), 32)
+        emb = embed_tensor(backbone, images, batch_size=20, flip=True, device="cpu")
+        assert kinds["test"]["accuracies"][0] == float(evaluate_interleaved(emb, issame).accuracy.mean)

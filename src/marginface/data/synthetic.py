@@ -362,6 +362,26 @@ def synthetic_pairs(
     return members, issame
 
 
+def synthetic_verification_set(
+    first_identity: int, num_identities: int, images_per_identity: int, num_pairs: int, seed: int,
+    image_size: int = 112,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Verification pairs over identities ``first_identity..first_identity+num_identities-1`` of population ``seed``.
+
+    Returns ``images`` ``(2N, 3, image_size, image_size)`` float32 in [-1, 1] (pair ``i`` = images ``2i``, ``2i+1``,
+    the layout of :func:`marginface.data.bins.load_verification_bin`) and ``issame`` ``(N,)`` bool. Blocks of
+    identities that do not overlap are different people, so one population gives disjoint training, validation
+    and test identities.
+    """
+    people = SyntheticFaces(num_identities, images_per_identity, seed, image_size, identity_offset=first_identity)
+    members, issame = synthetic_pairs(num_identities, images_per_identity, num_pairs, seed)
+    images = np.empty((len(members), 3, image_size, image_size), dtype=np.float32)
+    for row, (identity, image_index) in enumerate(members):
+        # filled through numpy: a per-row torch copy goes through the intra-op pool, slow on busy CPUs
+        images[row] = to_tensor(people.render(first_identity + int(identity), int(image_index))).numpy()
+    return torch.from_numpy(images), issame
+
+
 def synthetic_splits(
     num_train_ids: int, num_val_ids: int, images_per_identity: int, num_pairs: int, seed: int,
     image_size: int = 112, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -373,15 +393,9 @@ def synthetic_splits(
 
     Returns:
         train: :class:`SyntheticFaces` (labels ``0..num_train_ids-1``; ``transform`` applies to it only).
-        images: ``(2N, 3, image_size, image_size)`` float32 in [-1, 1]; pair ``i`` = images ``2i``, ``2i+1``
-            (the layout of :func:`marginface.data.bins.load_verification_bin`).
-        issame: ``(N,)`` bool.
+        images, issame: the held-out pairs, as :func:`synthetic_verification_set`.
     """
     train = SyntheticFaces(num_train_ids, images_per_identity, seed, image_size, transform)
-    held_out = SyntheticFaces(num_val_ids, images_per_identity, seed, image_size, identity_offset=num_train_ids)
-    members, issame = synthetic_pairs(num_val_ids, images_per_identity, num_pairs, seed)
-    images = np.empty((len(members), 3, image_size, image_size), dtype=np.float32)
-    for row, (identity, image_index) in enumerate(members):
-        # filled through numpy: a per-row torch copy goes through the intra-op pool, slow on busy CPUs
-        images[row] = to_tensor(held_out.render(num_train_ids + int(identity), int(image_index))).numpy()
-    return train, torch.from_numpy(images), issame
+    images, issame = synthetic_verification_set(num_train_ids, num_val_ids, images_per_identity, num_pairs, seed,
+                                                image_size)
+    return train, images, issame

@@ -436,32 +436,73 @@ def read_search(run_dir: str | Path, points: int = 181) -> dict[str, Any]:
             "rounds": [rec["round"] for rec in history], "rewards": [rec["rewards"] for rec in history]}
 
 
+def test_sets(config: SearchConfig, bins: list[str] | None = None) -> list[tuple[str, torch.Tensor, Any]]:
+    """Verification sets for the from-scratch comparison that the search never used as its reward.
+
+    Synthetic data: as many *new* identities as the reward's held-out ones, the next block of the same population
+    (training ``0..C-1``, reward ``C..C+V-1``, test ``C+V..C+2V-1``), with as many pairs. Plus every ``.bin`` in
+    ``bins`` (e.g. LFW when the reward was a validation split of the training data). Empty when neither applies.
+    """
+    from marginface.data.bins import load_verification_bin
+    from marginface.data.synthetic import synthetic_verification_set
+
+    data, val, sets = config.train.data, config.train.validation, []
+    if val.synthetic_pairs:
+        images, issame = synthetic_verification_set(
+            data.synthetic_identities + val.synthetic_identities, val.synthetic_identities,
+            data.synthetic_images_per_identity, val.synthetic_pairs, data.synthetic_seed)
+        sets.append(("synthetic_test", images, issame))
+    for path in bins or []:
+        overlap = [b for b in val.bins if Path(b).resolve() == Path(path).resolve()]
+        if overlap:
+            raise ConfigError(f"test set {path} is also a validation set of the search (its reward); a test must be "
+                              "a set the search never saw: remove it from validation.bins or from the test sets")
+        images, issame = load_verification_bin(path)
+        sets.append((Path(path).stem, images, issame))
+    return sets
+
+
 def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[int], steps: int,
-                         progress: bool = True) -> dict[str, Any]:
+                         progress: bool = True, test_bins: list[str] | None = None) -> dict[str, Any]:
     """Train the searched mean transform and plain softmax (the identity, same scale) from scratch per seed.
 
     Each run is ``config.train`` with ``steps`` steps and its own seed (initialisation and data order), under
-    ``<output_dir>/retrain/<name>_seed<k>``; the result (also written to ``retrain.json``) holds each run's
-    final held-out verification accuracy and, per loss, the mean and the sample std over the seeds.
+    ``<output_dir>/retrain/<name>_seed<k>``. Each final model is evaluated (10-fold accuracy, flip TTA) on the
+    search's validation sets — the reward's identities, which chose the transform, so optimistic for it — and on
+    :func:`test_sets`, which the search never saw. The result (also written to ``retrain.json``) holds, per loss
+    and per kind ("validation", "test"), each seed's accuracy (mean over the sets), their mean and sample std.
     """
     from marginface.training.trainer import Trainer
 
     settings, run_dir = config.search, Path(config.train.output_dir)
+    tests = test_sets(config, test_bins)
     candidates = {"searched": unpack(mean, settings), "softmax": unpack(identity_mean(settings), settings)}
-    runs: dict[str, list[float]] = {name: [] for name in candidates}
+    runs: dict[str, dict[str, list[float]]] = {name: {"validation": [], "test": []} for name in candidates}
     for seed in seeds:
         for name, params in candidates.items():
             loss = dataclasses.replace(config.train.loss, params={**config.train.loss.params, **params})
             cfg = dataclasses.replace(config.train, loss=loss, seed=seed, steps=steps,
                                       output_dir=str(run_dir / "retrain" / f"{name}_seed{seed}"))
-            final = Trainer(cfg, dist_info=DistInfo()).setup().fit()["final"]  # one process, even under torchrun
-            runs[name].append(sum(final.values()) / len(final))
+            trainer = Trainer(cfg, dist_info=DistInfo()).setup()  # one process, even under torchrun
+            final = trainer.fit()["final"]
+            runs[name]["validation"].append(sum(final.values()) / len(final))
+            if tests:
+                trainer.validation_sets = tests  # the same evaluation as the final validation, on other people
+                accuracy = trainer.validate()
+                runs[name]["test"].append(sum(accuracy.values()) / len(accuracy))
             if progress:
-                print(f"from scratch, seed {seed}, {name}: held-out accuracy {runs[name][-1]:.4f}")
-    summary = {name: {"accuracies": values, "mean": sum(values) / len(values),
-                      "std": float(torch.tensor(values, dtype=torch.float64).std()) if len(values) > 1 else 0.0}
-               for name, values in runs.items()}
-    result = {"seeds": seeds, "steps": steps, "searched_params": candidates["searched"], "results": summary}
+                print(f"from scratch, seed {seed}, {name}: validation (reward) accuracy "
+                      f"{runs[name]['validation'][-1]:.4f}"
+                      + (f", test accuracy {runs[name]['test'][-1]:.4f}" if tests else ""))
+
+    def summary(values: list[float]) -> dict[str, Any]:
+        return {"accuracies": values, "mean": sum(values) / len(values),
+                "std": float(torch.tensor(values, dtype=torch.float64).std()) if len(values) > 1 else 0.0}
+
+    results = {name: {kind: summary(values) for kind, values in kinds.items() if values}
+               for name, kinds in runs.items()}
+    result = {"seeds": seeds, "steps": steps, "searched_params": candidates["searched"],
+              "test_sets": [name for name, _, _ in tests], "results": results}
     tmp = run_dir / "retrain.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, run_dir / "retrain.json")

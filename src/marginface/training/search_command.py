@@ -25,6 +25,9 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
                         help="afterwards train the searched mean and plain softmax from scratch with this many seeds")
     parser.add_argument("--compare-steps", type=int, default=0,
                         help="steps of each from-scratch run (default: the search's rounds x steps_per_round)")
+    parser.add_argument("--test-bins", nargs="*", default=[], metavar="BIN",
+                        help="also evaluate the from-scratch runs on these .bin sets (never the reward's); synthetic "
+                        "data gets a test block of new identities without this")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("overrides", nargs="*", help="section.field=value, e.g. search.samples=8 optim.lr=0.05")
     parser.set_defaults(func=run_search_command)
@@ -50,7 +53,8 @@ def run_search_command(args: argparse.Namespace) -> int:
         "output_dir": config.train.output_dir, "figure": None if figure is None else str(figure)}
     if args.compare_seeds > 0 and state.round == config.search.rounds:
         steps = args.compare_steps or config.search.rounds * config.search.steps_per_round
-        result["from_scratch"] = compare_from_scratch(config, state.mean, list(range(args.compare_seeds)), steps)
+        result["from_scratch"] = compare_from_scratch(config, state.mean, list(range(args.compare_seeds)), steps,
+                                                      test_bins=args.test_bins)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -58,8 +62,10 @@ def run_search_command(args: argparse.Namespace) -> int:
               f"{[round(r, 4) for r in result['rewards_last_round']]}")
         print(f"mean transform now: {result['mean']}")
         print(f"log: {config.train.output_dir}/log.csv" + (f", figure: {figure}" if figure else ""))
-        for name, res in result.get("from_scratch", {}).get("results", {}).items():
-            print(f"from scratch, {name}: {res['mean']:.4f} +- {res['std']:.4f} (seeds: {res['accuracies']})")
+        for name, kinds in result.get("from_scratch", {}).get("results", {}).items():
+            for kind, res in kinds.items():
+                print(f"from scratch, {name}, {kind}: {res['mean']:.4f} +- {res['std']:.4f} "
+                      f"(seeds: {[round(v, 4) for v in res['accuracies']]})")
     return 0
 
 
