@@ -80,6 +80,9 @@ TINY = {
 }
 
 
+TINY_SETTINGS = SearchSettings(**TINY["search"])
+
+
 def tiny_search(tmp_path: Path, name: str, **search):
     values = {**TINY, "output_dir": str(tmp_path / name), "search": {**TINY["search"], **search}}
     path = tmp_path / f"{name}.yaml"
@@ -226,20 +229,33 @@ def test_a_reward_set_cannot_be_the_test_set(tmp_path):
 
 @pytest.mark.slow
 def test_from_scratch_reports_the_test_accuracy_of_each_final_model(tmp_path):
-    """retrain.json's test accuracy = the saved final model embedded and scored again, independently."""
+    """retrain.json's test accuracies (each final model's, and the search's own model's) = the saved weights
+    embedded and scored again, independently."""
+    from marginface.backbones import create
     from marginface.evaluation.embed import embed_tensor, load_backbone
     from marginface.evaluation.verification import evaluate_interleaved
     from marginface.training.search import compare_from_scratch, test_sets
 
+    no_search = compare_from_scratch(tiny_search(tmp_path, "nosearch"), identity_mean(TINY_SETTINGS) + 0.1,
+                                     seeds=[0], steps=1, progress=False)
+    assert no_search["search_model"] is None
     config = tiny_search(tmp_path, "scratch")
-    mean = identity_mean(config.search) + 0.1
-    result = compare_from_scratch(config, mean, seeds=[0], steps=2, progress=False)
+    state = run_search(config, progress=False)
+    result = compare_from_scratch(config, state.mean, seeds=[0], steps=2, progress=False)
     assert result["test_sets"] == ["synthetic_test"]
     (_, images, issame), = test_sets(config)
+
+    def score(backbone):
+        return float(evaluate_interleaved(embed_tensor(backbone, images, batch_size=20, flip=True, device="cpu"),
+                                          issame).accuracy.mean)
+
     for name in ("searched", "softmax"):
         kinds = result["results"][name]
         assert set(kinds) == {"validation", "test"} and kinds["test"]["std"] == 0.0
         final = tmp_path / "scratch" / "retrain" / f"{name}_seed0" / "checkpoints" / "step_00000002"
-        backbone = load_backbone("mobilefacenet", str(final / "model.safetensors"), 32)
-        emb = embed_tensor(backbone, images, batch_size=20, flip=True, device="cpu")
-        assert kinds["test"]["accuracies"][0] == float(evaluate_interleaved(emb, issame).accuracy.mean)
+        assert kinds["test"]["accuracies"][0] == score(load_backbone("mobilefacenet", final / "model.safetensors", 32))
+    saved = load_file(str(tmp_path / "scratch" / STATE_FILE))
+    backbone = create("mobilefacenet", embedding_size=32)
+    backbone.load_state_dict({k[len("model.backbone."):]: v for k, v in saved.items()
+                              if k.startswith("model.backbone.")})
+    assert result["search_model"]["steps"] == 2 and result["search_model"]["test"] == score(backbone)

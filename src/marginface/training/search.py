@@ -368,8 +368,7 @@ def run_search(config: SearchConfig, max_rounds: int | None = None, progress: bo
 
     settings, run_dir = config.search, Path(config.train.output_dir)
     group = _join_workers(config)
-    params = {**config.train.loss.params, **unpack(identity_mean(settings), settings)}
-    train_cfg = dataclasses.replace(config.train, loss=dataclasses.replace(config.train.loss, params=params))
+    train_cfg = _search_train_config(config)
     if group.rank:  # ranks > 0 train their copies silently; their trainers' start records go to a folder of their own
         train_cfg = dataclasses.replace(train_cfg, output_dir=str(run_dir / f"rank{group.rank}"))
     with contextlib.redirect_stdout(io.StringIO()) if group.rank else contextlib.nullcontext():
@@ -389,6 +388,12 @@ def run_search(config: SearchConfig, max_rounds: int | None = None, progress: bo
             write_log(run_dir, settings, state.history)
         group.barrier()  # the next round (or a resume) reads nothing half-written
     return state
+
+
+def _search_train_config(config: SearchConfig) -> TrainConfig:
+    """The search's training config: the preset with the identity transform (each copy then sets its own)."""
+    params = {**config.train.loss.params, **unpack(identity_mean(config.search), config.search)}
+    return dataclasses.replace(config.train, loss=dataclasses.replace(config.train.loss, params=params))
 
 
 def _join_workers(config: SearchConfig) -> Workers:
@@ -462,6 +467,31 @@ def test_sets(config: SearchConfig, bins: list[str] | None = None) -> list[tuple
     return sets
 
 
+def score_search_model(config: SearchConfig, tests: list[tuple[str, torch.Tensor, Any]]) -> dict[str, float] | None:
+    """The search's own model (the last broadcast weights), scored as the from-scratch runs are: mean accuracy
+    over the validation (reward) sets and over ``tests``; None before the search has finished.
+
+    AM-LFS learns its loss *during* training, so this model, trained under the searched schedule of losses, is
+    what the paper's search produces — beside it, a from-scratch run of the final mean is a different question.
+    It had B copies' compute and a best-of-B choice per round on the reward sets: its "validation" accuracy is
+    optimistic; only "test" compares fairly with the from-scratch runs.
+    """
+    from marginface.training.trainer import Trainer
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the trainer's start record of a run already reported
+        trainer = Trainer(_search_train_config(config), dist_info=DistInfo()).setup()
+    state = load_state(Path(config.train.output_dir), trainer, config.search)
+    if state is None or state.round < config.search.rounds:
+        return None
+    validation = trainer.validate()
+    scores = {"steps": trainer.step, "validation": sum(validation.values()) / len(validation)}
+    if tests:
+        trainer.validation_sets = tests
+        test = trainer.validate()
+        scores["test"] = sum(test.values()) / len(test)
+    return scores
+
+
 def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[int], steps: int,
                          progress: bool = True, test_bins: list[str] | None = None) -> dict[str, Any]:
     """Train the searched mean transform and plain softmax (the identity, same scale) from scratch per seed.
@@ -470,12 +500,14 @@ def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[i
     ``<output_dir>/retrain/<name>_seed<k>``. Each final model is evaluated (10-fold accuracy, flip TTA) on the
     search's validation sets — the reward's identities, which chose the transform, so optimistic for it — and on
     :func:`test_sets`, which the search never saw. The result (also written to ``retrain.json``) holds, per loss
-    and per kind ("validation", "test"), each seed's accuracy (mean over the sets), their mean and sample std.
+    and per kind ("validation", "test"), each seed's accuracy (mean over the sets), their mean and sample std,
+    and the search's own final model scored the same way (:func:`score_search_model`).
     """
     from marginface.training.trainer import Trainer
 
     settings, run_dir = config.search, Path(config.train.output_dir)
     tests = test_sets(config, test_bins)
+    search_model = score_search_model(config, tests)
     candidates = {"searched": unpack(mean, settings), "softmax": unpack(identity_mean(settings), settings)}
     runs: dict[str, dict[str, list[float]]] = {name: {"validation": [], "test": []} for name in candidates}
     for seed in seeds:
@@ -502,7 +534,7 @@ def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[i
     results = {name: {kind: summary(values) for kind, values in kinds.items() if values}
                for name, kinds in runs.items()}
     result = {"seeds": seeds, "steps": steps, "searched_params": candidates["searched"],
-              "test_sets": [name for name, _, _ in tests], "results": results}
+              "test_sets": [name for name, _, _ in tests], "results": results, "search_model": search_model}
     tmp = run_dir / "retrain.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, run_dir / "retrain.json")
