@@ -73,12 +73,19 @@ def main() -> None:
     parser.add_argument("--preset", default=SYNTHETIC_PRESET, help="a tiny28 search preset")
     parser.add_argument("--out", default="runs/amlfs_tiny28")
     parser.add_argument("--test-bins", nargs="*", default=[], help="test sets of the from-scratch runs (.bin)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="from-scratch seeds per loss (0: the search only)")
     parser.add_argument("--timing", action="store_true", help="only time one step and one reward")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     register_experiment_pieces()
-    from marginface.training.search import compare_from_scratch, load_search_config, run_search, unpack
+    from marginface.training.search import (
+        compare_from_scratch,
+        load_search_config,
+        run_search,
+        score_search_model,
+        test_sets,
+        unpack,
+    )
     from marginface.training.search_command import plot_search
     from marginface.training.trainer import clear_run
 
@@ -91,6 +98,11 @@ def main() -> None:
     state = run_search(config)
     search_s = time.perf_counter() - start
     plot_search(args.out)
+    if args.seeds == 0:  # the search and its own model only (e.g. to repeat the search with other seeds)
+        model = score_search_model(config, test_sets(config, args.test_bins))
+        print(json.dumps({"search_s": search_s, "final_mean": unpack(state.mean, config.search),
+                          "search_model": model}, indent=1))
+        return
     steps = config.search.rounds * config.search.steps_per_round
     result = compare_from_scratch(config, state.mean, list(range(args.seeds)), steps, test_bins=args.test_bins)
     res = result["results"]

@@ -59,6 +59,15 @@ def test_equal_rewards_leave_the_mean_unchanged():
     assert torch.equal(reinforce_update(mean, samples, torch.full((4,), 0.8), 0.2, 0.5), mean)
 
 
+def test_eta_zero_is_the_no_learning_control_and_negative_settings_are_refused():
+    mean, samples = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    assert torch.equal(reinforce_update(mean, samples, torch.tensor([0.9, 0.5, 0.7]), 0.2, 0.0), mean)
+    SearchSettings(lr=0.0)
+    for bad in ({"lr": -0.1}, {"sigma": 0.0}, {"lr": float("nan")}):
+        with pytest.raises(ConfigError, match="search.sigma must be positive and search.lr >= 0"):
+            SearchSettings(**bad)
+
+
 def test_identity_mean_is_plain_softmax_and_unpacks_by_part():
     settings = SearchSettings(logit_intervals=3, prob_intervals=2, space="both")
     params = unpack(identity_mean(settings), settings)

@@ -67,7 +67,8 @@ class SearchSettings:
     sigma: float = 0.2
     """The fixed standard deviation of every searched parameter."""
     lr: float = 0.05
-    """eta, the step size of the REINFORCE update of the means."""
+    """eta, the step size of the REINFORCE update of the means. 0 is the control without learning: every round
+    samples around the identity and still broadcasts the best copy (what the best-of-B choice alone gives)."""
     logit_intervals: int = 6
     """M, the intervals of t on the cosine [-1, 1]."""
     prob_intervals: int = 6
@@ -86,8 +87,8 @@ class SearchSettings:
         if self.samples < 2:
             raise ConfigError(f"search.samples must be >= 2 (rewards are normalised over the samples), "
                               f"got {self.samples}")
-        if not (self.sigma > 0 and math.isfinite(self.sigma)) or not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"search.sigma and search.lr must be positive, got {self.sigma}, {self.lr}")
+        if not (self.sigma > 0 and math.isfinite(self.sigma)) or not (self.lr >= 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"search.sigma must be positive and search.lr >= 0, got {self.sigma}, {self.lr}")
         if self.space not in ("logit", "prob", "both"):
             raise ConfigError(f"search.space must be 'logit', 'prob' or 'both', got {self.space!r}")
         if self.reward not in ("normalised", "raw"):
