@@ -83,7 +83,7 @@ def main() -> None:
         load_search_config,
         run_search,
         score_search_model,
-        test_sets,
+        search_test_sets,
         unpack,
     )
     from marginface.training.search_command import plot_search
@@ -99,7 +99,7 @@ def main() -> None:
     search_s = time.perf_counter() - start
     plot_search(args.out)
     if args.seeds == 0:  # the search and its own model only (e.g. to repeat the search with other seeds)
-        model = score_search_model(config, test_sets(config, args.test_bins))
+        model = score_search_model(config, search_test_sets(config, args.test_bins))
         print(json.dumps({"search_s": search_s, "final_mean": unpack(state.mean, config.search),
                           "search_model": model}, indent=1))
         return

@@ -215,10 +215,10 @@ def test_cli_search_reports_a_bad_config_in_one_line(tmp_path, capsys):
 def test_the_from_scratch_test_set_is_people_the_search_never_saw(tmp_path):
     """Synthetic test identities are a block after the reward's: no image equals a training or reward image."""
     from marginface.data.synthetic import synthetic_splits
-    from marginface.training.search import test_sets
+    from marginface.training.search import search_test_sets
 
     config = tiny_search(tmp_path, "sets")
-    (name, test_images, issame), = test_sets(config)
+    (name, test_images, issame), = search_test_sets(config)
     data, val = config.train.data, config.train.validation
     train, val_images, _ = synthetic_splits(data.synthetic_identities, val.synthetic_identities,
                                             data.synthetic_images_per_identity, val.synthetic_pairs, 0)
@@ -228,12 +228,12 @@ def test_the_from_scratch_test_set_is_people_the_search_never_saw(tmp_path):
 
 
 def test_a_reward_set_cannot_be_the_test_set(tmp_path):
-    from marginface.training.search import test_sets
+    from marginface.training.search import search_test_sets
 
     config = tiny_search(tmp_path, "leak")
     config.train.validation.bins = [str(tmp_path / "lfw.bin")]
     with pytest.raises(ConfigError, match="never saw"):
-        test_sets(config, [str(tmp_path / "." / "lfw.bin")])
+        search_test_sets(config, [str(tmp_path / "." / "lfw.bin")])
 
 
 @pytest.mark.slow
@@ -243,7 +243,7 @@ def test_from_scratch_reports_the_test_accuracy_of_each_final_model(tmp_path):
     from marginface.backbones import create
     from marginface.evaluation.embed import embed_tensor, load_backbone
     from marginface.evaluation.verification import evaluate_interleaved
-    from marginface.training.search import compare_from_scratch, test_sets
+    from marginface.training.search import compare_from_scratch, search_test_sets
 
     no_search = compare_from_scratch(tiny_search(tmp_path, "nosearch"), identity_mean(TINY_SETTINGS) + 0.1,
                                      seeds=[0], steps=1, progress=False)
@@ -252,7 +252,7 @@ def test_from_scratch_reports_the_test_accuracy_of_each_final_model(tmp_path):
     state = run_search(config, progress=False)
     result = compare_from_scratch(config, state.mean, seeds=[0], steps=2, progress=False)
     assert result["test_sets"] == ["synthetic_test"]
-    (_, images, issame), = test_sets(config)
+    (_, images, issame), = search_test_sets(config)
 
     def score(backbone):
         return float(evaluate_interleaved(embed_tensor(backbone, images, batch_size=20, flip=True, device="cpu"),

@@ -442,7 +442,7 @@ def read_search(run_dir: str | Path, points: int = 181) -> dict[str, Any]:
             "rounds": [rec["round"] for rec in history], "rewards": [rec["rewards"] for rec in history]}
 
 
-def test_sets(config: SearchConfig, bins: list[str] | None = None) -> list[tuple[str, torch.Tensor, Any]]:
+def search_test_sets(config: SearchConfig, bins: list[str] | None = None) -> list[tuple[str, torch.Tensor, Any]]:
     """Verification sets for the from-scratch comparison that the search never used as its reward.
 
     Synthetic data: as many *new* identities as the reward's held-out ones, the next block of the same population
@@ -500,14 +500,14 @@ def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[i
     Each run is ``config.train`` with ``steps`` steps and its own seed (initialisation and data order), under
     ``<output_dir>/retrain/<name>_seed<k>``. Each final model is evaluated (10-fold accuracy, flip TTA) on the
     search's validation sets — the reward's identities, which chose the transform, so optimistic for it — and on
-    :func:`test_sets`, which the search never saw. The result (also written to ``retrain.json``) holds, per loss
+    :func:`search_test_sets`, which the search never saw. The result (also written to ``retrain.json``) holds, per loss
     and per kind ("validation", "test"), each seed's accuracy (mean over the sets), their mean and sample std,
     and the search's own final model scored the same way (:func:`score_search_model`).
     """
     from marginface.training.trainer import Trainer
 
     settings, run_dir = config.search, Path(config.train.output_dir)
-    tests = test_sets(config, test_bins)
+    tests = search_test_sets(config, test_bins)
     search_model = score_search_model(config, tests)
     candidates = {"searched": unpack(mean, settings), "softmax": unpack(identity_mean(settings), settings)}
     runs: dict[str, dict[str, list[float]]] = {name: {"validation": [], "test": []} for name in candidates}
