@@ -8,7 +8,7 @@ x R rounds and six from-scratch runs fit in ~15 CPU minutes. Rendered synthetic 
 pixels, rendered once). Prints the accuracy of the searched mean transform and of plain softmax over 3 seeds
 and their ratio, on the reward's held-out identities and on a test block of identities the search never saw.
 
-    python benchmarks/amlfs_tiny28.py [--preset YAML] [--out DIR] [--test-bins BIN ...] [--timing] [overrides]
+    python benchmarks/amlfs_tiny28.py [--preset YAML] [--out DIR] [--test-bin BIN] [--timing] [overrides]
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default=SYNTHETIC_PRESET, help="a tiny28 search preset")
     parser.add_argument("--out", default="runs/amlfs_tiny28")
-    parser.add_argument("--test-bins", nargs="*", default=[], help="test sets of the from-scratch runs (.bin)")
+    parser.add_argument("--test-bin", action="append", default=[], dest="test_bins", metavar="BIN",
+                        help="a test set of the from-scratch runs (.bin); repeat for more")
     parser.add_argument("--seeds", type=int, default=3, help="from-scratch seeds per loss (0: the search only)")
     parser.add_argument("--timing", action="store_true", help="only time one step and one reward")
     parser.add_argument("overrides", nargs="*")

@@ -268,3 +268,15 @@ def test_from_scratch_reports_the_test_accuracy_of_each_final_model(tmp_path):
     backbone.load_state_dict({k[len("model.backbone."):]: v for k, v in saved.items()
                               if k.startswith("model.backbone.")})
     assert result["search_model"]["steps"] == 2 and result["search_model"]["test"] == score(backbone)
+
+
+def test_test_bin_takes_one_path_and_leaves_the_overrides_alone():
+    import argparse
+
+    from marginface.training.search_command import add_search
+
+    parser = argparse.ArgumentParser()
+    add_search(parser.add_subparsers())
+    args = parser.parse_args(["search", "--config", "c.yaml", "--test-bin", "lfw.bin", "optim.lr=0.05",
+                              "--test-bin", "cfp_fp.bin"])
+    assert args.test_bins == ["lfw.bin", "cfp_fp.bin"] and args.overrides == ["optim.lr=0.05"]

@@ -25,9 +25,9 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
                         help="afterwards train the searched mean and plain softmax from scratch with this many seeds")
     parser.add_argument("--compare-steps", type=int, default=0,
                         help="steps of each from-scratch run (default: the search's rounds x steps_per_round)")
-    parser.add_argument("--test-bins", nargs="*", default=[], metavar="BIN",
-                        help="also evaluate the from-scratch runs on these .bin sets (never the reward's); synthetic "
-                        "data gets a test block of new identities without this")
+    parser.add_argument("--test-bin", action="append", default=[], dest="test_bins", metavar="BIN",
+                        help="also evaluate the from-scratch runs on this .bin set (never a reward set; repeat for "
+                        "more); synthetic data gets a test block of new identities without it")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("overrides", nargs="*", help="section.field=value, e.g. search.samples=8 optim.lr=0.05")
     parser.set_defaults(func=run_search_command)
