@@ -66,6 +66,9 @@ def run_search_command(args: argparse.Namespace) -> int:
             for kind, res in kinds.items():
                 print(f"from scratch, {name}, {kind}: {res['mean']:.4f} +- {res['std']:.4f} "
                       f"(seeds: {[round(v, 4) for v in res['accuracies']]})")
+        if own := result.get("from_scratch", {}).get("search_model"):
+            print("the search's own model: " + ", ".join(f"{kind} {own[kind]:.4f}" for kind in ("validation", "test")
+                                                         if kind in own))
     return 0
 
 
