@@ -17,7 +17,6 @@ both, and the ratio DDP / side by side.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -35,9 +34,9 @@ def train_argv(data: str, out: Path, steps: int, log_every: int, batch: int) -> 
 
 def logged_rate(run_dir: Path, log_every: int) -> float:
     """Mean logged img/s over the rows after the first logging interval."""
-    with open(run_dir / "log.csv", newline="") as handle:
-        rates = [float(row[2]) for row in csv.reader(handle) if len(row) == 3 and row[1] == "img_per_s"
-                 and row[0].isdigit() and int(row[0]) > log_every]
+    from marginface.training.trainer import read_log
+
+    rates = [rate for step, rate in read_log(run_dir).get("img_per_s", []) if step > log_every]
     if not rates:
         raise RuntimeError(f"{run_dir}/log.csv has no img_per_s after step {log_every}: use more --steps")
     return sum(rates) / len(rates)

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 import yaml
 
+from marginface.training.checkpoint import atomic_write_text
 from marginface.training.config import ConfigError, TrainConfig, _build, apply_overrides, config_from_dict
 from marginface.training.distributed import DistInfo, init_from_env
 
@@ -355,9 +356,7 @@ def write_log(run_dir: Path, settings: SearchSettings, history: list[dict[str, A
                              int(i == rec["best"]), "", *[f"{v:.6g}" for v in theta]])
         writer.writerow([rec["round"], "mean_after", "", "", "", settings.sigma,
                          *[f"{v:.6g}" for v in rec["mean_after"]]])
-    tmp = run_dir / "log.csv.tmp"
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, run_dir / "log.csv")
+    atomic_write_text(run_dir / "log.csv", buffer.getvalue())
     return run_dir / "log.csv"
 
 
@@ -459,8 +458,7 @@ def search_test_sets(config: SearchConfig, bins: list[str] | None = None) -> lis
             data.synthetic_images_per_identity, val.synthetic_pairs, data.synthetic_seed)
         sets.append(("synthetic_test", images, issame))
     for path in bins or []:
-        overlap = [b for b in val.bins if Path(b).resolve() == Path(path).resolve()]
-        if overlap:
+        if any(Path(b).resolve() == Path(path).resolve() for b in val.bins):
             raise ConfigError(f"test set {path} is also a validation set of the search (its reward); a test must be "
                               "a set the search never saw: remove it from validation.bins or from the test sets")
         images, issame = load_verification_bin(path)
@@ -536,7 +534,5 @@ def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[i
                for name, kinds in runs.items()}
     result = {"seeds": seeds, "steps": steps, "searched_params": candidates["searched"],
               "test_sets": [name for name, _, _ in tests], "results": results, "search_model": search_model}
-    tmp = run_dir / "retrain.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, run_dir / "retrain.json")
+    atomic_write_text(run_dir / "retrain.json", json.dumps(result, indent=2))
     return result
