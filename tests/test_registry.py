@@ -17,7 +17,7 @@ LOSS_NAMES = ["adacos", "adaface", "am_softmax", "amlfs", "arcface", "circle", "
               "curricularface", "elasticface_arc", "elasticface_cos", "magface", "mv_softmax", "normface", "softmax",
               "sphereface", "sphereface2", "subcenter_arcface"]
 BACKBONE_NAMES = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mobilefacenet", "vit_t", "vit_s",
-                  "vit_b", "vit_l", "mobilenet", "densenet121"]
+                  "vit_b", "vit_l", "mobilenet", "densenet121", "tiny28"]
 HEAD_NAMES = ["dense", "chunked", "partial_fc"]
 DETECTOR_NAMES = ["dlib", "mtcnn", "mtcnn-torch"]
 

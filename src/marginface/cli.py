@@ -253,13 +253,14 @@ _PREPARE_KINDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 from marginface.align.cfp_command import add_prepare_cfp  # noqa: E402 (light module: argparse only)
 from marginface.cleaning.command import add_clean  # noqa: E402 (light module: argparse only)
+from marginface.data.degrade import add_prepare_degrade  # noqa: E402 (light module: argparse, io, pathlib)
 from marginface.inference.commands import add_inference_commands  # noqa: E402 (light module: argparse only)
 from marginface.training.checkpoint_command import add_checkpoint  # noqa: E402 (light module: argparse only)
 from marginface.training.presets import add_configs  # noqa: E402 (light module: argparse, json, pathlib)
 from marginface.training.search_command import add_search  # noqa: E402 (light module: argparse only)
 from marginface.training.study_command import add_study  # noqa: E402 (light module: argparse, json, shlex)
 
-_PREPARE_KINDS.append(add_prepare_cfp)
+_PREPARE_KINDS += [add_prepare_cfp, add_prepare_degrade]
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_losses,

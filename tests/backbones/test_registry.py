@@ -11,10 +11,10 @@ from torch import nn
 from marginface import backbones
 
 NAMES = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mobilefacenet", "vit_t", "vit_s", "vit_b",
-         "vit_l", "mobilenet", "densenet121"]
+         "vit_l", "mobilenet", "densenet121", "tiny28"]
 # Backbones cheap enough for real forward/backward passes in a 2-core CI run.
-CHEAP = ["iresnet18", "mobilefacenet", "mobilenet", "densenet121"]
-FINAL_CHANNELS = {"mobilenet": 1024, "densenet121": 1024}
+CHEAP = ["iresnet18", "mobilefacenet", "mobilenet", "densenet121", "tiny28"]
+FINAL_CHANNELS = {"mobilenet": 1024, "densenet121": 1024, "tiny28": 128}
 
 
 def test_available_lists_every_backbone_and_unknown_names_are_refused() -> None:

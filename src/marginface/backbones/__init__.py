@@ -21,6 +21,7 @@ from .embedding import OUTPUT_OPTIONS, EmbeddingHead
 from .iresnet import IResNet, iresnet
 from .mobilefacenet import MobileFaceNet
 from .mobilenet import MobileNet
+from .tiny import Tiny28
 from .vit import VARIANTS as VIT_VARIANTS
 from .vit import VisionTransformer, vit
 from .weights import load_insightface, load_weights, save_weights
@@ -35,12 +36,14 @@ for _name in VIT_VARIANTS:
 # the ArcFace paper's comparison CNNs (insightface's fmobilenet / fdensenet adaptations to 112x112)
 register("mobilenet", MobileNet)
 register("densenet121", partial(densenet, 121))
+# a three-layer CNN at 28x28 for studies that must fit a CPU (docs/results.md); not a model to ship
+register("tiny28", Tiny28)
 del _depth, _name  # loop variables, not part of the module
 
 
 def available() -> list[str]:
     """Names accepted by :func:`create`: the IR-ResNets by depth, MobileFaceNet, the face ViTs (T/S/B/L), and the
-    ArcFace paper's comparison CNNs MobileNet (V1) and DenseNet-121."""
+    ArcFace paper's comparison CNNs MobileNet (V1) and DenseNet-121, and tiny28 (CPU-budget studies)."""
     return BACKBONES.names()
 
 
@@ -51,7 +54,7 @@ def create(
 
     Args:
         name: one of :func:`available` (``iresnet18/34/50/100/200``, ``mobilefacenet``, ``vit_t/s/b/l``,
-            ``mobilenet``, ``densenet121``).
+            ``mobilenet``, ``densenet121``, ``tiny28``).
         embedding_size: D, the output dimension.
         dropout: dropout probability before the embedding FC (0.4 in the ArcFace paper's option E).
         output: embedding-layer option ``"A"``..``"E"``; see :mod:`marginface.backbones.embedding`.
@@ -76,6 +79,7 @@ __all__ = [
     "IResNet",
     "MobileFaceNet",
     "MobileNet",
+    "Tiny28",
     "VisionTransformer",
     "available",
     "create",

@@ -79,7 +79,7 @@ class ModelConfig:
 
     backbone: str = "iresnet50"
     """Registry name (``marginface.backbones.available()``): iresnet18/34/50/100/200, mobilefacenet, vit_t/s/b/l,
-    mobilenet, densenet121."""
+    mobilenet, densenet121, tiny28."""
     embedding_size: int = 512
     """D, the embedding dimension."""
     dropout: float = 0.0
