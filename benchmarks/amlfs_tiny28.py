@@ -5,8 +5,9 @@ Runs ``marginface.training.search`` in-process on a tiny28 preset — ``configs/
 the backbone ``tiny28`` (``marginface.backbones.tiny``; the presets set ``fix_gamma: false``, as these runs were
 made): the 112x112 input average-pooled to 28x28 and three strided conv-BN-PReLU layers, ~100x cheaper than
 MobileFaceNet, so that a search of B copies x R rounds and six from-scratch runs fit in ~15 CPU minutes.
-Rendered synthetic images are memoised (the same pixels, rendered once). Prints the accuracy of the searched
-mean transform and of plain softmax over 3 seeds and their ratio, on the reward's held-out identities and on a test block of identities the search never saw.
+Rendered synthetic images are memoised (the same pixels, rendered once). Prints the accuracy of the searched mean
+transform and of plain softmax over 3 seeds and their ratio, on the reward's held-out identities and on a test block
+of identities the search never saw.
 
     python benchmarks/amlfs_tiny28.py [--preset YAML] [--out DIR] [--test-bin BIN] [--timing] [overrides]
 """
