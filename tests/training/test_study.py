@@ -95,6 +95,36 @@ def test_the_summary_is_mean_and_sample_std_over_seeds(tmp_path: Path, capsys: p
         assert row["std"] == pytest.approx(acc[i].std(ddof=1), abs=1e-12)
 
 
+def test_the_table_and_the_sweep_figure_carry_the_seeds_numbers(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"preset": "x", "seeds": [0, 1, 2], "arms": {"m0.2": [], "m0.5": [], "m0.8": []},
+                                    "eval": {"bins": ["lfw.bin", "cfp_fp.bin"]}}))
+    rng = np.random.default_rng(1)
+    acc = rng.uniform(0.6, 0.9, (3, 2, 3))  # arm, set, seed
+    rows = [{"arm": arm, "seed": seed, "steps": 10, "train_wall_s": 60 * (i + 1) + seed, "lfw_acc": acc[i, 0, seed],
+             "cfp_fp_acc": acc[i, 1, seed]} for seed in range(3) for i, arm in enumerate(["m0.2", "m0.5", "m0.8"])]
+    (tmp_path / "out").mkdir()
+    study._write_csv(tmp_path / "out" / "results.csv", study.columns(study.load_study(spec)), rows)
+    figure = tmp_path / "sweep.png"
+    argv = ["study", str(spec), "--output", str(tmp_path / "out"), "--summary", "--figure", str(figure),
+            "--figure-xlabel", "m"] + [f"--figure-arm=m{m}={m}" for m in ("0.2", "0.5", "0.8")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    m05 = next(line for line in out.splitlines() if line.startswith("| m0.5 | 3 |"))
+    assert m05.endswith("| 2.0 |")  # m0.5's training: 120, 121, 122 s -> 2.0 min
+    assert Image.open(figure).size[0] > 600
+    with open(figure.with_suffix(".csv")) as handle:
+        got = list(csv.DictReader(handle))
+    assert [(r["set"], r["label"]) for r in got] == [(s, m) for s in ("lfw", "cfp_fp") for m in ("0.2", "0.5", "0.8")]
+    for r in got:
+        i, j = ["0.2", "0.5", "0.8"].index(r["label"]), ["lfw", "cfp_fp"].index(r["set"])
+        assert float(r["acc_mean"]) == pytest.approx(acc[i, j].mean(), abs=1e-9)
+        assert float(r["acc_std"]) == pytest.approx(acc[i, j].std(ddof=1), abs=1e-9)
+    assert main(argv[:-1] + ["--figure-arm=m0.9"]) == 2
+    assert "no results for arm(s) ['m0.9']" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"arms": {}}, "has no arms"), ({"seeds": [1, 1]}, "without repeats"), ({"eval": {}}, "evaluates nothing"),
     ({"arms": {"a/b": []}}, "plain folder name"), ({"arms": {"a": ["loss.name"]}}, "is not key=value"),

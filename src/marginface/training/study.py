@@ -320,8 +320,9 @@ def summarise(rows: Sequence[dict[str, str]], metric: str) -> list[ArmSummary]:
 
 
 def summary_table(rows: Sequence[dict[str, str]], sets: Sequence[str]) -> str:
-    """Markdown: per arm, accuracy and TAR (%) as mean ± std over seeds (n seeds) for each set."""
-    header = ["arm", "seeds"] + [f"{s} {k}" for s in sets for k in ("acc %", "TAR %")]
+    """Markdown: per arm, accuracy and TAR (%) as mean ± std over seeds (n seeds) for each set, and the mean
+    training time (minutes of wall clock, as the runs had their lanes' threads)."""
+    header = ["arm", "seeds"] + [f"{s} {k}" for s in sets for k in ("acc %", "TAR %")] + ["train min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     for arm in arms:
@@ -331,5 +332,48 @@ def summary_table(rows: Sequence[dict[str, str]], sets: Sequence[str]) -> str:
             for metric in (f"{s}_acc", f"{s}_tar"):
                 found = summarise(mine, metric)
                 cells.append(f"{100 * found[0].mean:.2f} ± {100 * found[0].std:.2f}" if found else "n/a")
+        train = summarise(mine, "train_wall_s")
+        cells.append(f"{train[0].mean / 60:.1f}" if train else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def arms_figure(rows: Sequence[dict[str, str]], arms: Sequence[tuple[str, str]], sets: Sequence[str],
+                out: str | Path, xlabel: str = "arm") -> list[Path]:
+    """Accuracy (mean ± sample std over seeds, and every seed as a dot) of ``arms`` — (arm, label) pairs, drawn in
+    this order — on each set: one panel per set, PNG ``out`` and the numbers as CSV beside it. Labels that all
+    parse as numbers are placed on a numeric axis (a margin sweep); otherwise evenly."""
+    from marginface.analysis import draw
+
+    missing = [arm for arm, _ in arms if not any(r["arm"] == arm for r in rows)]
+    if missing:
+        raise ValueError(f"no results for arm(s) {missing}; the study has {sorted({r['arm'] for r in rows})}")
+    try:
+        xs = [float(label) for _, label in arms]
+    except ValueError:
+        xs = [float(i) for i in range(len(arms))]
+    table, csv_rows = {}, []
+    for s in sets:
+        for (arm, label), x in zip(arms, xs):
+            found = summarise([r for r in rows if r["arm"] == arm], f"{s}_acc")
+            if found:
+                table[(s, arm)] = found[0]
+                csv_rows.append([s, arm, label, len(found[0].values), found[0].mean, found[0].std])
+    plt = draw.pyplot()
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), squeeze=False)
+    for ax, s in zip(axes[0], sets):
+        points = [(x, table[(s, arm)]) for (arm, _), x in zip(arms, xs) if (s, arm) in table]
+        ax.errorbar([x for x, _ in points], [100 * a.mean for _, a in points], yerr=[100 * a.std for _, a in points],
+                    marker="o", capsize=4, color="C0", label="mean ± std over seeds")
+        for x, a in points:
+            ax.plot([x] * len(a.values), [100 * v for v in a.values], ".", color="0.5", markersize=4)
+        ax.set_title(s)
+        ax.set_xlabel(xlabel)
+        ax.set_xticks(xs, [label for _, label in arms], rotation=0 if xs != list(range(len(arms))) else 45,
+                      ha="center" if xs != list(range(len(arms))) else "right")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("verification accuracy (%)")
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return [draw.write_csv(Path(out).with_suffix(".csv"), ["set", "arm", "label", "seeds", "acc_mean", "acc_std"],
+                           csv_rows), draw.save_figure(fig, out)]

@@ -22,6 +22,12 @@ def add_study(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print each run's status and command; run nothing")
     parser.add_argument("--summary", action="store_true", help="only summarise results.csv (mean ± std over seeds)")
     parser.add_argument("--json", action="store_true", help="print the summary (or the dry-run plan) as JSON")
+    parser.add_argument("--figure", metavar="OUT.png",
+                        help="with --summary: accuracy of the --figure-arm arms on every set (PNG + CSV beside)")
+    parser.add_argument("--figure-arm", action="append", default=[], metavar="ARM[=LABEL]",
+                        help="an arm of the figure, in order (repeat); numeric labels make a numeric axis, e.g. "
+                        "--figure-arm arcface_m0.2=0.2")
+    parser.add_argument("--figure-xlabel", default="arm", help="the figure's x-axis label")
     parser.set_defaults(func=run_study_command)
 
 
@@ -42,6 +48,12 @@ def run_study_command(args: argparse.Namespace) -> int:
                                       + [f"  {r.arm} seed {r.seed}: {why}" for r, why in failed]))
     rows = study.read_results(out / "results.csv")
     sets = [Path(b).stem for b in spec.bins]
+    if args.figure:
+        if not args.figure_arm:
+            raise UserError("--figure needs the arms to draw: --figure-arm ARM[=LABEL], repeated, in order")
+        arms = [(a.partition("=")[0], a.partition("=")[2] or a.partition("=")[0]) for a in args.figure_arm]
+        for path in study.arms_figure(rows, arms, sets, args.figure, args.figure_xlabel):
+            print(f"wrote {path}")
     if args.json:
         print(json.dumps({"results": str(out / "results.csv"), "summary": [
             {"arm": s.arm, "metric": s.metric, "seeds": len(s.values), "mean": s.mean, "std": s.std}
