@@ -354,7 +354,7 @@ def arms_figure(rows: Sequence[dict[str, str]], arms: Sequence[tuple[str, str]],
         xs = [float(i) for i in range(len(arms))]
     table, csv_rows = {}, []
     for s in sets:
-        for (arm, label), x in zip(arms, xs):
+        for arm, label in arms:
             found = summarise([r for r in rows if r["arm"] == arm], f"{s}_acc")
             if found:
                 table[(s, arm)] = found[0]
