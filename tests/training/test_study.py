@@ -123,6 +123,17 @@ def test_the_table_and_the_sweep_figure_carry_the_seeds_numbers(tmp_path: Path,
         assert float(r["acc_std"]) == pytest.approx(acc[i, j].std(ddof=1), abs=1e-9)
     assert main(argv[:-1] + ["--figure-arm=m0.9"]) == 2
     assert "no results for arm(s) ['m0.9']" in capsys.readouterr().err
+    # the tie rule: |mean difference| against the larger of the two sample stds
+    assert main(argv[:4] + ["--summary", "--compare", "m0.5,m0.2", "--json"]) == 0
+    got = {c["metric"]: c for c in json.loads(capsys.readouterr().out)}
+    diff, spread = acc[1, 0].mean() - acc[0, 0].mean(), max(acc[1, 0].std(ddof=1), acc[0, 0].std(ddof=1))
+    assert got["lfw_acc"]["difference"] == pytest.approx(diff, abs=1e-9)
+    assert got["lfw_acc"]["spread"] == pytest.approx(spread, abs=1e-9)
+    assert got["lfw_acc"]["verdict"] == ("tie" if abs(diff) <= spread else "m0.5 ahead" if diff > 0 else "m0.2 ahead")
+    one_seed = [r for r in rows if r["arm"] != "m0.2" or r["seed"] == 0]
+    assert study.compare(one_seed, "m0.5", "m0.2", "lfw_acc").verdict == "cannot tell (one seed: no spread)"
+    assert main(argv[:4] + ["--summary", "--compare", "m0.5"]) == 2
+    assert "give two arms as A,B" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -338,6 +338,40 @@ def summary_table(rows: Sequence[dict[str, str]], sets: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """Arm ``a`` against arm ``b`` on one metric, by the study's tie rule."""
+
+    a: ArmSummary
+    b: ArmSummary
+
+    @property
+    def difference(self) -> float:
+        return self.a.mean - self.b.mean
+
+    @property
+    def spread(self) -> float:
+        """The larger of the two arms' seed std: a difference not larger than this is a tie."""
+        return max(self.a.std, self.b.std)
+
+    @property
+    def verdict(self) -> str:
+        if min(len(self.a.values), len(self.b.values)) < 2:
+            return "cannot tell (one seed: no spread)"
+        if abs(self.difference) <= self.spread:
+            return "tie"
+        return f"{self.a.arm} ahead" if self.difference > 0 else f"{self.b.arm} ahead"
+
+
+def compare(rows: Sequence[dict[str, str]], a: str, b: str, metric: str) -> Comparison:
+    """Compare two arms on a results.csv column (e.g. ``lfw_acc``): means, difference, spread, verdict."""
+    found = {s.arm: s for s in summarise(rows, metric) if s.arm in (a, b)}
+    missing = [arm for arm in (a, b) if arm not in found]
+    if missing:
+        raise ValueError(f"no {metric} results for arm(s) {missing}")
+    return Comparison(found[a], found[b])
+
+
 def arms_figure(rows: Sequence[dict[str, str]], arms: Sequence[tuple[str, str]], sets: Sequence[str],
                 out: str | Path, xlabel: str = "arm") -> list[Path]:
     """Accuracy (mean ± sample std over seeds, and every seed as a dot) of ``arms`` — (arm, label) pairs, drawn in

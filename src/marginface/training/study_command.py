@@ -22,6 +22,9 @@ def add_study(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print each run's status and command; run nothing")
     parser.add_argument("--summary", action="store_true", help="only summarise results.csv (mean ± std over seeds)")
     parser.add_argument("--json", action="store_true", help="print the summary (or the dry-run plan) as JSON")
+    parser.add_argument("--compare", action="append", default=[], metavar="A,B",
+                        help="with --summary: arm A against arm B on every set's accuracy and TAR, with the tie "
+                        "rule (a difference not above the larger seed std is a tie); repeat for more pairs")
     parser.add_argument("--figure", metavar="OUT.png",
                         help="with --summary: accuracy of the --figure-arm arms on every set (PNG + CSV beside)")
     parser.add_argument("--figure-arm", action="append", default=[], metavar="ARM[=LABEL]",
@@ -48,6 +51,8 @@ def run_study_command(args: argparse.Namespace) -> int:
                                       + [f"  {r.arm} seed {r.seed}: {why}" for r, why in failed]))
     rows = study.read_results(out / "results.csv")
     sets = [Path(b).stem for b in spec.bins]
+    if args.compare:
+        return _compare(rows, sets, args.compare, args.json)
     if args.figure:
         if not args.figure_arm:
             raise UserError("--figure needs the arms to draw: --figure-arm ARM[=LABEL], repeated, in order")
@@ -77,4 +82,33 @@ def _dry_run(spec, out: Path, as_json: bool) -> int:
         return 0
     for p in plan:
         print(f"{p['status']:>8}  {p['command']}")
+    return 0
+
+
+def _compare(rows, sets: list[str], pairs: list[str], as_json: bool) -> int:
+    from marginface.errors import UserError
+    from marginface.training import study
+
+    found = []
+    for pair in pairs:
+        a, comma, b = pair.partition(",")
+        if not comma or not a or not b:
+            raise UserError(f"--compare {pair!r}: give two arms as A,B, e.g. --compare arcface_small,softmax")
+        for metric in [f"{s}_{f}" for s in sets for f in ("acc", "tar")]:
+            if metric.endswith("_tar") and not {a, b} <= {x.arm for x in study.summarise(rows, metric)}:
+                continue  # TAR is empty where the set has too few pairs for the FAR: nothing to compare
+            try:
+                c = study.compare(rows, a, b, metric)
+            except ValueError as error:
+                raise UserError(str(error)) from None
+            found.append({"a": a, "b": b, "metric": metric, "a_mean": c.a.mean, "b_mean": c.b.mean,
+                          "difference": c.difference, "spread": c.spread, "verdict": c.verdict,
+                          "seeds": [len(c.a.values), len(c.b.values)]})
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return 0
+    for f in found:
+        print(f"{f['a']} vs {f['b']} on {f['metric']}: {100 * f['a_mean']:.2f} vs {100 * f['b_mean']:.2f} "
+              f"(difference {100 * f['difference']:+.2f}, spread {100 * f['spread']:.2f}, seeds {f['seeds'][0]}/"
+              f"{f['seeds'][1]}): {f['verdict']}")
     return 0
