@@ -164,6 +164,14 @@ def test_committed_studies_parse_and_every_arm_is_a_valid_config(path: Path) -> 
         assert config.seed == run.seed and config.output_dir == str(run.run_dir)
 
 
+def test_overrides_from_the_command_line_join_every_run(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = str(STUDIES[0])
+    assert main(["study", spec, "--output", "out", "--dry-run", "--json", "--override", "model.backbone=iresnet50",
+                 "--override", "device=cuda"]) == 0
+    commands = [p["command"] for p in json.loads(capsys.readouterr().out)]
+    assert commands and all("model.backbone=iresnet50 device=cuda loss.name=" in c for c in commands)
+
+
 def test_committed_studies_exist() -> None:
     assert {p.stem for p in STUDIES} >= {"celeba299_losses", "celeba299_arcface_margins"}
 

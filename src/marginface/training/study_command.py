@@ -18,6 +18,9 @@ def add_study(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("spec", help="study spec, e.g. configs/study/celeba299_losses.yaml")
     parser.add_argument("--output", help="study folder (default: runs/study_<spec name>)")
     parser.add_argument("--lanes", type=int, help="runs side by side (default: the spec's lanes)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="appended to the spec's common overrides, e.g. --override model.backbone=iresnet50 "
+                        "(repeat; recorded in OUTPUT/study.json, so use a new --output for a changed study)")
     parser.add_argument("--threads", type=int, help="intra-op threads per run (default: CPU cores // lanes)")
     parser.add_argument("--dry-run", action="store_true", help="print each run's status and command; run nothing")
     parser.add_argument("--summary", action="store_true", help="only summarise results.csv (mean ± std over seeds)")
@@ -41,6 +44,8 @@ def run_study_command(args: argparse.Namespace) -> int:
     spec = study.load_study(args.spec)
     if args.lanes:
         spec = replace(spec, lanes=args.lanes)
+    if args.override:
+        spec = replace(spec, overrides=[*spec.overrides, *args.override])
     out = Path(args.output or f"runs/study_{Path(args.spec).stem}")
     if args.dry_run:
         return _dry_run(spec, out, args.json)
