@@ -172,6 +172,17 @@ def test_overrides_from_the_command_line_join_every_run(capsys: pytest.CaptureFi
     assert commands and all("model.backbone=iresnet50 device=cuda loss.name=" in c for c in commands)
 
 
+@pytest.mark.parametrize(("device", "expected"), [("cpu", "cpu"), ("cuda:1", "cuda:1"), ("auto", "cpu")])
+def test_runs_are_evaluated_on_the_device_they_trained_on(tmp_path: Path, device: str, expected: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = study.Run("a", 0, tmp_path, tmp_path / "a_s0.log")
+    (tmp_path / "config.json").write_text(json.dumps({"device": device, "steps": 2}))
+    assert study.eval_device(run) == expected
+
+
 def test_committed_studies_exist() -> None:
     assert {p.stem for p in STUDIES} >= {"celeba299_losses", "celeba299_arcface_margins"}
 

@@ -141,6 +141,16 @@ def final_checkpoint(run: Run) -> Path | None:
     return path if (path.parent / "state.json").is_file() else None
 
 
+def eval_device(run: Run) -> str:
+    """The device the run trained on (its config.json), so that a GPU study also evaluates on the GPU."""
+    device = str(json.loads((run.run_dir / "config.json").read_text()).get("device", "cpu"))
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def columns(spec: StudySpec) -> list[str]:
     return BASE_COLUMNS + [f"{Path(b).stem}_{f}" for b in spec.bins for f in SET_FIELDS]
 
@@ -228,7 +238,7 @@ class Study:
             return f"training ended without a final checkpoint; see {run.log}"
         report = run.log.with_name(f"{run.arm}_s{run.seed}.eval.json")
         argv = ["marginface", "eval", "--checkpoint", str(checkpoint), "--bins", *self.spec.bins, "--json",
-                "--roc", "", *([] if self.spec.flip else ["--no-flip"])]
+                "--roc", "", "--device", eval_device(run), *([] if self.spec.flip else ["--no-flip"])]
         start = time.perf_counter()
         code = run_child(argv, run.log, self.env())
         eval_wall = time.perf_counter() - start
