@@ -393,9 +393,9 @@ def arms_figure(rows: Sequence[dict[str, str]], arms: Sequence[tuple[str, str]],
     if missing:
         raise ValueError(f"no results for arm(s) {missing}; the study has {sorted({r['arm'] for r in rows})}")
     try:
-        xs = [float(label) for _, label in arms]
-    except ValueError:
-        xs = [float(i) for i in range(len(arms))]
+        xs, numeric = [float(label) for _, label in arms], True
+    except ValueError:  # categories: evenly placed, not joined by a line (there is nothing between two arms)
+        xs, numeric = [float(i) for i in range(len(arms))], False
     table, csv_rows = {}, []
     for s in sets:
         for arm, label in arms:
@@ -404,17 +404,20 @@ def arms_figure(rows: Sequence[dict[str, str]], arms: Sequence[tuple[str, str]],
                 table[(s, arm)] = found[0]
                 csv_rows.append([s, arm, label, len(found[0].values), found[0].mean, found[0].std])
     plt = draw.pyplot()
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6 if numeric else 4.6), squeeze=False)
     for ax, s in zip(axes[0], sets):
         points = [(x, table[(s, arm)]) for (arm, _), x in zip(arms, xs) if (s, arm) in table]
         ax.errorbar([x for x, _ in points], [100 * a.mean for _, a in points], yerr=[100 * a.std for _, a in points],
-                    marker="o", capsize=4, color="C0", label="mean ± std over seeds")
+                    marker="o", capsize=4, color="C0", label="mean ± std over seeds",
+                    linestyle="-" if numeric else "none")
         for x, a in points:
             ax.plot([x] * len(a.values), [100 * v for v in a.values], ".", color="0.5", markersize=4)
         ax.set_title(s)
         ax.set_xlabel(xlabel)
-        ax.set_xticks(xs, [label for _, label in arms], rotation=0 if xs != list(range(len(arms))) else 45,
-                      ha="center" if xs != list(range(len(arms))) else "right")
+        if numeric:
+            ax.set_xticks(xs, [label for _, label in arms])
+        else:
+            ax.set_xticks(xs, [label for _, label in arms], rotation=60, ha="right", fontsize=7)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("verification accuracy (%)")
     axes[0][0].legend(loc="best", fontsize=8)

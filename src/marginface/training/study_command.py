@@ -54,7 +54,9 @@ def run_study_command(args: argparse.Namespace) -> int:
         if failed:
             raise UserError("\n".join([f"{len(failed)} run(s) failed (the others are in {out / 'results.csv'}):"]
                                       + [f"  {r.arm} seed {r.seed}: {why}" for r, why in failed]))
-    rows = study.read_results(out / "results.csv")
+    order = {arm: i for i, arm in enumerate(spec.arms)}  # the spec's arms first, in its order; then any others
+    rows = sorted(study.read_results(out / "results.csv"),
+                  key=lambda r: (order.get(r["arm"], len(order)), r["arm"], int(r["seed"])))
     sets = [Path(b).stem for b in spec.bins]
     if args.compare:
         return _compare(rows, sets, args.compare, args.json)
@@ -70,7 +72,9 @@ def run_study_command(args: argparse.Namespace) -> int:
             for metric in [f"{n}_{f}" for n in sets for f in ("acc", "tar")] for s in study.summarise(rows, metric)]},
             indent=2))
         return 0
-    print(f"{len(rows)} run(s) evaluated of {len(study.plan(spec, out))}: {out / 'results.csv'}")
+    planned = {(r.arm, str(r.seed)) for r in study.plan(spec, out)}
+    print(f"{len(planned & {(r['arm'], r['seed']) for r in rows})} of this spec's {len(planned)} run(s) evaluated; "
+          f"{len(rows)} row(s) in {out / 'results.csv'}")
     print(f"TAR at FAR = {spec.far:g}; mean ± std over seeds (sample std): differences inside the spread are ties")
     print(study.summary_table(rows, sets))
     return 0
