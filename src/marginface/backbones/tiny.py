@@ -16,8 +16,9 @@ input      operator                              output
 4x4x128    embedding layer (option E: BN2d - Dropout - FC(2048 -> D) - BN1d)
 =========  ====================================  ==========
 
-About 2.3M multiply-adds for the trunk, ~100x fewer than MobileFaceNet's. Weights keep torch's default initialisation
-(the runs of docs/amlfs.md were made with it; He-normal makes no difference a three-layer net needs).
+About 2.3M multiply-adds for the trunk, ~100x fewer than MobileFaceNet's. The weights keep torch's default
+initialisation, not the He-normal of the deeper backbones: the runs of docs/amlfs.md were made with it, and a
+three-layer network trains well from it (docs/results.md).
 """
 
 from __future__ import annotations
