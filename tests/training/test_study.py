@@ -184,7 +184,8 @@ def test_runs_are_evaluated_on_the_device_they_trained_on(tmp_path: Path, device
 
 
 def test_committed_studies_exist() -> None:
-    assert {p.stem for p in STUDIES} >= {"celeba299_losses", "celeba299_arcface_margins"}
+    assert {p.stem for p in STUDIES} >= {"celeba299_losses", "celeba299_arcface_margins", "celeba299_tiny28_losses",
+                                        "celeba299_tiny28_losses_seeds34"}
 
 
 def test_the_eval_json_is_read_from_the_end_of_the_log(tmp_path: Path) -> None:
