@@ -104,11 +104,11 @@ def _compare(rows, sets: list[str], pairs: list[str], as_json: bool) -> int:
         if not comma or not a or not b:
             raise UserError(f"--compare {pair!r}: give two arms as A,B, e.g. --compare arcface_small,softmax")
         for metric in [f"{s}_{f}" for s in sets for f in ("acc", "tar")]:
-            if metric.endswith("_tar") and not {a, b} <= {x.arm for x in study.summarise(rows, metric)}:
-                continue  # TAR is empty where the set has too few pairs for the FAR: nothing to compare
             try:
                 c = study.compare(rows, a, b, metric)
             except ValueError as error:
+                if metric.endswith("_tar"):
+                    continue  # TAR is empty where the set has too few pairs for the FAR: nothing to compare
                 raise UserError(str(error)) from None
             found.append({"a": a, "b": b, "metric": metric, "a_mean": c.a.mean, "b_mean": c.b.mean,
                           "difference": c.difference, "spread": c.spread, "verdict": c.verdict,
