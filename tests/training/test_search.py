@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from marginface.training.config import ConfigError
@@ -177,7 +179,7 @@ def test_one_sample_per_torchrun_rank_equals_the_one_process_search(tmp_path):
     from tests.training.test_trainer import free_port
 
     torch.set_num_threads(1)
-    tiny_search(tmp_path, "ranks", seed=2)  # writes ranks.yaml; seed 2: rank 1's copy wins both rounds
+    tiny_search(tmp_path, "ranks", seed=2)  # writes ranks.yaml
     torch.multiprocessing.spawn(_search_worker, args=(2, free_port(), str(tmp_path / "ranks.yaml")), nprocs=2)
     one = run_search(tiny_search(tmp_path, "one", seed=2), progress=False)
     a, b = load_file(str(tmp_path / "one" / STATE_FILE)), load_file(str(tmp_path / "ranks" / STATE_FILE))
@@ -186,7 +188,11 @@ def test_one_sample_per_torchrun_rank_equals_the_one_process_search(tmp_path):
         assert torch.equal(a[key], b[key]), key
     history = read_search(tmp_path / "ranks")
     assert history["rewards"] == [rec["rewards"] for rec in one.history]
-    assert [rec["best"] for rec in one.history] == [1, 1] and one.round == 2  # broadcast from rank 1
+    # Which copy wins depends on arithmetic the test does not control; the invariant is that both searches pick
+    # the same one in every round (the weights above are the winner's, broadcast from its rank).
+    with safe_open(str(tmp_path / "ranks" / STATE_FILE), framework="pt") as handle:
+        ranks_history = json.loads(handle.metadata()["history"])
+    assert [rec["best"] for rec in ranks_history] == [rec["best"] for rec in one.history] and one.round == 2
     assert (tmp_path / "ranks" / "log.csv").read_text() == (tmp_path / "one" / "log.csv").read_text()
 
 
