@@ -98,6 +98,7 @@ def _message(function, *args) -> str:
     raise AssertionError("no error")
 
 
+@pytest.mark.slow
 def test_eval_reads_the_backbone_from_the_model_card(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     """A newcomer's `marginface eval --checkpoint best.safetensors --bins lfw.bin` used to stop at 'give --checkpoint
     and --backbone' although training writes the backbone into the file's card; a file without a card still

@@ -39,6 +39,7 @@ def test_info_and_verify(setup, capsys):
     assert capsys.readouterr().out.startswith("same person: cosine 1.0000")
 
 
+@pytest.mark.slow
 def test_calibrate_enroll_identify(setup, tmp_path, capsys):
     root, model = setup
     copy = tmp_path / "m.safetensors"

@@ -156,6 +156,7 @@ def test_sqlite_holds_names_and_no_pickle(tmp_path):
     np.load(tmp_path / "g" / version / "vectors.npy", allow_pickle=False)
 
 
+@pytest.mark.slow
 def test_enroll_folder_skips_bad_images_when_asked(tmp_path):
     from PIL import Image
 

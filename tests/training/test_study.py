@@ -42,6 +42,7 @@ def _spec(tmp_path: Path, arms: dict) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_study_runs_resumes_and_reports_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = _spec(tmp_path, {"arcface": ["loss.name=arcface"], "cosface": ["loss.name=cosface"],
                             "broken": ["loss.name=nosuchloss"]})
