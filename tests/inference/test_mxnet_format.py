@@ -314,3 +314,14 @@ def test_insightface_y1_maps_onto_our_mobilefacenet(y1, real_aligned_faces, tmp_
         assert _cosines(graph(torch.from_numpy(faces)).numpy(), expected).min() >= 0.9999
     convert_model(f"{y1}-0000.params", tmp_path / "y1.safetensors")
     np.testing.assert_array_equal(load_model(tmp_path / "y1.safetensors").forward(faces), loaded.forward(faces))
+
+
+def test_eval_adapter_applies_the_graphs_contract(tiny):
+    """marginface eval feeds (x - 127.5) / 127.5; the adapter turns it back into the pixels the graph expects."""
+    from marginface.evaluation.embed import load_backbone
+
+    model = load_backbone(None, tiny.parent / "tiny-0000.params")
+    pixels = _pixels(2)
+    with torch.no_grad():
+        out = model(torch.from_numpy((pixels - 127.5) / 127.5)).numpy()
+    np.testing.assert_allclose(out, load_model(tiny).forward(pixels), rtol=1e-4, atol=1e-4)

@@ -97,6 +97,29 @@ class LoadedModel:
         return (emb / norms).astype(np.float32)
 
 
+class EvalInputAdapter(torch.nn.Module):
+    """A loaded model behind the evaluation contract: ``(B, 3, S, S)`` RGB in [-1, 1] as ``(x - 127.5) / 127.5``
+    -> ``(B, D)`` raw embeddings, whatever the model's own contract (channel order, mean/std, ONNX).
+
+    ``marginface eval`` feeds that contract to every backbone; this undoes it to pixels and applies the card's,
+    so a model normalised otherwise (an MXNet zoo model's ``(x - 127.5) / 128``) is evaluated as it was trained.
+    """
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__()
+        self.loaded = loaded
+        self.embedding_size = loaded.card.embedding_size
+        if isinstance(loaded.runner, torch.nn.Module):
+            self.model = loaded.runner  # registered, so .to(device) / .eval() reach it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = x.float() * 127.5 + 127.5
+        if self.loaded.kind == "torch":
+            return self.loaded.runner(self.loaded.normalise_input(pixels))
+        out = self.loaded.runner(self.loaded.normalise_input(pixels).cpu().numpy())
+        return torch.from_numpy(out).to(x.device)
+
+
 class OnnxRunner:
     """An onnxruntime session as ``(B, 3, S, S) float32 -> (B, D) float32``; loops when the batch is fixed."""
 
