@@ -1,4 +1,4 @@
-"""``marginface verify | enroll | identify | export | calibrate | info``: thin CLI over marginface.inference.
+"""``marginface verify | enroll | identify | export | calibrate | info | convert``: thin CLI over marginface.inference.
 
 Each prints lines a person reads, or one JSON object with ``--json``. Errors are raised (UserError /
 ValueError / FileNotFoundError) and printed by ``marginface.cli.main``.
@@ -13,14 +13,15 @@ from typing import Any
 
 
 def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register the six inference commands."""
-    for add in (_add_verify, _add_enroll, _add_identify, _add_export, _add_calibrate, _add_info):
+    """Register the seven inference commands."""
+    for add in (_add_verify, _add_enroll, _add_identify, _add_export, _add_calibrate, _add_info, _add_convert):
         add(subparsers)
 
 
 def _face_options(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     parser.add_argument("--model", required=model_required,
-                        help="model file: .safetensors (marginface), .pth (insightface), .onnx")
+                        help="model file: .safetensors (marginface), .pth (insightface arcface_torch), .onnx, "
+                        "MXNet prefix-0000.params / prefix-symbol.json / prefix")
     parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda:0")
     parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"],
                         help="face used when a photo has several (as marginface align)")
@@ -221,5 +222,29 @@ def _run_info(args: argparse.Namespace) -> int:
         print(card.to_json())
         return 0
     print(f"{args.model}")
+    print(card.describe())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ convert
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="write a foreign model (MXNet, arcface_torch .pth) as our .safetensors with a card",
+        description="Read IN with load_model (MXNet prefix-0000.params / -symbol.json / prefix, .pth, "
+        "safetensors) and write OUT.safetensors: the weights under our backbone's names and the model card.")
+    parser.add_argument("src", metavar="IN")
+    parser.add_argument("out", metavar="OUT", help="output .safetensors path")
+    parser.add_argument("--json", action="store_true", help="print the card as JSON")
+    parser.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from marginface.inference.model import convert_model
+
+    card = convert_model(args.src, args.out)
+    if args.json:
+        print(card.to_json())
+        return 0
+    print(f"wrote {args.out}")
     print(card.describe())
     return 0
