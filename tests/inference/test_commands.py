@@ -63,6 +63,10 @@ def test_calibrate_enroll_identify(setup, tmp_path, capsys):
     assert [m["name"] for m in out["results"][0]["matches"]] == [loaded.names[i] for i in best]
     assert out["results"][0]["matches"][0]["score"] == pytest.approx(cos[best[0]], abs=1e-5)
     assert len(loaded) == 3 and loaded.images("p2") == 2
+    assert main(["enroll", str(root / "people"), "--gallery", str(gallery), "--model", str(copy)]) == 0
+    assert "enrolled 0 images of 3 identities" in (out := capsys.readouterr().out)
+    assert "6 images were already enrolled (same file bytes) and were skipped" in out
+    assert Gallery.load(gallery).images("p2") == 2  # not doubled
     assert main(["identify", str(probe), "--gallery", str(gallery), "--model", str(root / "m.safetensors")]) == 0
     other = save_tiny(tmp_path / "other.safetensors", seed=5)
     assert main(["identify", str(probe), "--gallery", str(gallery), "--model", str(other)]) == 2

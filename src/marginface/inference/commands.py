@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 
@@ -95,15 +96,19 @@ def _run_enroll(args: argparse.Namespace) -> int:
 
     recognizer = _recognizer(args)
     exists = (Path(args.gallery) / "CURRENT").is_file()
-    gallery = Gallery.load(args.gallery) if exists else Gallery.create(recognizer.card)
-    gallery.model_path = gallery.model_path or str(Path(args.model).resolve())
-    report = gallery.enroll_folder(recognizer, args.folder, skip_bad=args.skip_bad)
-    gallery.save(args.gallery)
+    before = Gallery.load(args.gallery) if exists else Gallery.create(recognizer.card)
+    batch = before.embed_folder(recognizer, args.folder, skip_bad=args.skip_bad)  # outside the lock: slow
+    # load again under the folder's lock: another enroll may have saved meanwhile; both land (see Gallery.update)
+    with Gallery.update(args.gallery, recognizer.card, on_wait=lambda m: print(m, file=sys.stderr)) as gallery:
+        gallery.model_path = gallery.model_path or str(Path(args.model).resolve())
+        report = gallery.apply(batch)
     if args.json:
         _print_json({**report, "gallery": args.gallery})
         return 0
     print(f"enrolled {report['images']} images of {report['identities']} identities; the gallery {args.gallery} "
           f"now holds {report['gallery_size']}")
+    if report["already_enrolled"]:
+        print(f"  {len(report['already_enrolled'])} images were already enrolled (same file bytes) and were skipped")
     for item in report["skipped"]:
         print(f"  skipped {item['path']}: {item['error']}")
     for item in report["several_faces"]:
