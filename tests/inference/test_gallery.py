@@ -74,7 +74,7 @@ def test_approximate_search_visiting_every_cell_equals_exact():
 
 def test_other_model_is_refused(tmp_path):
     gallery, card = _gallery()
-    with pytest.raises(UserError, match="enrolled with model aaaa.*different models"):
+    with pytest.raises(UserError, match="enrolled with model sha256 aaaa.*different models"):
         gallery.search(np.ones(D), 1, model=_card("b"))
     with pytest.raises(UserError, match="different models"):
         gallery.add("x", np.ones(D), _card("b"))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -105,6 +106,29 @@ def file_sha256(path: str | os.PathLike) -> str:
 def _key_of(model: Any) -> str:
     """A ModelCard's compatibility key (or the key itself when a string is given)."""
     return model if isinstance(model, str) else model.compatibility_key
+
+
+def _key_parts(key: str) -> dict[str, str]:
+    """A compatibility key ``sha256:precision[:BGR]`` split into named parts."""
+    parts = key.split(":")
+    return {"weights": parts[0], "precision": parts[1] if len(parts) > 1 else "?",
+            "channel order": parts[2] if len(parts) > 2 else "RGB"}
+
+
+def _describe_key(key: str) -> str:
+    p = _key_parts(key)
+    return f"sha256 {p['weights'][:16]}... {p['precision']} {p['channel order']}"
+
+
+def _key_difference(ours: str, theirs: str) -> str:
+    """What differs between two compatibility keys, e.g. "precision fp32 vs int8"."""
+    a, b = _key_parts(ours), _key_parts(theirs)
+    diff = [f"{k} {a[k]} vs {b[k]}" for k in ("precision", "channel order") if a[k] != b[k]]
+    if a["weights"] != b["weights"]:
+        n = next((i for i, (x, y) in enumerate(zip(a["weights"], b["weights"])) if x != y), 0)
+        width = max(16, n + 4)  # enough digits to show where they differ
+        diff.append(f"weights sha256 {a['weights'][:width] or '(none)'} vs {b['weights'][:width] or '(none)'}")
+    return "; ".join(diff) or "different keys"
 
 
 def _unit_rows(x: np.ndarray, dim: int, what: str) -> np.ndarray:
@@ -179,9 +203,10 @@ class Gallery:
         key = _key_of(model)
         if key != self.model_key:
             where = f" at {self.path}" if self.path else ""
-            raise UserError(f"the gallery{where} was enrolled with model {self.model_key[:16]}... but these {what} "
-                            f"come from model {key[:16]}...: embeddings of different models (or precisions) are "
-                            "not comparable; use the gallery's model or enrol a new gallery with this one")
+            raise UserError(f"the gallery{where} was enrolled with model {_describe_key(self.model_key)} but these "
+                            f"{what} come from model {_describe_key(key)} ({_key_difference(self.model_key, key)}): "
+                            "embeddings of different models (or precisions) are not comparable; use the gallery's "
+                            "model or enrol a new gallery with this one")
 
     # ------------------------------------------------------------------------------------------ changes
     def add(self, name: str, embeddings: np.ndarray, model: Any) -> None:
@@ -527,6 +552,7 @@ class Gallery:
         if vectors.shape != (count, dim) or len(rows) != count or vectors.dtype != np.float32:
             raise ValueError(f"{vec_path} holds {vectors.shape} {vectors.dtype} but {db_path} lists {len(rows)} of "
                              f"{count} identities of D={dim}")
+        _check_contents(vec_path, db_path, vectors, rows)
         gallery = cls(meta["model_key"], dim, meta["card"])
         gallery._vectors = vectors
         gallery.model_path = meta.get("model_path", "")
@@ -607,6 +633,29 @@ def _abandoned(tmp_name: str) -> bool:
     except (IndexError, ValueError):
         return False  # not named by a save: leave it
     return pid == os.getpid() or not pid_alive(pid)
+
+
+#: how far a stored template's norm may be from 1 (float32 rounding of a normalised row is ~1e-7).
+NORM_TOLERANCE = 1e-3
+
+
+def _check_contents(vec_path: Path, db_path: Path, vectors: np.ndarray, rows: list[tuple]) -> None:
+    """A loaded version's contents are what save() writes: finite unit templates, distinct non-empty names,
+    image counts >= 1 and finite positive sums' norms. Raises ValueError naming the first bad row."""
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE))
+    if len(bad):
+        raise ValueError(f"{vec_path} row {bad[0]} ({rows[bad[0]][0]!r}) has norm {norms[bad[0]]:.6g}, not 1: "
+                         f"templates are unit vectors ({len(bad)} bad rows)")
+    seen: set[str] = set()
+    for i, (name, images, norm) in enumerate(rows):
+        if not isinstance(name, str) or not name or name in seen:
+            raise ValueError(f"{db_path} row {i}: identity name {name!r} is empty, not text or repeated")
+        seen.add(name)
+        if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+            raise ValueError(f"{db_path} row {i} ({name!r}): image count {images!r} is not an integer >= 1")
+        if not isinstance(norm, float | int) or not math.isfinite(norm) or norm <= 0:
+            raise ValueError(f"{db_path} row {i} ({name!r}): norm {norm!r} is not a finite positive number")
 
 
 def _read_current(folder: Path) -> str | None:
