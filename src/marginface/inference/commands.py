@@ -144,15 +144,34 @@ def _run_identify(args: argparse.Namespace) -> int:
     threshold = recognizer.card.threshold
     if args.json:
         _print_json({"threshold": threshold, "results": [
-            {"image": info.input, "face": info, "matches": [m.__dict__ for m in matches]}
-            for info, matches in zip(infos, results)]})
+            {"image": info.input, "face": info, "matches": [m.__dict__ for m in matches],
+             "match": _best_match(matches, threshold)} for info, matches in zip(infos, results)]})
         return 0
     for info, matches in zip(infos, results):
         print(_face_note(info))
         for rank, match in enumerate(matches, 1):
-            flag = "" if threshold is None else ("  (match)" if match.score >= threshold else "  (below threshold)")
-            print(f"  {rank}. {match.name}  cosine {match.score:.4f}{flag}")
+            print(f"  {rank}. {_printable(match.name)}  cosine {match.score:.4f}{_flag(rank, match.score, threshold)}")
     return 0
+
+
+def _best_match(matches: list[Any], threshold: float | None) -> str | None:
+    """The identity a photo is identified as: the best-scoring one if it reaches the threshold, else None.
+    One photo is one person, so at most one result is "the match" (others above the threshold are only that)."""
+    return matches[0].name if matches and threshold is not None and matches[0].score >= threshold else None
+
+
+def _flag(rank: int, score: float, threshold: float | None) -> str:
+    if threshold is None:
+        return ""
+    if score < threshold:
+        return "  (below threshold)"
+    return "  (match)" if rank == 1 else "  (also above threshold)"
+
+
+def _printable(name: str) -> str:
+    """``name`` as typed, or its escaped repr when it holds control characters (a newline or an ANSI escape
+    in an identity folder's name must not rewrite the terminal or add fake result lines)."""
+    return name if name.isprintable() else ascii(name)
 
 
 # ------------------------------------------------------------------------------------------ export
