@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 
@@ -96,15 +97,19 @@ def _run_enroll(args: argparse.Namespace) -> int:
 
     recognizer = _recognizer(args)
     exists = (Path(args.gallery) / "CURRENT").is_file()
-    gallery = Gallery.load(args.gallery) if exists else Gallery.create(recognizer.card)
-    gallery.model_path = gallery.model_path or str(Path(args.model).resolve())
-    report = gallery.enroll_folder(recognizer, args.folder, skip_bad=args.skip_bad)
-    gallery.save(args.gallery)
+    before = Gallery.load(args.gallery) if exists else Gallery.create(recognizer.card)
+    batch = before.embed_folder(recognizer, args.folder, skip_bad=args.skip_bad)  # outside the lock: slow
+    # load again under the folder's lock: another enroll may have saved meanwhile; both land (see Gallery.update)
+    with Gallery.update(args.gallery, recognizer.card, on_wait=lambda m: print(m, file=sys.stderr)) as gallery:
+        gallery.model_path = gallery.model_path or str(Path(args.model).resolve())
+        report = gallery.apply(batch)
     if args.json:
         _print_json({**report, "gallery": args.gallery})
         return 0
     print(f"enrolled {report['images']} images of {report['identities']} identities; the gallery {args.gallery} "
           f"now holds {report['gallery_size']}")
+    if report["already_enrolled"]:
+        print(f"  {len(report['already_enrolled'])} images were already enrolled (same file bytes) and were skipped")
     for item in report["skipped"]:
         print(f"  skipped {item['path']}: {item['error']}")
     for item in report["several_faces"]:
@@ -140,15 +145,34 @@ def _run_identify(args: argparse.Namespace) -> int:
     threshold = recognizer.card.threshold
     if args.json:
         _print_json({"threshold": threshold, "results": [
-            {"image": info.input, "face": info, "matches": [m.__dict__ for m in matches]}
-            for info, matches in zip(infos, results)]})
+            {"image": info.input, "face": info, "matches": [m.__dict__ for m in matches],
+             "match": _best_match(matches, threshold)} for info, matches in zip(infos, results)]})
         return 0
     for info, matches in zip(infos, results):
         print(_face_note(info))
         for rank, match in enumerate(matches, 1):
-            flag = "" if threshold is None else ("  (match)" if match.score >= threshold else "  (below threshold)")
-            print(f"  {rank}. {match.name}  cosine {match.score:.4f}{flag}")
+            print(f"  {rank}. {_printable(match.name)}  cosine {match.score:.4f}{_flag(rank, match.score, threshold)}")
     return 0
+
+
+def _best_match(matches: list[Any], threshold: float | None) -> str | None:
+    """The identity a photo is identified as: the best-scoring one if it reaches the threshold, else None.
+    One photo is one person, so at most one result is "the match" (others above the threshold are only that)."""
+    return matches[0].name if matches and threshold is not None and matches[0].score >= threshold else None
+
+
+def _flag(rank: int, score: float, threshold: float | None) -> str:
+    if threshold is None:
+        return ""
+    if score < threshold:
+        return "  (below threshold)"
+    return "  (match)" if rank == 1 else "  (also above threshold)"
+
+
+def _printable(name: str) -> str:
+    """``name`` as typed, or its escaped repr when it holds control characters (a newline or an ANSI escape
+    in an identity folder's name must not rewrite the terminal or add fake result lines)."""
+    return name if name.isprintable() else ascii(name)
 
 
 # ------------------------------------------------------------------------------------------ export

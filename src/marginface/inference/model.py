@@ -402,6 +402,9 @@ def _load_onnx(path: Path, device: str) -> LoadedModel:
         if props.get(ONNX_HASH_KEY) not in (None, actual):
             raise ValueError(f"the card of {path} disagrees with its weights: the graph's initializers hash to "
                              f"{actual[:16]}..., the card recorded {props[ONNX_HASH_KEY][:16]}...; re-export it")
+        if ONNX_HASH_KEY not in props:  # a card copied into a foreign graph: its weights claim is unverifiable,
+            card.weights_sha256 = actual  # so the graph is its own model (no gallery of another model accepts it)
+            card.source = f"{card.source}, card without the graph's hash"
     else:
         dim = _static_dim(model.graph.output[0], 1)
         if dim is None:
