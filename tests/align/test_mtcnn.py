@@ -87,3 +87,96 @@ def test_no_face_in_flat_image() -> None:
     assert len(found) == 0 and found.landmarks.shape == (0, 5, 2)
     with pytest.raises(ValueError, match="RGB"):
         create_detector("mtcnn").detect(np.zeros((50, 50), dtype=np.uint8))
+
+
+def test_map_back_maps_pixel_centres() -> None:
+    # A copy at half size: its pixel 0 covers the original's pixels 0 and 1, whose centres are 0 and 1, so its
+    # centre is 0.5; its pixel 9 covers 18 and 19 -> 18.5. y is shrunk by 4: copy pixel 2 covers 8..11 -> 9.5.
+    from marginface.align.detectors import Detections
+    from marginface.align.mtcnn import map_back
+
+    found = Detections(np.array([[0.0, 2.0, 9.0, 2.0]]), np.array([0.9]), np.array([[[0.0, 2.0]] * 5]))
+    out = map_back(found, 2.0, 4.0)
+    np.testing.assert_allclose(out.boxes, [[0.5, 9.5, 18.5, 9.5]])
+    np.testing.assert_allclose(out.landmarks[0], [[0.5, 9.5]] * 5)
+    np.testing.assert_array_equal(out.scores, found.scores)
+    assert len(map_back(Detections.empty(), 2.0, 2.0)) == 0
+
+
+def test_max_side_is_checked() -> None:
+    with pytest.raises(ValueError, match="max_side"):
+        MTCNN(MTCNNNets(None, None, None), max_side=20)
+
+
+def _lfw_photos(count: int) -> list[np.ndarray]:
+    from pathlib import Path
+
+    from marginface.inference.images import to_rgb_array
+    from marginface.paths import shared_data_dir
+
+    shared = shared_data_dir()
+    if shared is None:
+        pytest.skip("../shared/data is absent")
+    names = (Path(__file__).parents[2] / "benchmarks" / "photo_path_list.txt").read_text().split()[:count]
+    return [to_rgb_array(shared / "lfw" / "lfw-deepfunneled" / name) for name in names]
+
+
+def _chosen_landmarks(found, shape) -> np.ndarray:  # noqa: ANN001
+    from marginface.align.detectors import select_face
+
+    return found.landmarks[select_face(found, shape, "centre")[0]]
+
+
+def _landmark_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest coordinate difference of two (5, 2) landmark sets, in inter-ocular distances of ``a``."""
+    return float(np.abs(a - b).max() / np.linalg.norm(a[0] - a[1]))
+
+
+@needs_onnx
+def test_max_side_small_image_is_unchanged() -> None:
+    from marginface.align.mtcnn import onnx_nets
+
+    nets = onnx_nets()
+    (photo,) = _lfw_photos(1)
+    full, capped = MTCNN(nets).detect(photo), MTCNN(nets, max_side=250).detect(photo)  # LFW: 250x250
+    np.testing.assert_array_equal(full.landmarks, capped.landmarks)
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_max_side_landmarks_match_full_size_on_real_photos() -> None:
+    # Camera-sized input made from real LFW photos (4x upscale to 1000 px): the fast path (cascade on a 250 px
+    # copy, landmarks mapped back) must find the same centred face as the full-size cascade, with landmarks
+    # within MTCNN's own scale-to-scale spread (measured: median 3.8 %, max 6.8 % of the inter-ocular distance
+    # on 20 photos).
+    import cv2
+
+    from marginface.align.mtcnn import onnx_nets
+
+    nets = onnx_nets()
+    full, fast = MTCNN(nets), MTCNN(nets, max_side=250)
+    errors = []
+    for photo in _lfw_photos(6):
+        big = cv2.resize(photo, (1000, 1000), interpolation=cv2.INTER_CUBIC)
+        a, b = full.detect(big), fast.detect(big)
+        assert len(a) and len(b)
+        errors.append(_landmark_error(_chosen_landmarks(a, big.shape), _chosen_landmarks(b, big.shape)))
+    assert np.median(errors) < 0.06 and max(errors) < 0.1, errors
+
+
+@needs_onnx
+def test_min_face_40_keeps_the_faces_of_real_photos() -> None:
+    # The benchmark's fast path searches faces from 40 px (face_recognition's HOG smallest, upsample 1): on
+    # LFW photos it must keep the centred face, with landmarks close to the min_face 20 cascade's (measured on
+    # the list's first 100 photos: median 3.1 %, max 9.3 % of the inter-ocular distance; the pyramid's scales
+    # differ, so P-Net's candidates and the regressed points move by MTCNN's scale-to-scale spread).
+    from marginface.align.mtcnn import onnx_nets
+
+    nets = onnx_nets()
+    accurate, fast = MTCNN(nets, min_face=20), MTCNN(nets, min_face=40)
+    errors = []
+    for photo in _lfw_photos(12):
+        a, b = accurate.detect(photo), fast.detect(photo)
+        assert len(a) and len(b)
+        errors.append(_landmark_error(_chosen_landmarks(a, photo.shape), _chosen_landmarks(b, photo.shape)))
+    assert np.median(errors) < 0.05 and max(errors) < 0.15, errors

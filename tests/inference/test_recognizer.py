@@ -155,3 +155,23 @@ def test_bad_files(recognizer, tmp_path):
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cannot read image .*t.jpg"):
         recognizer.embed(tmp_path / "t.jpg")
+
+
+def test_max_side_is_checked(recognizer):
+    with pytest.raises(ValueError, match="max_side"):
+        FaceRecognizer(recognizer.model, max_side=112)
+
+
+def test_max_side_large_photo_box_in_file_pixels(recognizer, shared_data, tmp_path):
+    # A camera-sized JPEG (a real LFW photo upscaled 6x): with max_side the photo is decoded at 1/4 by DCT
+    # scaling and detected on a 500 px copy, yet the reported box is in the file's pixels, close to the
+    # full-size path's box, and the crops agree (same face, same place).
+    big = np.asarray(Image.fromarray(_lfw(shared_data)).resize((1500, 1500), Image.BICUBIC))
+    Image.fromarray(big).save(tmp_path / "big.jpg", quality=95)
+    fast = FaceRecognizer(recognizer.model, max_side=500)
+    (crop_full, info_full), = recognizer.faces([tmp_path / "big.jpg"])
+    (crop_fast, info_fast), = fast.faces([tmp_path / "big.jpg"])
+    width = info_full.box[2] - info_full.box[0]
+    assert width > 300  # the upscaled face
+    np.testing.assert_allclose(info_fast.box, info_full.box, atol=0.08 * width)
+    assert np.abs(crop_fast - crop_full).mean() < 20  # 0..255 pixels: the same aligned face

@@ -257,6 +257,19 @@ def _batched(net: StageNet, images: np.ndarray, batch: int = 256) -> list[np.nda
     return [np.concatenate(p, axis=0) for p in zip(*parts)]
 
 
+def map_back(found: Detections, sx: float, sy: float) -> Detections:
+    """Detections in a resized copy -> the original image's 0-based pixels, ``sx``/``sy`` = original / copy size.
+
+    Pixel centres map as ``x -> (x + 0.5) * sx - 0.5`` (the resize maps pixel edges onto pixel edges).
+    """
+    if not len(found):
+        return found
+    scale = np.array([sx, sy])
+    landmarks = (found.landmarks + 0.5) * scale - 0.5
+    boxes = (found.boxes.reshape(-1, 2, 2) + 0.5) * scale - 0.5
+    return Detections(boxes.reshape(-1, 4), found.scores, landmarks)
+
+
 class MTCNN:
     """The MTCNN cascade. ``detect(image)`` returns boxes, scores and the five ArcFace landmarks.
 
@@ -265,6 +278,10 @@ class MTCNN:
         min_face: smallest face searched for, pixels (sets the first pyramid scale 12 / min_face).
         thresholds: face-probability thresholds of P-, R- and O-Net.
         factor: ratio between consecutive pyramid scales.
+        max_side: working size. A larger image is shrunk (area interpolation) so that its longer side is
+            ``max_side`` pixels, the cascade runs on that copy, and boxes and landmarks are mapped back to the
+            image's pixels. ``min_face`` stays in the image's pixels (the copy is searched from
+            ``min_face * shrink`` up, never below P-Net's 12 px). None (default): always the full image.
 
     The defaults are the reference ones (min face 20, [0.6, 0.7, 0.7], 0.709; NMS 0.5 within a scale, then
     0.7 IoU, 0.7 IoU after R-Net and 0.7 intersection-over-minimum after O-Net).
@@ -276,14 +293,19 @@ class MTCNN:
         min_face: float = 20.0,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         factor: float = 0.709,
+        max_side: int | None = None,
     ) -> None:
         if min_face < 12 or not 0 < factor < 1 or len(thresholds) != 3:
             raise ValueError("need min_face >= 12 pixels, 0 < factor < 1 and three thresholds")
+        if max_side is not None and max_side < 48:
+            raise ValueError(f"max_side must be None or >= 48 pixels (O-Net's input), got {max_side}")
         self.nets, self.min_face, self.thresholds, self.factor = nets, float(min_face), thresholds, factor
+        self.max_side = max_side
 
-    def scales(self, height: int, width: int) -> list[float]:
+    def scales(self, height: int, width: int, min_face: float | None = None) -> list[float]:
         """Pyramid scales for an image: from 12 / min_face down while the short side stays >= 12 px."""
-        scale, side, out = 12.0 / self.min_face, min(height, width) * 12.0 / self.min_face, []
+        min_face = self.min_face if min_face is None else max(float(min_face), 12.0)
+        scale, side, out = 12.0 / min_face, min(height, width) * 12.0 / min_face, []
         while side >= 12:
             out.append(scale)
             scale, side = scale * self.factor, side * self.factor
@@ -293,7 +315,18 @@ class MTCNN:
         """Detect faces in an (H, W, 3) uint8 RGB image; best score first, 0-based pixel coordinates."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"MTCNN needs an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
-        boxes = self._stage1(image)
+        shrink = self.max_side / max(image.shape[:2]) if self.max_side else 1.0
+        if shrink >= 1.0:
+            return self._cascade(image, self.min_face)
+        import cv2
+
+        size = (max(round(image.shape[1] * shrink), 1), max(round(image.shape[0] * shrink), 1))
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        found = self._cascade(small, self.min_face * shrink)
+        return map_back(found, image.shape[1] / size[0], image.shape[0] / size[1])
+
+    def _cascade(self, image: np.ndarray, min_face: float) -> Detections:
+        boxes = self._stage1(image, min_face)
         if len(boxes):
             boxes = self._stage2(image, boxes)
         if not len(boxes):
@@ -302,12 +335,12 @@ class MTCNN:
         # 1-based cascade coordinates -> 0-based pixel coordinates (the landmarks already are).
         return Detections(boxes[:, :4] - 1.0, boxes[:, 4], points)
 
-    def _stage1(self, image: np.ndarray) -> np.ndarray:
+    def _stage1(self, image: np.ndarray, min_face: float) -> np.ndarray:
         import cv2
 
         height, width = image.shape[:2]
         found = []
-        for scale in self.scales(height, width):
+        for scale in self.scales(height, width, min_face):
             size = (int(np.ceil(width * scale)), int(np.ceil(height * scale)))
             reg, prob = self.nets.pnet(_normalise(cv2.resize(image, size, interpolation=cv2.INTER_AREA)[None]))
             ys, xs = np.nonzero(prob[0] >= self.thresholds[0])

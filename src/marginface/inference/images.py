@@ -45,6 +45,30 @@ def to_rgb_array(item: Any, name: str = "image") -> np.ndarray:
     raise ValueError(f"{name}: expected a path, a PIL image or an (H, W, 3) uint8 array, got {type(item).__name__}")
 
 
+def read_photo(item: Any, name: str, max_side: int) -> tuple[np.ndarray, float]:
+    """Like :func:`to_rgb_array`, but a JPEG file whose longer side exceeds ``max_side`` is decoded at a
+    reduced size by libjpeg's DCT scaling (PIL ``draft``: 1/2, 1/4 or 1/8, the smallest that keeps the longer
+    side >= ``max_side``), which skips most of the decoding work of a camera-sized photo.
+
+    Returns:
+        (H, W, 3) uint8 RGB and the factor from its pixels to the file's (1.0 when decoded at full size).
+    """
+    from PIL import Image
+
+    if not isinstance(item, str | os.PathLike) or not Path(item).is_file():
+        return to_rgb_array(item, name), 1.0
+    try:
+        with Image.open(item) as opened:
+            full = max(opened.size)
+            if opened.format == "JPEG" and full > max_side:
+                ratio = max_side / full
+                opened.draft("RGB", (int(np.ceil(opened.size[0] * ratio)), int(np.ceil(opened.size[1] * ratio))))
+            rgb = pil_to_rgb(opened)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read image {item}: {err} (is it a complete JPEG/PNG file?)") from err
+    return rgb, full / max(rgb.shape[:2])
+
+
 def pil_to_rgb(image: Any) -> np.ndarray:
     """PIL image of any mode -> (H, W, 3) uint8 RGB with EXIF orientation applied (forces a full decode)."""
     from PIL import ImageOps

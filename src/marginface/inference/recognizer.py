@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from marginface.errors import NoFaceError, UserError
-from marginface.inference.images import describe, to_rgb_array
+from marginface.inference.images import describe, read_photo, to_rgb_array
 from marginface.inference.model import LoadedModel, load_model
 
 if TYPE_CHECKING:
@@ -87,22 +87,31 @@ class FaceRecognizer:
             ``largest`` or ``score``.
         min_face: smallest face searched, pixels (MTCNN); smaller faces are not found (→ NoFaceError).
         batch_size: faces per forward pass.
+        max_side: working size for large photos (None: off, every photo at full size). A JPEG file longer than
+            this is decoded at 1/2, 1/4 or 1/8 size by DCT scaling (never below ``max_side``), MTCNN runs on a
+            copy shrunk to ``max_side`` and its landmarks are mapped back; the face is warped from the decoded
+            photo and ``FaceInfo.box`` is in the file's pixels. Faces under about
+            ``12 * longer side / max_side`` pixels of the file are then not searched.
     """
 
     def __init__(self, model: LoadedModel, *, detector: str = "mtcnn", policy: str = "centre",
-                 min_face: float = 20.0, batch_size: int = 64) -> None:
+                 min_face: float = 20.0, batch_size: int = 64, max_side: int | None = None) -> None:
         if policy not in ("centre", "largest", "score"):
             raise ValueError(f"unknown face policy {policy!r}; use 'centre', 'largest' or 'score'")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        size = int(model.card.input.size)
+        if max_side is not None and max_side <= size:
+            raise ValueError(f"max_side must be None or more than the face size {size} (a photo decoded at "
+                             f"{size}x{size} would be taken for an aligned face), got {max_side}")
         self.model, self.detector_name, self.policy = model, detector, policy
-        self.min_face, self.batch_size = float(min_face), int(batch_size)
+        self.min_face, self.batch_size, self.max_side = float(min_face), int(batch_size), max_side
         self._detector: Any = None
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", **kwargs: Any) -> FaceRecognizer:
         """Load the model at ``path`` (:func:`~marginface.inference.model.load_model`); ``kwargs`` go to
-        the constructor (``detector``, ``policy``, ``min_face``, ``batch_size``)."""
+        the constructor (``detector``, ``policy``, ``min_face``, ``batch_size``, ``max_side``)."""
         return cls(load_model(path, device=device), **kwargs)
 
     @property
@@ -119,7 +128,8 @@ class FaceRecognizer:
         if self._detector is None:
             from marginface.align.detectors import create_detector
 
-            kwargs = {"min_face": self.min_face} if self.detector_name.startswith("mtcnn") else {}
+            kwargs = {"min_face": self.min_face, "max_side": self.max_side} \
+                if self.detector_name.startswith("mtcnn") else {}
             self._detector = create_detector(self.detector_name, **kwargs)
         return self._detector
 
@@ -146,16 +156,17 @@ class FaceRecognizer:
 
     def _image_face(self, item: Any, index: int, aligned: bool | None) -> tuple[np.ndarray, FaceInfo]:
         name = describe(item, index)
-        rgb = to_rgb_array(item, name)
+        rgb, scale = read_photo(item, name, self.max_side) if self.max_side else (to_rgb_array(item, name), 1.0)
         is_aligned = rgb.shape[:2] == (self.size, self.size) if aligned is None else aligned
         if is_aligned:
             if rgb.shape[:2] != (self.size, self.size):
                 raise ValueError(f"{name}: aligned=True but the image is {rgb.shape[1]}x{rgb.shape[0]}, "
                                  f"not {self.size}x{self.size}")
             return _chw(rgb), FaceInfo(name, True)
-        return self._detect_and_align(rgb, name)
+        return self._detect_and_align(rgb, name, scale)
 
-    def _detect_and_align(self, rgb: np.ndarray, name: str) -> tuple[np.ndarray, FaceInfo]:
+    def _detect_and_align(self, rgb: np.ndarray, name: str, scale: float = 1.0) -> tuple[np.ndarray, FaceInfo]:
+        """Detect, choose, warp. ``scale``: file pixels per ``rgb`` pixel (DCT-reduced decode), for the box."""
         from marginface.align.detectors import select_face
         from marginface.align.template import warp_face
 
@@ -166,8 +177,8 @@ class FaceRecognizer:
                               "min_face, or pass an aligned 112x112 crop")
         chosen, reason = select_face(found, rgb.shape, self.policy)
         crop = warp_face(rgb, found.landmarks[chosen], self.size)
-        info = FaceInfo(name, False, len(found), reason, [float(v) for v in found.boxes[chosen]],
-                        float(found.scores[chosen]))
+        box = (found.boxes[chosen] + 0.5) * scale - 0.5 if scale != 1.0 else found.boxes[chosen]
+        info = FaceInfo(name, False, len(found), reason, [float(v) for v in box], float(found.scores[chosen]))
         return _chw(crop), info
 
     # ------------------------------------------------------------------------------------------ embeddings
