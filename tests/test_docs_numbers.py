@@ -83,7 +83,15 @@ def test_the_runs_are_counted_right() -> None:
     assert (len(ROWS), sum(s <= 2 for s in seeds), sum(s >= 3 for s in seeds)) == (88, 72, 16)
     assert len({r["arm"] for r in ROWS if int(r["seed"]) >= 3}) == 8 and {r["steps"] for r in ROWS} == {"1000"}
     stated(RESULTS, "88 runs on the 2 cores")
-    stated(RESULTS, "24 arms x seeds 0, 1, 2 (72 runs")
+    # lanes: 2, so the runs' own times summed over both lanes bound the wall clock from below
+    for seeds, stated_time in (((0, 1, 2), "~1 h 20 min"), ((3, 4), "20 min")):
+        seconds = sum(float(r["train_wall_s"]) + float(r["eval_wall_s"]) for r in ROWS if int(r["seed"]) in seeds)
+        hours, rest = divmod(round(seconds / 2 / 60 / 5) * 5, 60)  # per lane, to 5 minutes
+        assert stated_time.lstrip("~") == (f"{hours} h {rest} min" if hours else f"{rest} min")
+        if seeds == (0, 1, 2):
+            stated(RESULTS, f"add up to {seconds / 60:.0f} min over the two lanes")
+    stated(RESULTS, "24 arms x seeds 0, 1, 2 (72 runs, ~1 h 20 min")
+    stated(RESULTS, "16 runs, 20 min")
     stated(RESULTS, "seeds 3 and 4 for the 8 arms")
     stated(RESULTS, f"evaluation, {statistics.fmean(float(r['eval_wall_s']) for r in ROWS):.0f} s on average")
     assert (len(LOSS_ARMS), len(SMALL), len(PAPER)) == (19, 9, 9)
@@ -122,6 +130,35 @@ def test_the_paper_scale_arms_are_below_their_small_arms_by_the_stated_points() 
     group = [mean(a, "lfw_acc") for a in ["softmax", *SMALL]]
     stated(RESULTS, f"sit within {max(group) - min(group):.1f} points of each other on LFW")
     stated(RESULTS, f"≤ {max(mean(a, 'cfp_fp_tar') for a in ARMS):.1f}% for every arm")
+
+
+VERDICTS = [  # (a, b, set, the verdict claims 1-4 state), by the protocol's tie rule
+    ("sphereface_small", "softmax", "lfw", "a"), ("sphereface_small", "softmax", "cfp_ff", "a"),
+    ("sphereface_small", "softmax", "cfp_fp", "tie"),
+    ("cosface_small", "sphereface_small", "lfw", "tie"), ("cosface_small", "sphereface_small", "cfp_fp", "tie"),
+    ("cosface_small", "sphereface_small", "cfp_ff", "b"),
+    ("arcface_small", "cosface_small", "lfw", "tie"), ("arcface_small", "cosface_small", "cfp_fp", "tie"),
+    ("arcface_small", "cosface_small", "cfp_ff", "a"),
+    ("sphereface_small", "arcface_small", "cfp_ff", "a"), ("sphereface_small", "arcface_small", "lfw", "a"),
+    ("mv_softmax_small", "arcface_small", "lfw", "tie"), ("mv_softmax_small", "arcface_small", "cfp_fp", "b"),
+    ("mv_softmax_small", "arcface_small", "cfp_ff", "b"),
+    ("curricularface_small", "arcface_small", "lfw", "tie"), ("curricularface_small", "arcface_small", "cfp_fp", "tie"),
+    ("curricularface_small", "arcface_small", "cfp_ff", "b"),
+    *[("combined_small", part, s, "tie") for part in ("arcface_small", "cosface_small") for s in ("lfw", "cfp_fp",
+                                                                                                   "cfp_ff")],
+    *[("arcface_m0.8", m, "lfw", v) for m, v in [("arcface_m0.5", "tie"), ("arcface_m0.6", "tie"),
+                                                 ("arcface_m0.2", "a"), ("arcface_small", "a"), ("arcface_m0.4", "a")]],
+    *[("arcface_m0.8", m, "cfp_ff", v) for m, v in [("arcface_m0.4", "tie"), ("arcface_m0.5", "tie"),
+                                                    ("arcface_m0.6", "tie"), ("arcface_m0.2", "a"),
+                                                    ("arcface_small", "a")]],
+    *[("arcface_m0.4", m, "cfp_fp", "a" if m == "arcface_m0.8" else "tie") for m in SWEEP if m != "arcface_m0.4"],
+]
+
+
+@pytest.mark.parametrize(("a", "b", "s", "verdict"), VERDICTS)
+def test_the_verdicts_the_claims_state(a: str, b: str, s: str, verdict: str) -> None:
+    expected = {"a": f"{a} ahead", "b": f"{b} ahead", "tie": "tie"}[verdict]
+    assert study.compare(ROWS, a, b, f"{s}_acc").verdict == expected
 
 
 def test_claims_1_to_4_differences() -> None:
@@ -171,10 +208,16 @@ def test_the_margin_sweep_numbers_and_the_seeds_it_did_not_get() -> None:
 
 
 def test_claim_5_gains_paired_by_seed() -> None:
+    more = {}
     for arm in ("normface_small", "normface_paper"):
         low, good = gains(arm, "lfw_8px_q30"), gains(arm, "lfw")
         stated(RESULTS, f"{statistics.fmean(low):+.2f} ± {statistics.stdev(low):.2f}")
         stated(RESULTS, f"{statistics.fmean(good):+.2f} ± {statistics.stdev(good):.2f}".replace("-", "−"))
+        more[arm] = (statistics.fmean(low) - statistics.fmean(good), max(statistics.stdev(low), statistics.stdev(good)))
+    assert abs(more["normface_small"][0]) <= more["normface_small"][1]  # a tie
+    stated(RESULTS, f"a tie ({more['normface_small'][0]:+.2f})".replace("-", "−"))
+    assert more["normface_paper"][0] > more["normface_paper"][1]
+    stated(RESULTS, "more on low quality ({:+.2f} > {:.2f})".format(*more["normface_paper"]))
     group = [mean(a, "lfw_8px_q30_acc") for a in ["softmax", *SMALL]]
     stated(RESULTS, f"lie within {max(group) - min(group):.2f} points on it ({min(group):.2f}–{max(group):.2f}; "
                     f"the mean seed std over the 19 arms is "
