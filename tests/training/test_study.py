@@ -144,7 +144,9 @@ def test_the_summary_is_mean_and_sample_std_over_seeds(tmp_path: Path, capsys: p
     (tmp_path / "out").mkdir()
     study._write_csv(tmp_path / "out" / "results.csv", study.columns(study.load_study(spec)), rows)
     assert main(["study", str(spec), "--output", str(tmp_path / "out"), "--summary", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)["summary"]
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["environments"] == [{"environment": "not recorded", "rows": 6}]
+    summary = printed["summary"]
     for i, arm in enumerate("ab"):
         row = next(s for s in summary if s["arm"] == arm and s["metric"] == "lfw_acc")
         assert row["seeds"] == 3

@@ -69,7 +69,8 @@ def run_study_command(args: argparse.Namespace) -> int:
         for path in study.arms_figure(rows, arms, sets, args.figure, args.figure_xlabel):
             print(f"wrote {path}")
     if args.json:
-        print(json.dumps({"results": str(out / "results.csv"), "summary": [
+        print(json.dumps({"results": str(out / "results.csv"), "environments": [
+            {"environment": line, "rows": count} for line, count in study.environments(rows)], "summary": [
             {"arm": s.arm, "metric": s.metric, "seeds": len(s.values), "mean": s.mean, "std": s.std}
             for metric in [f"{n}_{f}" for n in sets for f in ("acc", "tar")] for s in study.summarise(rows, metric)]},
             indent=2))
