@@ -6,6 +6,9 @@ cumulative sums) against two baselines measured in the same run:
     the training pairs, per fold — what a straightforward implementation does; results must be identical;
   * insightface loop: its ``calculate_roc`` style, 400 grid thresholds (distance 0..4 step 0.01) per fold.
 
+Part 1b (``--parts grid``) — accuracy, not speed: the exact cut against insightface's 0.01 grid on the same
+pairs, for synthetic sets from strong (~99%) to weak (~65%) models, 3 seeds each: where the two thresholds part.
+
 Part 2 — identification: 1,000 identities (one gallery image each), 1,000 probes, N synthetic 512-d float32
 distractors (default 1,000,000, added to the faiss index in 100k-row chunks so that only the index holds them:
 2 GiB). For each index kind (default: exact flat, then IVF nlist=1024 nprobe=32): build time, ms per probe
@@ -112,6 +115,44 @@ def bench_kfold(num_pairs: int = 6000) -> None:
     print(f"  exact per-threshold loop       {1000 * t_exact:9.2f} ms   ours is {t_exact / t_ours:7.1f}x faster "
           "(identical accuracies)")
     print(f"  insightface 400-grid loop      {1000 * t_grid:9.2f} ms   ours is {t_grid / t_ours:7.1f}x faster")
+
+
+def _pairs(num_pairs: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LFW-shaped synthetic pairs: a same pair's second row is its first plus ``noise`` x a random unit vector;
+    returns the cosine scores, squared L2 distances (insightface's) and labels."""
+    rng = np.random.default_rng(seed)
+    issame = np.tile(np.repeat([True, False], num_pairs // 20), 10)  # 10 folds of 300 same + 300 different
+    a = _unit(rng.normal(size=(num_pairs, DIM)))
+    b = _unit(np.where(issame[:, None], a, 0) + noise * _unit(rng.normal(size=(num_pairs, DIM))))
+    return metrics.pair_scores(a, b), np.sum((a.astype(np.float64) - b) ** 2, axis=1), issame
+
+
+GRID_NOISES = (5.0, 8.0, 12.0, 16.0, 22.0)  # exact-cut accuracy ~99, ~92, ~83, ~76, ~69%
+
+
+def grid_vs_exact(num_pairs: int = 6000, noises: tuple[float, ...] = GRID_NOISES) -> list[tuple[float, float, float]]:
+    """(noise, exact-cut accuracy, insightface-grid accuracy) of 10-fold verification on the same synthetic pairs,
+    3 seeds per noise level."""
+    folds = metrics.contiguous_folds(num_pairs, 10)
+    found = []
+    for noise in noises:
+        for seed in range(3):
+            scores, distances, issame = _pairs(num_pairs, noise, seed)
+            found.append((noise, metrics.kfold_accuracy(scores, issame, folds).mean,
+                          float(insightface_loop(distances, issame, folds).mean())))
+    return found
+
+
+def print_grid_vs_exact(num_pairs: int = 6000) -> None:
+    print(f"exact cut vs insightface's 0.01 grid, 10-fold, {num_pairs} synthetic pairs (points of accuracy)")
+    found = grid_vs_exact(num_pairs)
+    for noise, exact, grid in found:
+        print(f"  noise {noise:4.1f}: exact {100 * exact:6.2f}%  grid {100 * grid:6.2f}%  grid - exact "
+              f"{100 * (grid - exact):+.2f}")
+    for low, high in ((0.95, 1.01), (0.0, 0.95)):
+        band = [100 * (grid - exact) for _, exact, grid in found if low <= exact < high]
+        print(f"  exact accuracy {100 * low:.0f}-{100 * min(high, 1.0):.0f}%: grid - exact from {min(band):+.2f} to "
+              f"{max(band):+.2f} ({len(band)} sets)")
 
 
 # ---------------------------------------------------------------------------------------------- part 2
@@ -271,13 +312,15 @@ def main() -> None:
     parser.add_argument("--kinds", default="flat,ivf", help="comma-separated index kinds: flat, ivf, hnsw "
                         "(hnsw over 1M rows takes long to build on 2 cores)")
     parser.add_argument("--pairs", type=int, default=6000)
-    parser.add_argument("--parts", default="kfold,identification,ijb", help="comma-separated parts to run")
+    parser.add_argument("--parts", default="kfold,grid,identification,ijb", help="comma-separated parts to run")
     parser.add_argument("--ijb-scale", type=float, default=1.0,
                         help="part 3 at this fraction of IJB-C's size (images, templates, pairs; 1 = full)")
     args = parser.parse_args()
     parts = args.parts.split(",")
     if "kfold" in parts:
         bench_kfold(args.pairs)
+    if "grid" in parts:
+        print_grid_vs_exact(args.pairs)
     if "identification" in parts:
         # faiss grows its storage by doubling while adding: the peak is about twice the rows' 2 GiB (1M x 512)
         print(f"(needs about {2 * args.distractors * DIM * 4 / 2**30 + 0.5:.1f} GiB of memory)")

@@ -145,7 +145,9 @@ def test_the_summary_is_mean_and_sample_std_over_seeds(tmp_path: Path, capsys: p
     (tmp_path / "out").mkdir()
     study._write_csv(tmp_path / "out" / "results.csv", study.columns(study.load_study(spec)), rows)
     assert main(["study", str(spec), "--output", str(tmp_path / "out"), "--summary", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)["summary"]
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["environments"] == [{"environment": "not recorded", "rows": 6}]
+    summary = printed["summary"]
     for i, arm in enumerate("ab"):
         row = next(s for s in summary if s["arm"] == arm and s["metric"] == "lfw_acc")
         assert row["seeds"] == 3
@@ -211,6 +213,13 @@ def test_the_table_and_the_sweep_figure_carry_the_seeds_numbers(tmp_path: Path,
     assert printed.startswith("4 comparison(s) tested in this call; Welch's t-test")
     assert f"p_holm {found[0]['p_holm']:.3g} of 4" in printed.splitlines()[1]
     one_seed = [r for r in rows if r["arm"] != "m0.2" or r["seed"] == 0]
+    study._write_csv(tmp_path / "out" / "results.csv", study.columns(study.load_study(spec)), one_seed)
+    assert main(argv[:4] + ["--summary", "--compare", "m0.5,m0.2", "--compare", "m0.8,m0.5", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)  # strict JSON: no test is null, not NaN
+    assert [(f["p"] is None, f["p_holm"] is None, f["comparisons"]) for f in found] == [(True, True, 2)] * 2 + [
+        (False, False, 2)] * 2
+    assert main(argv[:4] + ["--summary", "--compare", "m0.5,m0.2"]) == 0
+    assert "0 comparison(s) tested" in capsys.readouterr().out
     assert study.compare(one_seed, "m0.5", "m0.2", "lfw_acc").verdict == "cannot tell (one seed: no spread)"
     assert main(argv[:4] + ["--summary", "--compare", "m0.5"]) == 2
     assert "give two arms as A,B" in capsys.readouterr().err

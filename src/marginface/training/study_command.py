@@ -69,7 +69,8 @@ def run_study_command(args: argparse.Namespace) -> int:
         for path in study.arms_figure(rows, arms, sets, args.figure, args.figure_xlabel):
             print(f"wrote {path}")
     if args.json:
-        print(json.dumps({"results": str(out / "results.csv"), "summary": [
+        print(json.dumps({"results": str(out / "results.csv"), "environments": [
+            {"environment": line, "rows": count} for line, count in study.environments(rows)], "summary": [
             {"arm": s.arm, "metric": s.metric, "seeds": len(s.values), "mean": s.mean, "std": s.std}
             for metric in [f"{n}_{f}" for n in sets for f in ("acc", "tar")] for s in study.summarise(rows, metric)]},
             indent=2))
@@ -121,7 +122,7 @@ def _compare(rows, sets: list[str], pairs: list[str], as_json: bool) -> int:
                           "p": welch.p, "interval_95": [low, high]})
     tested = _correct(found)
     if as_json:
-        print(json.dumps(found, indent=2))  # NaN (no test) is written as NaN, which Python's json reads back
+        print(json.dumps([_finite(f) for f in found], indent=2))
         return 0
     print(f"{tested} comparison(s) tested in this call; Welch's t-test over seeds (two-sided), p Holm-corrected "
           f"over these {tested} (p_holm); 95% percentile bootstrap interval of the difference (10,000 resamples); "
@@ -143,6 +144,18 @@ def _correct(found: list[dict]) -> int:
     for f, p in zip(found, adjusted, strict=True):
         f["p_holm"], f["comparisons"] = p, tested
     return tested
+
+
+def _finite(found: dict) -> dict:
+    """``found`` with NaN or infinite numbers (no test: one seed; no spread) as JSON null, which any reader parses."""
+    import math
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return [clean(x) for x in v] if isinstance(v, list) else v
+
+    return {k: clean(v) for k, v in found.items()}
 
 
 def _test_text(f: dict) -> str:
