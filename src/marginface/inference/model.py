@@ -5,8 +5,10 @@ Supported files:
 - ``.safetensors`` written by marginface (``best.safetensors``, a checkpoint's ``model.safetensors`` or a
   checkpoint folder): the card in the header says how to build the backbone. Files from before cards existed
   load when told what they are (``backbone=``/``embedding_size=``, or ``config=`` the run's ``config.json``).
-- insightface arcface_torch ``.pth`` IResNet state dicts (read with ``torch.load(weights_only=True)``): the
-  depth and embedding size are read from the tensor names and shapes; contract RGB, ``(x - 127.5) / 127.5``.
+- ``.pth`` state dicts (read with ``torch.load(weights_only=True)``) of insightface arcface_torch IResNets,
+  MobileFaceNets (``mbf``, ``mbf_large``) and ViTs, and the CASIA MobileFaceNet layout, renamed onto our
+  backbones by :mod:`marginface.backbones.foreign` (sizes read from the tensor names and shapes); contract RGB,
+  ``(x - 127.5) / 127.5``. Any other layout is refused naming its top-level modules.
 - MXNet model-zoo files (``model-0000.params``, ``model-symbol.json`` or the prefix ``model``), read without
   mxnet by :mod:`marginface.inference.mxnet_format`: insightface's MobileFaceNet graph becomes our
   ``mobilefacenet``; any other graph of supported operators runs as an ``MxnetGraph`` (card backbone
@@ -46,8 +48,8 @@ ONNX_HASH_KEY = "marginface.onnx_sha256"
 #: safetensors metadata key holding the MXNet graph (nnvm JSON) of a converted ``mxnet_graph`` model.
 MXNET_SYMBOL_KEY = "marginface.mxnet_symbol"
 MXNET_GRAPH = "mxnet_graph"
-_SUPPORTED = (".safetensors (marginface), .pth (insightface arcface_torch IResNet), .onnx, MXNet "
-              "prefix-0000.params + prefix-symbol.json")
+_SUPPORTED = (".safetensors (marginface), .pth (arcface_torch IResNet/MobileFaceNet/ViT, CASIA MobileFaceNet), "
+              ".onnx, MXNet prefix-0000.params + prefix-symbol.json")
 
 
 @dataclass
@@ -322,14 +324,54 @@ def convert_model(src: str | os.PathLike, out: str | os.PathLike) -> ModelCard:
 
 # ------------------------------------------------------------------------------------------ insightface .pth
 def _load_insightface_pth(path: Path, device: str) -> LoadedModel:
-    from marginface import backbones
-    from marginface.backbones.weights import _read_insightface, insightface_to_marginface
+    """A ``.pth`` state dict of a layout :mod:`marginface.backbones.foreign` recognises, on our backbone."""
+    from marginface.backbones import foreign
+    from marginface.backbones.weights import _read_insightface
 
     try:
         state = _read_insightface(path)
     except Exception as err:  # torch.load raises UnpicklingError / RuntimeError for foreign files
-        raise ValueError(f"{path} is not an insightface IResNet state dict ({err}); supported: {_SUPPORTED}") from err
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+        raise ValueError(f"{path} is not a PyTorch state dict of tensors ({err}); supported: {_SUPPORTED}") from err
+    state = foreign.strip_prefix(state)
+    architecture = foreign.identify(state)
+    if architecture is None:
+        raise ValueError(f"{path}: {foreign.describe_unknown(state)}")
+    if architecture == "iresnet":
+        return _load_iresnet_pth(state, path, device)
+    try:
+        if architecture == "arcface_torch_vit":
+            name, kwargs, size, ours = foreign.arcface_torch_vit(state)
+        else:
+            name = "mobilefacenet"
+            convert = foreign.arcface_torch_mbf if architecture == "arcface_torch_mbf" else foreign.casia_mobilefacenet
+            kwargs, size, ours = convert(state)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    card = ModelCard(backbone=name, embedding_size=size, backbone_kwargs=kwargs, source=f"{architecture}-pth",
+                     training_data={"kind": f"{architecture} (unknown)"})
+    return LoadedModel(card, str(path), _build_foreign(card, ours, path, architecture, device), "torch", device)
+
+
+def _build_foreign(card: ModelCard, state: dict[str, torch.Tensor], path: Path, architecture: str,
+                   device: str) -> torch.nn.Module:
+    from marginface import backbones
+    from marginface.backbones.weights import _load_strict
+
+    model = backbones.create(card.backbone, embedding_size=card.embedding_size, **card.backbone_kwargs)
+    try:
+        _load_strict(model, state, source=f"{path} ({architecture} layout, renamed onto {card.backbone})")
+    except ValueError as err:
+        missing = sorted(set(model.state_dict()) - set(state))
+        first = f"; first missing key of ours: {missing[0]}" if missing else ""
+        raise ValueError(f"{err}{first}") from err
+    card.weights_sha256 = tensors_sha256(model.state_dict())
+    return model.to(device).eval()
+
+
+def _load_iresnet_pth(state: dict[str, torch.Tensor], path: Path, device: str) -> LoadedModel:
+    from marginface import backbones
+    from marginface.backbones.weights import _load_strict, insightface_to_marginface
+
     depth, embedding_size = _iresnet_shape(state, path)
     gamma = state.get("features.weight")
     fix_gamma = gamma is None or bool(torch.all(gamma == 1))
@@ -338,8 +380,6 @@ def _load_insightface_pth(path: Path, device: str) -> LoadedModel:
                      source="insightface-pth", training_data={"kind": "insightface (unknown)"})
     ours = insightface_to_marginface(state, fix_gamma=fix_gamma)
     model = backbones.create(card.backbone, embedding_size=embedding_size, **kwargs)
-    from marginface.backbones.weights import _load_strict
-
     _load_strict(model, ours, source=str(path))
     card.weights_sha256 = tensors_sha256(ours)
     return LoadedModel(card, str(path), model.to(device).eval(), "torch", device)
