@@ -325,3 +325,14 @@ def test_eval_adapter_applies_the_graphs_contract(tiny):
     with torch.no_grad():
         out = model(torch.from_numpy((pixels - 127.5) / 127.5)).numpy()
     np.testing.assert_allclose(out, load_model(tiny).forward(pixels), rtol=1e-4, atol=1e-4)
+
+
+def test_convert_and_info_commands(tiny, tmp_path, capsys):
+    from marginface.cli import main
+
+    assert main(["info", str(tiny)]) == 0
+    assert "mxnet_graph" in capsys.readouterr().out
+    assert main(["convert", str(tiny), str(tmp_path / "t.safetensors")]) == 0
+    assert f"wrote {tmp_path / 't.safetensors'}" in capsys.readouterr().out
+    assert main(["convert", str(tiny), str(tmp_path / "t.onnx")]) == 2
+    assert "convert writes a .safetensors file" in capsys.readouterr().err

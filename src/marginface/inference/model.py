@@ -5,8 +5,10 @@ Supported files:
 - ``.safetensors`` written by marginface (``best.safetensors``, a checkpoint's ``model.safetensors`` or a
   checkpoint folder): the card in the header says how to build the backbone. Files from before cards existed
   load when told what they are (``backbone=``/``embedding_size=``, or ``config=`` the run's ``config.json``).
-- insightface arcface_torch ``.pth`` IResNet state dicts (read with ``torch.load(weights_only=True)``): the
-  depth and embedding size are read from the tensor names and shapes; contract RGB, ``(x - 127.5) / 127.5``.
+- ``.pth`` state dicts (read with ``torch.load(weights_only=True)``) of insightface arcface_torch IResNets,
+  MobileFaceNets (``mbf``, ``mbf_large``) and ViTs, and the CASIA MobileFaceNet layout, renamed onto our
+  backbones by :mod:`marginface.backbones.foreign` (sizes read from the tensor names and shapes); contract RGB,
+  ``(x - 127.5) / 127.5``. Any other layout is refused naming its top-level modules.
 - MXNet model-zoo files (``model-0000.params``, ``model-symbol.json`` or the prefix ``model``), read without
   mxnet by :mod:`marginface.inference.mxnet_format`: insightface's MobileFaceNet graph becomes our
   ``mobilefacenet``; any other graph of supported operators runs as an ``MxnetGraph`` (card backbone
@@ -46,8 +48,8 @@ ONNX_HASH_KEY = "marginface.onnx_sha256"
 #: safetensors metadata key holding the MXNet graph (nnvm JSON) of a converted ``mxnet_graph`` model.
 MXNET_SYMBOL_KEY = "marginface.mxnet_symbol"
 MXNET_GRAPH = "mxnet_graph"
-_SUPPORTED = (".safetensors (marginface), .pth (insightface arcface_torch IResNet), .onnx, MXNet "
-              "prefix-0000.params + prefix-symbol.json")
+_SUPPORTED = (".safetensors (marginface), .pth (arcface_torch IResNet/MobileFaceNet/ViT, CASIA MobileFaceNet), "
+              ".onnx, MXNet prefix-0000.params + prefix-symbol.json")
 
 
 @dataclass
@@ -121,7 +123,13 @@ class EvalInputAdapter(torch.nn.Module):
 
 
 class OnnxRunner:
-    """An onnxruntime session as ``(B, 3, S, S) float32 -> (B, D) float32``; loops when the batch is fixed."""
+    """An onnxruntime session as ``(B, 3, S, S) float32 -> (B, D) float32`` for any B.
+
+    A graph whose input batch is fixed (``(1, 3, 112, 112)`` exports) is run in chunks of that size, the last one
+    padded with copies of its last image; a graph whose batch is symbolic but fixed inside (a ``Reshape`` to
+    ``[1, -1]``) fails under onnxruntime for B > 1 and is then run one image at a time from then on. Any other
+    onnxruntime failure is a ValueError naming the model and the input shape.
+    """
 
     def __init__(self, path: str, device: str = "cpu", threads: int = 0) -> None:
         import onnxruntime as ort
@@ -132,16 +140,36 @@ class OnnxRunner:
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        self.path = path
         self.session = ort.InferenceSession(path, options, providers=providers)
         first = self.session.get_inputs()[0]
         self.input_name = first.name
-        self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
+        self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) and first.shape[0] > 0 else None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.fixed_batch in (None, x.shape[0]):
+        if self.fixed_batch is None:
+            try:
+                return self._run(x)
+            except ValueError:
+                if len(x) == 1:
+                    raise
+                self.fixed_batch = 1  # the batch is fixed inside the graph: one image at a time from now on
+        chunks = []
+        for start in range(0, len(x), self.fixed_batch):
+            chunk = x[start : start + self.fixed_batch]
+            pad = self.fixed_batch - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            chunks.append(self._run(chunk)[: self.fixed_batch - pad])
+        return np.concatenate(chunks)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        try:
             return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
-        return np.concatenate([self(x[i : i + 1]) for i in range(x.shape[0])])
+        except Exception as err:  # onnxruntime raises its own Fail / InvalidArgument / RuntimeException types
+            raise ValueError(f"onnxruntime could not run {self.path} on an input of shape {tuple(x.shape)}: {err}; "
+                             "check that the model takes (B, 3, 112, 112) float32 faces") from err
 
 
 def load_model(path: str | os.PathLike, *, device: str = "cpu", backbone: str | None = None,
@@ -322,14 +350,54 @@ def convert_model(src: str | os.PathLike, out: str | os.PathLike) -> ModelCard:
 
 # ------------------------------------------------------------------------------------------ insightface .pth
 def _load_insightface_pth(path: Path, device: str) -> LoadedModel:
-    from marginface import backbones
-    from marginface.backbones.weights import _read_insightface, insightface_to_marginface
+    """A ``.pth`` state dict of a layout :mod:`marginface.backbones.foreign` recognises, on our backbone."""
+    from marginface.backbones import foreign
+    from marginface.backbones.weights import _read_insightface
 
     try:
         state = _read_insightface(path)
     except Exception as err:  # torch.load raises UnpicklingError / RuntimeError for foreign files
-        raise ValueError(f"{path} is not an insightface IResNet state dict ({err}); supported: {_SUPPORTED}") from err
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+        raise ValueError(f"{path} is not a PyTorch state dict of tensors ({err}); supported: {_SUPPORTED}") from err
+    state = foreign.strip_prefix(state)
+    architecture = foreign.identify(state)
+    if architecture is None:
+        raise ValueError(f"{path}: {foreign.describe_unknown(state)}")
+    if architecture == "iresnet":
+        return _load_iresnet_pth(state, path, device)
+    try:
+        if architecture == "arcface_torch_vit":
+            name, kwargs, size, ours = foreign.arcface_torch_vit(state)
+        else:
+            name = "mobilefacenet"
+            convert = foreign.arcface_torch_mbf if architecture == "arcface_torch_mbf" else foreign.casia_mobilefacenet
+            kwargs, size, ours = convert(state)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    card = ModelCard(backbone=name, embedding_size=size, backbone_kwargs=kwargs, source=f"{architecture}-pth",
+                     training_data={"kind": f"{architecture} (unknown)"})
+    return LoadedModel(card, str(path), _build_foreign(card, ours, path, architecture, device), "torch", device)
+
+
+def _build_foreign(card: ModelCard, state: dict[str, torch.Tensor], path: Path, architecture: str,
+                   device: str) -> torch.nn.Module:
+    from marginface import backbones
+    from marginface.backbones.weights import _load_strict
+
+    model = backbones.create(card.backbone, embedding_size=card.embedding_size, **card.backbone_kwargs)
+    try:
+        _load_strict(model, state, source=f"{path} ({architecture} layout, renamed onto {card.backbone})")
+    except ValueError as err:
+        missing = sorted(set(model.state_dict()) - set(state))
+        first = f"; first missing key of ours: {missing[0]}" if missing else ""
+        raise ValueError(f"{err}{first}") from err
+    card.weights_sha256 = tensors_sha256(model.state_dict())
+    return model.to(device).eval()
+
+
+def _load_iresnet_pth(state: dict[str, torch.Tensor], path: Path, device: str) -> LoadedModel:
+    from marginface import backbones
+    from marginface.backbones.weights import _load_strict, insightface_to_marginface
+
     depth, embedding_size = _iresnet_shape(state, path)
     gamma = state.get("features.weight")
     fix_gamma = gamma is None or bool(torch.all(gamma == 1))
@@ -338,8 +406,6 @@ def _load_insightface_pth(path: Path, device: str) -> LoadedModel:
                      source="insightface-pth", training_data={"kind": "insightface (unknown)"})
     ours = insightface_to_marginface(state, fix_gamma=fix_gamma)
     model = backbones.create(card.backbone, embedding_size=embedding_size, **kwargs)
-    from marginface.backbones.weights import _load_strict
-
     _load_strict(model, ours, source=str(path))
     card.weights_sha256 = tensors_sha256(ours)
     return LoadedModel(card, str(path), model.to(device).eval(), "torch", device)
@@ -379,13 +445,55 @@ def onnx_weights_sha256(model: Any) -> str:
 
 
 def insightface_onnx_contract(model: Any) -> InputContract:
-    """insightface's rule (``arcface_onnx.py``): Sub + Mul among the first 8 nodes = normalised in-graph."""
+    """The input contract of an ONNX face model without a card.
+
+    When the graph opens with elementwise ``Sub``/``Add``/``Mul``/``Div`` by constants (:func:`onnx_input_affine`,
+    e.g. mxnet conversions' ``(x - 127.5) * 0.0078125`` or a PyTorch export's ``(x / 255 - 0.5) / 0.5``) it
+    normalises itself and takes raw 0..255 pixels (mean 0, std 1). Otherwise insightface's own rule
+    (``model_zoo/arcface_onnx.py``) applies: RGB, ``(x - 127.5) / 127.5``; its test - ``Sub`` and ``Mul`` among the
+    names of the first 8 nodes - is kept for graphs whose constants are computed rather than stored.
+    """
     names = [node.name for node in model.graph.node[:8]]
     find_sub = any(n.startswith(("Sub", "_minus")) for n in names)
     find_mul = any(n.startswith(("Mul", "_mul")) for n in names)
-    mean, std = ([0.0] * 3, [1.0] * 3) if (find_sub and find_mul) else ([127.5] * 3, [127.5] * 3)
+    in_graph = onnx_input_affine(model) is not None or (find_sub and find_mul)
+    mean, std = ([0.0] * 3, [1.0] * 3) if in_graph else ([127.5] * 3, [127.5] * 3)
     size = _static_dim(model.graph.input[0], 2) or 112
     return InputContract(size=size, channel_order="RGB", mean=mean, std=std)
+
+
+_AFFINE_OPS = ("Sub", "Add", "Mul", "Div")
+
+
+def onnx_input_affine(model: Any) -> tuple[float, float] | None:
+    """``(mean, std)`` such that the graph's first elementwise ops compute ``(x - mean) / std`` on its input, or
+    None when the input does not go through such ops with scalar constants (stored as initializers or
+    ``Constant`` nodes). ``Div(x, 255), Sub(., 0.5), Div(., 0.5)`` gives ``(127.5, 127.5)``."""
+    from onnx import numpy_helper
+
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    current, scale, shift, steps = model.graph.input[0].name, 1.0, 0.0, 0  # y = scale * x + shift
+    while True:
+        users = [n for n in model.graph.node if current in n.input]
+        if len(users) != 1 or users[0].op_type not in _AFFINE_OPS or len(users[0].input) != 2:
+            break
+        node = users[0]
+        other = node.input[1] if node.input[0] == current else node.input[0]
+        value = constants.get(other)
+        if value is None or value.size != 1 or (node.op_type in ("Sub", "Div") and node.input[0] != current):
+            break
+        c = float(value.reshape(()))
+        if node.op_type in ("Mul", "Div") and c == 0:
+            break
+        scale, shift = {"Sub": (scale, shift - c), "Add": (scale, shift + c), "Mul": (scale * c, shift * c),
+                        "Div": (scale / c, shift / c)}[node.op_type]
+        current, steps = node.output[0], steps + 1
+    if steps == 0 or scale <= 0:
+        return None
+    return -shift / scale, 1.0 / scale
 
 
 def _static_dim(value_info: Any, axis: int) -> int | None:
@@ -409,8 +517,11 @@ def _load_onnx(path: Path, device: str) -> LoadedModel:
         dim = _static_dim(model.graph.output[0], 1)
         if dim is None:
             raise ValueError(f"{path}: an ONNX model without a card must have a (B, D) output with static D")
+        affine = onnx_input_affine(model)
+        source = (f"onnx (the graph normalises: (x - {affine[0]:g}) / {affine[1]:g})" if affine else
+                  "insightface-onnx")
         card = ModelCard(backbone="onnx", embedding_size=dim, input=insightface_onnx_contract(model),
-                         weights_sha256=actual, source="insightface-onnx")
+                         weights_sha256=actual, source=source)
     runner = OnnxRunner(str(path), device)
     return LoadedModel(card, str(path), runner, "onnx", device)
 

@@ -1,0 +1,253 @@
+"""Real pretrained models (../shared/models) on LFW: 10-fold accuracy with flip TTA on and off from one pass.
+
+Usage:
+    python benchmarks/real_models.py lfw --model ../shared/models/insightface_mobilefacenet_y1/model \\
+        --bin /work/cache/i29/lfw.bin --cache /work/cache/i29/y1.lfw.npz
+    python benchmarks/real_models.py calibrate --bin /work/cache/i29/lfw.bin --cache /work/cache/i29/y1.lfw.npz
+    python benchmarks/real_models.py identify --bin /work/cache/i29/lfw.bin --cache /work/cache/i29/y1.lfw.npz \\
+        --pairs ../shared/data/lfw/pairs.txt
+
+calibrate: the threshold at FAR 1e-3 chosen on 9 folds (:func:`marginface.inference.calibrate.calibrate_scores`,
+the function ``marginface calibrate`` uses) and TAR/FAR measured on the 10th, for all 10 rotations, on the
+cached embeddings (flip on, the card's default). identify: the distinct images of the .bin named by pairs.txt;
+every identity with >= 2 of them enrols its first image (by file name) and probes with the others; the identities
+with one image join the gallery as distractors in a second run; rank-1 / rank-5 by exact search.
+
+export: the model exported to ONNX fp32 / fp16 / INT8 (static, QDQ, percentile ranges calibrated on
+``--calibration`` aligned CelebA faces) with benchmarks/inference.py's ``export_variants``; every distinct LFW
+image embedded by each variant (flip off); cosine to torch fp32 (the cached raw outputs), LFW 10-fold accuracy,
+TAR@FAR=1e-3, and CPU ms/image at batch 8 (best of 3) as a ratio to torch fp32 measured in the same run.
+
+Each distinct image of the ``.bin`` (LFW: 7,701 of 12,000 stored) is embedded once, as is its mirror, through
+:func:`marginface.inference.load_model` (the model's own contract: channel order, normalisation). The raw
+(un-normalised) outputs are kept in ``--cache`` (resumed from there, written every few batches), so flip on
+(``normalise(f(x) + f(mirror x))``, insightface's rule, what ``marginface eval`` does) and flip off
+(``normalise(f(x))``) come from the same forward passes. The pairs then go through the same functions as
+``marginface eval --bins`` (:func:`marginface.evaluation.verification.evaluate_interleaved`: cosine, 10
+contiguous folds of 600 pairs, threshold chosen on the other nine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def distinct_pixels(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct images (M, 3, 112, 112) uint8 RGB, rows (2N,) index of each stored image, issame (N,))."""
+    from PIL import Image
+
+    from marginface.data.bins import read_verification_bin
+
+    encoded, issame = read_verification_bin(path)
+    distinct: dict[bytes, int] = {}
+    rows = np.array([distinct.setdefault(data, len(distinct)) for data in encoded])
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in distinct])
+    return pixels.transpose(0, 3, 1, 2), rows, np.asarray(issame)
+
+
+def embed_raw(model_path: str, pixels: np.ndarray, cache: Path, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Raw outputs of every image and of its mirror, (M, D) each; resumable through ``cache`` (.npz)."""
+    from marginface.inference.model import load_model
+
+    model = load_model(model_path)
+    done = np.load(cache) if cache.is_file() else None
+    raw = list(done["raw"]) if done is not None else []
+    mirrored = list(done["mirrored"]) if done is not None else []
+    start = time.perf_counter()
+    for i in range(len(raw), len(pixels), batch):
+        chunk = torch.from_numpy(pixels[i : i + batch].astype(np.float32))
+        raw += list(model.forward(chunk))
+        mirrored += list(model.forward(chunk.flip(3)))
+        if (i // batch) % 10 == 9 or i + batch >= len(pixels):
+            np.savez(cache, raw=np.array(raw), mirrored=np.array(mirrored))
+            rate = (len(raw) - (0 if done is None else len(done["raw"]))) / (time.perf_counter() - start)
+            print(f"  {len(raw):,}/{len(pixels):,} images ({rate:.1f} img/s, x2 with mirrors)", flush=True)
+    return np.array(raw), np.array(mirrored)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def run_lfw(args: argparse.Namespace) -> dict:
+    from marginface.evaluation.verification import evaluate_interleaved
+
+    pixels, rows, issame = distinct_pixels(args.bin)
+    print(f"{len(rows):,} stored images, {len(pixels):,} distinct", flush=True)
+    raw, mirrored = embed_raw(args.model, pixels, Path(args.cache), args.batch)
+    out = {}
+    for label, emb in (("flip", _unit(raw + mirrored)), ("no flip", _unit(raw))):
+        result = evaluate_interleaved(emb[rows], issame, name="lfw")
+        acc = result.accuracy
+        out[label] = {"accuracy": float(acc.mean), "std": float(acc.std),
+                      "tar_at_far_1e-3": float(result.tar_at_far.tar[list(result.tar_at_far.far).index(1e-3)])}
+        print(f"{label:8s} LFW {100 * acc.mean:.2f} ± {100 * acc.std:.2f}%  "
+              f"TAR@FAR=1e-3 {100 * out[label]['tar_at_far_1e-3']:.2f}%", flush=True)
+    return out
+
+
+def _flip_embeddings(cache: str) -> np.ndarray:
+    data = np.load(cache)
+    return _unit(data["raw"] + data["mirrored"])
+
+
+def run_calibrate(args: argparse.Namespace) -> dict:
+    from marginface.evaluation import metrics
+    from marginface.inference.calibrate import calibrate_scores
+
+    rows, issame = _rows_issame(args.bin)
+    emb = _flip_embeddings(args.cache)[rows]
+    scores = (emb[0::2].astype(np.float64) * emb[1::2]).sum(1)
+    folds = np.arange(len(issame)) // (len(issame) // 10)
+    table, accepted, impostors, hits, genuine = [], 0, 0, 0, 0
+    for k in range(10):
+        train, test = folds != k, folds == k
+        cal = calibrate_scores(scores[train], issame[train], args.far, data=f"LFW folds != {k + 1}")
+        accept = scores[test] >= cal.threshold
+        far = float((accept & ~issame[test]).sum() / (~issame[test]).sum())
+        tar = float((accept & issame[test]).sum() / issame[test].sum())
+        accepted, impostors = accepted + int((accept & ~issame[test]).sum()), impostors + int((~issame[test]).sum())
+        hits, genuine = hits + int((accept & issame[test]).sum()), genuine + int(issame[test].sum())
+        table.append({"fold": k + 1, "threshold": cal.threshold, "train_far": cal.achieved_far, "test_far": far,
+                      "test_tar": tar})
+        print(f"fold {k + 1:2d}: threshold {cal.threshold:.4f} (FAR on the 9 folds {cal.achieved_far:.2e}, TAR "
+              f"{cal.tar:.4f}) -> held-out FAR {far:.4f} ({int((accept & ~issame[test]).sum())}/"
+              f"{int((~issame[test]).sum())}), TAR {tar:.4f}", flush=True)
+    pooled = {"far": accepted / impostors, "tar": hits / genuine, "accepted_impostors": accepted,
+              "impostors": impostors}
+    full = metrics.tar_at_far(scores, issame, [args.far])
+    print(f"pooled over the 10 held-out folds: FAR {pooled['far']:.2e} ({accepted}/{impostors}) for a target of "
+          f"{args.far:g}; TAR {pooled['tar']:.4f}; threshold {np.mean([r['threshold'] for r in table]):.4f} ± "
+          f"{np.std([r['threshold'] for r in table]):.4f}; TAR@FAR on all 6,000 pairs {full.tar[0]:.4f}")
+    return {"folds": table, "pooled": pooled}
+
+
+def _rows_issame(path: str) -> tuple[np.ndarray, np.ndarray]:
+    from marginface.data.bins import read_verification_bin
+
+    encoded, issame = read_verification_bin(path)
+    distinct: dict[bytes, int] = {}
+    return np.array([distinct.setdefault(data, len(distinct)) for data in encoded]), np.asarray(issame)
+
+
+def run_identify(args: argparse.Namespace) -> dict:
+    from marginface.evaluation.identification import build_index, identify
+    from marginface.evaluation.pairs import read_pairs
+
+    rows, _ = _rows_issame(args.bin)
+    names = [name for pair in read_pairs(args.pairs, header="optional").names for name in pair]
+    if len(names) != len(rows):
+        raise ValueError(f"{args.pairs} names {len(names)} images but {args.bin} stores {len(rows)}")
+    files = {}
+    for name, row in zip(names, rows):
+        files.setdefault(int(row), name)  # distinct row -> 'Person/Person_0001.jpg'-style name
+    emb = _flip_embeddings(args.cache)
+    people: dict[str, list[tuple[str, int]]] = {}
+    for row, name in files.items():
+        people.setdefault(name.split("/")[0], []).append((name, row))
+    several = sorted(p for p, items in people.items() if len(items) >= 2)
+    single = [sorted(people[p])[0][1] for p in people if len(people[p]) == 1]
+    gallery_rows = [sorted(people[p])[0][1] for p in several]
+    probe_rows = [row for p in several for _, row in sorted(people[p])[1:]]
+    probe_labels = np.array([i for i, p in enumerate(several) for _ in sorted(people[p])[1:]])
+    out = {"identities": len(several), "probes": len(probe_rows), "single_image_people": len(single)}
+    for label, distractors in (("gallery only", None), ("+ one-image people", emb[single])):
+        index = build_index(emb[gallery_rows], np.arange(len(several)), distractors)
+        result = identify(index, emb[probe_rows], probe_labels, max_rank=5)
+        out[label] = {"rank1": float(result.cmc[0]), "rank5": float(result.cmc[4]),
+                      "gallery_size": len(several) + (0 if distractors is None else len(distractors))}
+        print(f"{label}: {len(several)} identities (+{0 if distractors is None else len(distractors)} distractors), "
+              f"{len(probe_rows)} probes: rank-1 {100 * result.cmc[0]:.2f}%, rank-5 {100 * result.cmc[4]:.2f}%")
+    return out
+
+
+def run_export(args: argparse.Namespace) -> dict:
+    import sys
+    import tempfile
+
+    from marginface.evaluation.verification import evaluate_interleaved
+    from marginface.inference.model import load_model
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from inference import _aligned_faces_seeded, export_variants, ms_per_image
+
+    pixels, rows, issame = distinct_pixels(args.bin)
+    calibration = _aligned_faces_seeded(args.celeba, args.calibration, seed=2)
+    timing = pixels[:8].astype(np.float32)
+    embeddings, seconds, ms = {}, {}, {}
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        paths = export_variants(Path(args.model), Path(tmp), calibration)
+        torch_model = load_model(args.model)
+        for variant in args.variants.split(","):
+            model = load_model(paths[variant])
+            start = time.perf_counter()
+            embeddings[variant] = np.concatenate([model.embed_pixels(pixels[i : i + 64].astype(np.float32),
+                                                                     flip=False) for i in range(0, len(pixels), 64)])
+            seconds[variant] = time.perf_counter() - start
+            print(f"ORT {variant}: embedded in {seconds[variant]:.0f} s", flush=True)
+        # latency: every variant and torch timed back to back, so the ratios share the machine's load
+        ms["torch fp32"] = ms_per_image(torch_model, timing)
+        for variant in embeddings:
+            ms[variant] = ms_per_image(load_model(paths[variant]), timing)
+    while not Path(args.cache).is_file() or len(np.load(args.cache)["raw"]) < len(pixels):
+        time.sleep(30)  # the lfw run of the same model writes the torch fp32 outputs
+    reference = _unit(np.load(args.cache)["raw"])
+    out = {"torch fp32": _row(evaluate_interleaved(reference[rows], issame, name="lfw"), 1.0, 1.0, 1.0)}
+    for variant, emb in embeddings.items():
+        cos = (emb.astype(np.float64) * reference).sum(1)
+        out[f"ORT {variant}"] = _row(evaluate_interleaved(emb[rows], issame, name="lfw"), float(cos.min()),
+                                     float(cos.mean()), ms[variant] / ms["torch fp32"])
+        out[f"ORT {variant}"]["embed_seconds"] = seconds[variant]
+    out["torch fp32"]["ms_per_image"] = ms["torch fp32"]
+    for label, row in out.items():
+        print(f"{label:12s} LFW {100 * row['accuracy']:.2f} ± {100 * row['std']:.2f}%  TAR@FAR=1e-3 "
+              f"{100 * row['tar_at_far_1e-3']:.2f}%  cosine to torch min {row['cos_min']:.6f} mean "
+              f"{row['cos_mean']:.6f}  time {row['ratio_to_torch']:.2f}x torch", flush=True)
+    return out
+
+
+def _row(result, cos_min: float, cos_mean: float, ratio: float) -> dict:
+    far = list(result.tar_at_far.far).index(1e-3)
+    return {"accuracy": float(result.accuracy.mean), "std": float(result.accuracy.std),
+            "tar_at_far_1e-3": float(result.tar_at_far.tar[far]), "cos_min": cos_min, "cos_mean": cos_mean,
+            "ratio_to_torch": ratio}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    lfw = sub.add_parser("lfw")
+    lfw.add_argument("--model", required=True)
+    lfw.add_argument("--bin", default="/work/cache/lfw.bin")
+    lfw.add_argument("--cache", required=True, help=".npz of raw embeddings (resumed)")
+    lfw.add_argument("--batch", type=int, default=64)
+    cal = sub.add_parser("calibrate")
+    cal.add_argument("--bin", default="/work/cache/lfw.bin")
+    cal.add_argument("--cache", required=True)
+    cal.add_argument("--far", type=float, default=1e-3)
+    ident = sub.add_parser("identify")
+    ident.add_argument("--bin", default="/work/cache/lfw.bin")
+    ident.add_argument("--cache", required=True)
+    ident.add_argument("--pairs", required=True)
+    export = sub.add_parser("export")
+    export.add_argument("--model", required=True, help="a torch-loadable model (e.g. the converted .safetensors)")
+    export.add_argument("--bin", default="/work/cache/lfw.bin")
+    export.add_argument("--cache", required=True, help="the lfw run's .npz of this model (torch fp32 outputs)")
+    export.add_argument("--celeba", default="/work/cache/celeba112", help="aligned CelebA faces (INT8 ranges)")
+    export.add_argument("--calibration", type=int, default=128)
+    export.add_argument("--variants", default="int8,fp16,fp32")
+    export.add_argument("--tmp", default="/work/cache")
+    args = parser.parse_args()
+    run = {"lfw": run_lfw, "calibrate": run_calibrate, "identify": run_identify, "export": run_export}[args.command]
+    print(json.dumps(run(args)))
+
+
+if __name__ == "__main__":
+    main()
