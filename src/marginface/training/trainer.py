@@ -218,9 +218,12 @@ class Trainer:
         else:
             sampler = StepBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps,
                                        self.dist.rank, self.dist.world_size, flip=cfg.data.flip)
+        # the loader's own generator: iter(loader) draws the workers' base seed from it, not from torch's global
+        # RNG, so a resumed run (whose global RNG is the checkpoint's) draws exactly what the straight run draws
         return DataLoader(FlipByIndex(self.dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
-                          worker_init_fn=ignore_stop_signals if cfg.data.num_workers else None)
+                          worker_init_fn=ignore_stop_signals if cfg.data.num_workers else None,
+                          generator=torch.Generator().manual_seed(cfg.seed))
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimizer step on a batch; returns the batch's mean loss (over all ranks)."""
