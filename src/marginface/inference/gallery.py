@@ -545,13 +545,9 @@ class Gallery:
         if meta.get("format") != FORMAT:
             raise ValueError(f"{db_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
         count, dim = int(meta["count"]), int(meta["dim"])
-        try:
-            vectors = np.load(vec_path, allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(f"{vec_path} is truncated or not a .npy array ({err})") from err
-        if vectors.shape != (count, dim) or len(rows) != count or vectors.dtype != np.float32:
-            raise ValueError(f"{vec_path} holds {vectors.shape} {vectors.dtype} but {db_path} lists {len(rows)} of "
-                             f"{count} identities of D={dim}")
+        if len(rows) != count:
+            raise ValueError(f"{db_path} lists {len(rows)} identities but records count {count}")
+        vectors = _load_vectors(vec_path, db_path, count, dim)
         _check_contents(vec_path, db_path, vectors, rows)
         gallery = cls(meta["model_key"], dim, meta["card"])
         gallery._vectors = vectors
@@ -633,6 +629,26 @@ def _abandoned(tmp_name: str) -> bool:
     except (IndexError, ValueError):
         return False  # not named by a save: leave it
     return pid == os.getpid() or not pid_alive(pid)
+
+
+def _load_vectors(vec_path: Path, db_path: Path, count: int, dim: int) -> np.ndarray:
+    """``vectors.npy`` as (count, dim) float32, its header checked against the SQLite counts and against the file's
+    size before anything is allocated (a crafted header asking for terabytes is this error, not a MemoryError)."""
+    fmt = np.lib.format
+    with open(vec_path, "rb") as handle:
+        try:
+            version = fmt.read_magic(handle)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(handle)  # numpy caps the header's own size (max_header_size)
+        except ValueError as err:
+            raise ValueError(f"{vec_path} is truncated or not a .npy array ({err})") from err
+        data_bytes = os.fstat(handle.fileno()).st_size - handle.tell()
+        if shape != (count, dim) or dtype != np.float32 or fortran:
+            raise ValueError(f"{vec_path} holds {shape} {dtype} but {db_path} lists {count} identities of D={dim}")
+        if data_bytes != count * dim * 4:
+            raise ValueError(f"{vec_path} is truncated or padded: {data_bytes:,} bytes of data for {count} x {dim} "
+                             f"float32 ({count * dim * 4:,} bytes)")
+        return np.fromfile(handle, dtype=np.float32, count=count * dim).reshape(count, dim)
 
 
 #: how far a stored template's norm may be from 1 (float32 rounding of a normalised row is ~1e-7).
