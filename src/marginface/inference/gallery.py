@@ -108,6 +108,29 @@ def _key_of(model: Any) -> str:
     return model if isinstance(model, str) else model.compatibility_key
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a file name's undecodable bytes, surrogate-escaped by the OS layer
+        return False
+    return True
+
+
+def printable_path(path: str | os.PathLike) -> str:
+    """A path as text that can always be printed: undecodable bytes shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _bad_folder(paths: list[Path], skip_bad: bool, skipped: list[dict]) -> None:
+    """An identity folder whose name is not UTF-8: an error naming it, or (``skip_bad``) its images listed."""
+    folder = printable_path(paths[0].parent)
+    problem = (f"identity folder {folder} is not a valid UTF-8 name (identity names are stored as text): rename "
+               "it, or pass --skip-bad to skip it")
+    if not skip_bad:
+        raise UserError(problem)
+    skipped += [{"path": printable_path(p), "error": problem} for p in paths]
+
+
 def _key_parts(key: str) -> dict[str, str]:
     """A compatibility key ``sha256:precision[:BGR]`` split into named parts."""
     parts = key.split(":")
@@ -362,6 +385,10 @@ class Gallery:
         seen: set[str] = set()
         bar = tqdm(total=len(images), desc="enrol", unit="img")
         for name, paths in by_identity.items():
+            if not _is_utf8(name):  # stored as text in SQLite: a surrogate-escaped name cannot be
+                bar.update(len(paths))
+                _bad_folder(paths, skip_bad, batch.skipped)
+                continue
             digests = [file_sha256(p) for p in paths]
             fresh = [(p, h) for p, h in zip(paths, digests) if not self._known(h, name, p, seen, batch.already)]
             kept: list[tuple[Path, str]] = []
