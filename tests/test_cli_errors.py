@@ -172,3 +172,85 @@ def test_load_backbone_follows_the_cards_kwargs(tmp_path) -> None:
     assert load_backbone("vit_t", tmp_path / "vit.safetensors").mask_token is None  # the card's kwargs, name given
     with pytest.raises(ValueError, match="does not fit this backbone"):  # the default kwargs: a mask_token too many
         load_backbone_weights(backbones.create("vit_t", embedding_size=16), tmp_path / "vit.safetensors")
+
+
+# ----------------------------------------------------------------------------- every refusal on the one path
+def _unsafe_pickle() -> Exception:
+    from marginface.data.bins import UnsafePickleError
+
+    return UnsafePickleError("refusing to unpickle posix.system from evil.bin")
+
+
+def _full_disk_safetensors() -> Exception:
+    """safetensors' error for a full disk while writing a checkpoint (its text as the audit met it)."""
+    from safetensors import SafetensorError
+
+    return SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                           'left on device" })')
+
+
+def _full_disk_oserror() -> Exception:
+    """What a write to a full disk raises (as built by Python from errno ENOSPC)."""
+    import errno
+    import os
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "g/.tmp-v000002-1-1/vectors.npy")
+
+
+def _memory_error() -> Exception:
+    import numpy as np
+
+    try:
+        np.empty(2**50, dtype=np.uint8)  # a header asking for a petabyte: numpy refuses before allocating
+    except MemoryError as err:
+        return err
+    raise AssertionError("a petabyte was allocated")
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    (_unsafe_pickle, "refusing to unpickle posix.system"),
+    (_full_disk_safetensors, "the disk is full; free space (or write elsewhere) and run again"),
+    (_full_disk_oserror, "No space left on device: 'g/.tmp-v000002-1-1/vectors.npy': the disk is full"),
+    (_memory_error, "out of memory (Unable to allocate"),
+])
+def test_refusals_are_one_line_and_exit_2(monkeypatch, capsys, make, expected) -> None:
+    error = make()
+    import marginface.inference.model as model
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(model, "load_model", refuse)
+    assert main(["info", "m.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marginface info: ") and expected in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 2  # the message and the --debug hint
+
+
+def test_programming_errors_still_raise(monkeypatch) -> None:
+    import marginface.inference.model as model
+
+    def bug(*args, **kwargs):
+        raise TypeError("a bug, not a refusal")
+
+    monkeypatch.setattr(model, "load_model", bug)
+    with pytest.raises(TypeError):
+        main(["info", "m.safetensors"])
+
+
+def test_unsafe_bin_through_prepare_degrade_exits_2(tmp_path, capsys) -> None:
+    (tmp_path / "evil.bin").write_bytes(b"\x80\x02cposix\nsystem\nX\x02\x00\x00\x00idq\x00\x85R.")
+    assert main(["prepare", "degrade", "--bin", str(tmp_path / "evil.bin"), "--out", str(tmp_path / "o.bin")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marginface prepare degrade: refusing to unpickle posix.system") and "Traceback" not in err
+
+
+def test_model_params_mistake_is_a_config_error(tmp_path, capsys) -> None:
+    args = ["train", "model.backbone=tiny28", "model.embedding_size=8", "data.synthetic_identities=4",
+            "data.synthetic_images_per_identity=1", "batch_size=4", "steps=1", "device=cpu",
+            f"output_dir={tmp_path}"]
+    assert main([*args, "model.params={bogus: 1}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marginface train: config field model.params {'bogus': 1}: backbone 'tiny28' refuses")
+    assert main([*args, "model.params={dropout: 0.1}"]) == 2
+    assert "multiple values for keyword argument 'dropout'" in capsys.readouterr().err

@@ -10,6 +10,8 @@ names the thing and the fix, and ``main`` prints it in one line and returns 2.
 from __future__ import annotations
 
 import argparse
+import errno
+import pickle
 import sys
 from collections.abc import Callable, Sequence
 
@@ -314,9 +316,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Errors a user can fix: printed as one or two lines, exit code 2 (argparse's own code for usage errors).
-# FloatingPointError: training diverged (the trainer's message names the step and the remedy).
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError,
-                FloatingPointError)
+# FloatingPointError: training diverged (the trainer's message names the step and the remedy). OSError: a full
+# disk, an unreadable file (FileNotFoundError, PermissionError... are OSErrors). UnpicklingError: a refused .bin.
+# MemoryError: an input asking for more memory than there is. SafetensorError (matched by name: not imported
+# here): safetensors' own errors, e.g. a full disk while writing a checkpoint.
+_USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError, pickle.UnpicklingError, MemoryError)
+_USER_ERROR_NAMES = ("SafetensorError",)
+
+
+def _is_user_error(err: BaseException) -> bool:
+    return isinstance(err, _USER_ERRORS) or type(err).__name__ in _USER_ERROR_NAMES
+
+
+def _error_line(err: BaseException) -> str:
+    """The message of a refusal, with the remedy added for the ones whose own text has none."""
+    text = str(err) or type(err).__name__
+    if isinstance(err, MemoryError):
+        return f"out of memory ({text}): an input asks for more memory than this machine has"
+    if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in text:
+        return f"{text}: the disk is full; free space (or write elsewhere) and run again"
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -328,10 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         getattr(args, "clean_kind", None)) if w)
     try:
         return int(args.func(args) or 0)
-    except _USER_ERRORS as err:
-        if args.debug:
+    except Exception as err:
+        if args.debug or not _is_user_error(err):
             raise
-        print(f"marginface {command}: {err}", file=sys.stderr)
+        print(f"marginface {command}: {_error_line(err)}", file=sys.stderr)
         if not isinstance(err, UserError):
             print("  (run with marginface --debug ... for the traceback)", file=sys.stderr)
         return 2

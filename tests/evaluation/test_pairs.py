@@ -89,3 +89,20 @@ def test_real_lfw_pairs(shared_data: Path) -> None:
     assert [int(pairs.issame[pairs.folds == k].sum()) for k in range(10)] == [300] * 10
     files = resolve_images(pairs, shared_data / "lfw" / "lfw-deepfunneled")
     assert len(files) == len(pairs.unique_names())
+
+
+def test_pairs_names_cannot_leave_the_image_folder(tmp_path: Path) -> None:
+    for person in ("..", "../etc", "a/b", "."):
+        path = tmp_path / "pairs.txt"
+        path.write_text(f"1 1\n{person} 1 2\nB 1 C 1\n")
+        with pytest.raises(ValueError, match=r"pairs.txt:2: person name .* is not a plain folder name"):
+            read_pairs(path)
+
+
+def test_byte_order_mark_is_accepted_and_non_utf8_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.txt"
+    path.write_bytes("1 1\nA 1 2\nB 1 C 1\n".encode("utf-8-sig"))
+    assert read_pairs(path).names.tolist() == [["A/A_0001.jpg", "A/A_0002.jpg"], ["B/B_0001.jpg", "C/C_0001.jpg"]]
+    path.write_bytes(b"1 1\nA\xff 1 2\nB 1 C 1\n")
+    with pytest.raises(ValueError, match=r"pairs.txt is not a UTF-8 text pairs file"):
+        read_pairs(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from marginface.errors import UserError
 from marginface.inference.card import ModelCard
 from marginface.inference.gallery import Gallery, GalleryConflictError
 
@@ -131,3 +132,32 @@ def test_prune_keeps_a_live_writers_temporary_folder(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_non_utf8_identity_folder_is_named_or_skipped(tmp_path):
+    """A folder name with undecodable bytes cannot be stored as an identity name: say which, don't crash later."""
+    from types import SimpleNamespace
+
+    card = _card()
+
+    class Recognizer:  # embeds without a model: one unit vector per image
+        def __init__(self):
+            self.card = card
+
+        def embed_with_info(self, paths):
+            paths = paths if isinstance(paths, list) else [paths]
+            return np.eye(D, dtype=np.float32)[: len(paths)], [SimpleNamespace(several=False)] * len(paths)
+
+    root = tmp_path / "people"
+    (root / "ann").mkdir(parents=True)
+    (root / "ann" / "0.png").write_bytes(b"ann")
+    bad = os.path.join(os.fsencode(root), b"caf\xe9")
+    os.mkdir(bad)
+    with open(os.path.join(bad, b"0.png"), "wb") as handle:
+        handle.write(b"cafe")
+    gallery = Gallery.create(card)
+    with pytest.raises(UserError, match=r"identity folder .*people/caf\\xe9 is not a valid UTF-8 name.*--skip-bad"):
+        gallery.enroll_folder(Recognizer(), root)
+    report = gallery.enroll_folder(Recognizer(), root, skip_bad=True)
+    assert gallery.names == ["ann"] and report["skipped"][0]["path"].endswith("people/caf\\xe9/0.png")
+    gallery.save(tmp_path / "g")  # nothing undecodable reaches SQLite

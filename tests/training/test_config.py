@@ -106,3 +106,11 @@ def test_epochs_become_steps_once_the_data_size_is_known():
     assert resolved.epochs == 0 and resolve_epochs(resolved, 1000) == resolved
     plain = load_config(None, ["steps=7"])
     assert resolve_epochs(plain, 1000) is plain
+
+
+def test_exponent_floats_without_a_dot_are_floats():
+    """PyYAML (YAML 1.1) reads ``1e-3`` as a string; for a float field it is the number a person means."""
+    config = load_config(None, ["optim.lr=1e-3", "optim.weight_decay=5E-4"])
+    assert config.optim.lr == 0.001 and config.optim.weight_decay == 0.0005
+    with pytest.raises(ConfigError, match="config field optim.lr: expected float, got 'fast'"):
+        load_config(None, ["optim.lr=fast"])

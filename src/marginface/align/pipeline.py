@@ -72,10 +72,13 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file fully into (H, W, 3) uint8 RGB; raises ValueError naming the file if unreadable."""
     from PIL import Image
 
+    from marginface.inference.images import check_pixels
+
     try:
         with Image.open(path) as image:
+            check_pixels(image.size, str(path))  # from the header, before decoding
             return np.asarray(image.convert("RGB"))  # convert() forces a full decode: truncation raises
-    except Exception as err:  # PIL raises several types (OSError, SyntaxError, ValueError...)
+    except Exception as err:  # PIL raises several types (OSError, SyntaxError, ValueError, DecompressionBomb...)
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 

@@ -17,6 +17,7 @@ import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +42,47 @@ ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+#: the most bytes a constructor call in a .bin may allocate from a *number* in the file (``bytearray(n)``,
+#: ``bytes(n)``, ``_reconstruct``'s shape). Real files never do it (numpy pickles reconstruct shape (0,) and then
+#: fill the array from the data that follows; bytes come as data): sizes carried by data are bounded by the file.
+MAX_PICKLE_ALLOCATION = 1 << 20
+
+
 class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced a global outside :data:`ALLOWED_GLOBALS`."""
+    """A pickle referenced a global outside :data:`ALLOWED_GLOBALS`, or asked one to allocate more than
+    :data:`MAX_PICKLE_ALLOCATION` bytes from a number."""
+
+
+def _bounded(call: Any, source: str, name: str) -> Any:
+    """``call`` (an allowed global) that refuses arguments asking it to allocate from a number: ``bytearray(10**9)``
+    is a 39-byte pickle that costs a gigabyte."""
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        size = _requested_bytes(name, args)
+        if size > MAX_PICKLE_ALLOCATION:
+            raise UnsafePickleError(
+                f"refusing {name}(...) asking for {size:,} bytes in {source}: a verification .bin never allocates "
+                f"from a number (limit marginface.data.bins.MAX_PICKLE_ALLOCATION = {MAX_PICKLE_ALLOCATION:,} "
+                "bytes); the file was crafted or is not a .bin")
+        if name == "encode" and len(args) > 1 and str(args[1]).replace("-", "").replace("_", "").lower() not in (
+                "latin1", "iso88591"):
+            raise UnsafePickleError(f"refusing _codecs.encode(..., {args[1]!r}) in {source}: only latin1 is used")
+        return call(*args, **kwargs)
+
+    return checked
+
+
+def _requested_bytes(name: str, args: tuple) -> int:
+    """Bytes a call would allocate from numbers among its arguments (0 when the size comes from data)."""
+    if name in ("bytes", "bytearray") and args and isinstance(args[0], int):
+        return int(args[0])
+    if name == "_reconstruct" and len(args) > 1:
+        shape = args[1] if isinstance(args[1], tuple | list) else (args[1],)
+        try:
+            return int(np.prod([int(d) for d in shape], dtype=object)) * 16  # 16: the widest numpy scalar
+        except (TypeError, ValueError):
+            return 0
+    return 0
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -61,7 +101,10 @@ class SafeUnpickler(pickle.Unpickler):
         if module.startswith("numpy.core.") and int(np.__version__.split(".")[0]) >= 2:
             # numpy 2 moved numpy.core to numpy._core; importing the old name only emits a deprecation warning
             module = "numpy._core." + module.removeprefix("numpy.core.")
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        if name in ("bytes", "bytearray", "_reconstruct", "encode"):
+            return _bounded(found, self.source, name)
+        return found
 
 
 def _safe_load(path: Path) -> object:

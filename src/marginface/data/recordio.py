@@ -16,6 +16,7 @@ Format (dmlc-core ``recordio.cc`` and ``mxnet/recordio.py``; all integers little
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -102,15 +103,21 @@ def read_index(idx_path: Path) -> dict[int, int]:
         raise FileNotFoundError(f"index {idx_path} does not exist: rebuild it with "
                                 f"marginface.data.recordio.rebuild_index({str(idx_path)[:-4]!r}.rec)")
     index: dict[int, int] = {}
+    at_offset: dict[int, int] = {}  # offset -> key: two keys at one offset read the same record
     with idx_path.open("r", encoding="ascii") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             fields = line.split("\t")
             try:
-                index[int(fields[0])] = int(fields[1])
+                key, offset = int(fields[0]), int(fields[1])
             except (ValueError, IndexError):
                 raise ValueError(f"{idx_path}:{number}: expected 'key<TAB>offset', got {line.strip()!r}") from None
+            if key in index or offset in at_offset:
+                what = f"key {key} again" if key in index else f"offset {offset} again (also key {at_offset[offset]})"
+                raise ValueError(f"{idx_path}:{number}: {what}: the .idx is damaged (one key would read another "
+                                 "key's image); rebuild it with marginface.data.recordio.rebuild_index()")
+            index[key], at_offset[offset] = offset, key
     return index
 
 
@@ -281,8 +288,12 @@ class RecordWriter:
         self.close()
 
 
-def _label_of(header: IRHeader) -> int:
-    return int(header.label) if header.flag == 0 else int(header.label[0])
+def _label_of(header: IRHeader, source: str = "record") -> int:
+    """The class of an image record; a NaN / inf / fractional label is an error naming ``source``."""
+    value = float(header.label) if header.flag == 0 else float(header.label[0])
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(f"{source} has label {value}, not a class index: the record is damaged; re-pack the .rec")
+    return int(value)
 
 
 class RecordIODataset(Dataset):
@@ -340,8 +351,9 @@ class RecordIODataset(Dataset):
     def _scan_classes(self) -> int:
         from tqdm.auto import tqdm
 
-        labels = (_label_of(self.read_record(i)[0]) for i in tqdm(range(len(self)), desc="scanning labels",
-                                                                   unit="rec", leave=False))
+        rec = self.records.rec_path
+        labels = (_label_of(self.read_record(i)[0], f"record {self.keys[i]} of {rec}")
+                  for i in tqdm(range(len(self)), desc="scanning labels", unit="rec", leave=False))
         return max(labels) + 1
 
     def __len__(self) -> int:
@@ -363,7 +375,11 @@ class RecordIODataset(Dataset):
         tensor = to_tensor(image)
         if self.transform is not None:
             tensor = self.transform(tensor)
-        return tensor, _label_of(header)
+        label = _label_of(header, source)
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"{source} has label {label}, outside [0, {self.num_classes}) (the dataset's classes): "
+                             "the record is damaged or was written with other labels; re-pack the .rec")
+        return tensor, label
 
 
 class PackStats(NamedTuple):

@@ -48,6 +48,9 @@ def image_name(person: str, index: str, line_no: int, path: Path) -> str:
     """The relative path of image ``index`` (1-based) of ``person``, e.g. ``Abel_Pacheco/Abel_Pacheco_0001.jpg``."""
     if not index.isdigit() or int(index) < 1:
         raise ValueError(f"{path}:{line_no}: image number {index!r} is not a positive integer")
+    if person in (".", "..") or "/" in person or "\\" in person or "\0" in person:
+        raise ValueError(f"{path}:{line_no}: person name {person!r} is not a plain folder name (a pairs file names "
+                         "images inside --images; '..' or a path separator would reach outside it)")
     return f"{person}/{person}_{int(index):04d}.jpg"
 
 
@@ -90,7 +93,11 @@ def read_pairs(path: str | Path, header: str = "required") -> PairsFile:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pairs file {path} does not exist")
-    raw = [(no, line.split()) for no, line in enumerate(path.read_text().splitlines(), start=1)]
+    try:  # utf-8-sig: a byte-order mark (Windows editors) is not part of the header
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a UTF-8 text pairs file ({err})") from err
+    raw = [(no, line.split()) for no, line in enumerate(text.splitlines(), start=1)]
     raw = [(no, f) for no, f in raw if f]
     if not raw:
         raise ValueError(f"{path} is empty; expected an LFW pairs.txt (header '10 300' then the pairs)")

@@ -40,7 +40,7 @@ from marginface.heads.chunked import (
 )
 from marginface.heads.fused_update import FusedRowUpdate
 from marginface.heads.partial_fc import check_sample_rate, sample_classes
-from marginface.losses.base import MarginContext, MarginLoss
+from marginface.losses.base import EMPTY_BATCH_MESSAGE, MarginContext, MarginLoss
 
 
 def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -214,6 +214,8 @@ class ShardedHead(nn.Module):
             raise ValueError(f"embeddings must be (b, {size}), got {tuple(embeddings.shape)}")
         if labels.shape != embeddings.shape[:1] or labels.is_floating_point():
             raise ValueError(f"labels must be an integer tensor ({embeddings.shape[0]},) of global classes")
+        if embeddings.shape[0] == 0:  # every rank has the same batch size, so every rank raises here
+            raise ValueError(EMPTY_BATCH_MESSAGE)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes}) (global indices)")
 

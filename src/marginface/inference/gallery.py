@@ -108,6 +108,29 @@ def _key_of(model: Any) -> str:
     return model if isinstance(model, str) else model.compatibility_key
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a file name's undecodable bytes, surrogate-escaped by the OS layer
+        return False
+    return True
+
+
+def printable_path(path: str | os.PathLike) -> str:
+    """A path as text that can always be printed: undecodable bytes shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _bad_folder(paths: list[Path], skip_bad: bool, skipped: list[dict]) -> None:
+    """An identity folder whose name is not UTF-8: an error naming it, or (``skip_bad``) its images listed."""
+    folder = printable_path(paths[0].parent)
+    problem = (f"identity folder {folder} is not a valid UTF-8 name (identity names are stored as text): rename "
+               "it, or pass --skip-bad to skip it")
+    if not skip_bad:
+        raise UserError(problem)
+    skipped += [{"path": printable_path(p), "error": problem} for p in paths]
+
+
 def _key_parts(key: str) -> dict[str, str]:
     """A compatibility key ``sha256:precision[:BGR]`` split into named parts."""
     parts = key.split(":")
@@ -362,6 +385,10 @@ class Gallery:
         seen: set[str] = set()
         bar = tqdm(total=len(images), desc="enrol", unit="img")
         for name, paths in by_identity.items():
+            if not _is_utf8(name):  # stored as text in SQLite: a surrogate-escaped name cannot be
+                bar.update(len(paths))
+                _bad_folder(paths, skip_bad, batch.skipped)
+                continue
             digests = [file_sha256(p) for p in paths]
             fresh = [(p, h) for p, h in zip(paths, digests) if not self._known(h, name, p, seen, batch.already)]
             kept: list[tuple[Path, str]] = []
@@ -545,13 +572,9 @@ class Gallery:
         if meta.get("format") != FORMAT:
             raise ValueError(f"{db_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
         count, dim = int(meta["count"]), int(meta["dim"])
-        try:
-            vectors = np.load(vec_path, allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(f"{vec_path} is truncated or not a .npy array ({err})") from err
-        if vectors.shape != (count, dim) or len(rows) != count or vectors.dtype != np.float32:
-            raise ValueError(f"{vec_path} holds {vectors.shape} {vectors.dtype} but {db_path} lists {len(rows)} of "
-                             f"{count} identities of D={dim}")
+        if len(rows) != count:
+            raise ValueError(f"{db_path} lists {len(rows)} identities but records count {count}")
+        vectors = _load_vectors(vec_path, db_path, count, dim)
         _check_contents(vec_path, db_path, vectors, rows)
         gallery = cls(meta["model_key"], dim, meta["card"])
         gallery._vectors = vectors
@@ -633,6 +656,26 @@ def _abandoned(tmp_name: str) -> bool:
     except (IndexError, ValueError):
         return False  # not named by a save: leave it
     return pid == os.getpid() or not pid_alive(pid)
+
+
+def _load_vectors(vec_path: Path, db_path: Path, count: int, dim: int) -> np.ndarray:
+    """``vectors.npy`` as (count, dim) float32, its header checked against the SQLite counts and against the file's
+    size before anything is allocated (a crafted header asking for terabytes is this error, not a MemoryError)."""
+    fmt = np.lib.format
+    with open(vec_path, "rb") as handle:
+        try:
+            version = fmt.read_magic(handle)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(handle)  # numpy caps the header's own size (max_header_size)
+        except ValueError as err:
+            raise ValueError(f"{vec_path} is truncated or not a .npy array ({err})") from err
+        data_bytes = os.fstat(handle.fileno()).st_size - handle.tell()
+        if shape != (count, dim) or dtype != np.float32 or fortran:
+            raise ValueError(f"{vec_path} holds {shape} {dtype} but {db_path} lists {count} identities of D={dim}")
+        if data_bytes != count * dim * 4:
+            raise ValueError(f"{vec_path} is truncated or padded: {data_bytes:,} bytes of data for {count} x {dim} "
+                             f"float32 ({count * dim * 4:,} bytes)")
+        return np.fromfile(handle, dtype=np.float32, count=count * dim).reshape(count, dim)
 
 
 #: how far a stored template's norm may be from 1 (float32 rounding of a normalised row is ~1e-7).

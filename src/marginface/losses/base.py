@@ -37,6 +37,12 @@ from torch import Tensor, nn
 
 # 1 - cos^2 is clamped to at least this before a square root: it bounds d sin(theta)/d cos(theta) by 1/sqrt(EPS).
 SIN_EPS = 1e-6
+# Rows whose largest |value| exceeds 2^50 are scaled down by a power of two before a norm: float32 squares overflow
+# past ~2^64 (sum of D <= 2^16 squares of 2^50 stays below 2^116). Smaller rows are untouched (factor exactly 1).
+_NORM_SAFE_MAX_EXPONENT = 50.0
+
+EMPTY_BATCH_MESSAGE = ("an empty batch (0 embeddings): the mean loss over no samples is undefined; skip the step "
+                       "(nothing was changed: the loss's running state and the head's sampler are untouched)")
 
 
 @dataclass
@@ -91,6 +97,25 @@ def normalize_eps(dtype: torch.dtype) -> float:
 def compute_dtype(tensor: Tensor) -> torch.dtype:
     """float64 stays float64 (for references); every other floating dtype is computed in float32."""
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _excess_exponent(x: Tensor) -> Tensor:
+    """(B, 1) the power of two each row of (B, D) ``x`` is above 2^50 by (0 for every ordinary row)."""
+    amax = x.detach().abs().amax(dim=1, keepdim=True)
+    return torch.clamp(torch.ceil(torch.log2(amax)) - _NORM_SAFE_MAX_EXPONENT, min=0.0)
+
+
+def overflow_safe(x: Tensor) -> Tensor:
+    """(B, D) ``x`` with each row whose largest |value| is above 2^50 multiplied by a power of two (exact) that
+    brings it below: its direction is unchanged and its norm no longer overflows in float32 (``||x||`` of a row of
+    1e30s is inf, which made SphereFace's logits inf - inf = NaN). Other rows are multiplied by exactly 1."""
+    return x * torch.exp2(-_excess_exponent(x))
+
+
+def row_norms(x: Tensor) -> Tensor:
+    """(B,) the L2 norms of the rows of (B, D) ``x``, finite for every finite row (see :func:`overflow_safe`)."""
+    exponent = _excess_exponent(x)
+    return (x * torch.exp2(-exponent)).norm(dim=1) * torch.exp2(exponent[:, 0])
 
 
 def sin_from_cos(cos: Tensor) -> Tensor:
@@ -221,6 +246,8 @@ class MarginLoss(nn.Module, metaclass=_CentresAfterInit):
                 f"labels must have shape ({embeddings.shape[0]},) to match the embeddings, "
                 f"got {tuple(labels.shape)}"
             )
+        if embeddings.shape[0] == 0:
+            raise ValueError(EMPTY_BATCH_MESSAGE)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(
                 f"labels must lie in [0, {self.num_classes}), got min {int(labels.min())} and max "
@@ -237,7 +264,9 @@ class MarginLoss(nn.Module, metaclass=_CentresAfterInit):
         input so the family can be checked against float64 references.
         """
         x = embeddings.to(compute_dtype(embeddings))
-        return F.normalize(x, dim=1, eps=normalize_eps(embeddings.dtype)) if self.normalizes_features else x
+        if not self.normalizes_features:
+            return x
+        return F.normalize(overflow_safe(x), dim=1, eps=normalize_eps(embeddings.dtype))
 
     def similarity(self, features: Tensor, rows: Tensor, classes: Tensor | None = None) -> Tensor:
         """(B, c) cosines of ``features`` (B, D) with class centres ``rows`` (c, D), in ``features``' dtype.
@@ -270,7 +299,7 @@ class MarginLoss(nn.Module, metaclass=_CentresAfterInit):
         ``embeddings`` (B, D) as given to the loss; ``target_similarity`` (B,) from ``similarity``;
         ``class_statistic`` (B,) the summed ``class_statistic`` when ``needs_class_statistic``.
         """
-        norms = embeddings.to(target_similarity.dtype).norm(dim=1)
+        norms = row_norms(embeddings.to(target_similarity.dtype))
         ctx = MarginContext(labels=labels, norms=norms, target_similarity=target_similarity,
                             target_logit=target_similarity, class_statistic=class_statistic)
         if self.training:

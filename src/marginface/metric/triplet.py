@@ -153,6 +153,9 @@ class TripletLoss(nn.Module):
         if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1]:
             raise ValueError(f"expected embeddings (B, D) and labels (B,), got {tuple(embeddings.shape)} and "
                              f"{tuple(labels.shape)}")
+        if embeddings.shape[0] == 0:
+            raise ValueError("an empty batch (0 embeddings): the triplet loss over no samples is undefined; skip "
+                             "the step")
         dist = pairwise_distances(embeddings, self.distance)
         if self.mining == "batch_hard":
             loss, self.last_stats = batch_hard(dist, labels, self.margin)

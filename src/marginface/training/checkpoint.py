@@ -8,6 +8,12 @@ A checkpoint is a folder ``<run>/checkpoints/step_<N>/`` holding
 It is written into ``step_<N>.tmp`` and renamed into place (an atomic rename on POSIX), and ``latest`` (a text
 file naming the newest folder) is replaced atomically afterwards: a kill at any moment leaves either the old or
 the new checkpoint, never a torn one. Nothing is unpickled on load.
+
+**Every RNG a run draws from** is saved and restored: torch's global generator (dropout, initialisation), CUDA's
+when initialised, Python's ``random`` and NumPy's global state, and the head's sampler generator (``head.*``). The
+data order and flips are functions of ``(seed, step)`` (``training/data.py``), and the DataLoader has its own
+generator seeded from ``seed`` (so creating its iterator draws nothing from the global RNG, and its workers — which
+draw nothing — get the same base seed in a resumed run). Test: ``tests/training/test_exact_resume.py``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -370,9 +371,14 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
 def _coerce(value: Any, hint: Any, name: str) -> Any:
     """Check a scalar against its annotation (ints are accepted for floats); name the field when it is wrong."""
     simple = {int: int, float: (int, float), str: str, bool: bool}
+    if hint is float and isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+        value = float(value)  # "1e-3": a float in YAML 1.2 and to a person; PyYAML (YAML 1.1) reads a string
     if hint in simple and value is not None:
         if hint is not bool and isinstance(value, bool) or not isinstance(value, simple[hint]):
             raise ConfigError(f"config field {name}: expected {hint.__name__}, got {value!r}")

@@ -42,6 +42,21 @@ from marginface.training.run_report import banner, exclude_pause, validation_lin
 from marginface.training.schedules import learning_rate
 
 
+def _create_backbone(cfg: TrainConfig) -> nn.Module:
+    """The run's backbone; a ``model.params`` key the backbone does not take (or one that repeats a field of its
+    own, e.g. ``dropout``) is a ConfigError naming the field, not a TypeError from deep inside the constructor."""
+    from marginface.training.config import ConfigError
+
+    model = cfg.model
+    try:
+        return backbones.create(model.backbone, embedding_size=model.embedding_size, dropout=model.dropout,
+                                output=model.output, checkpointing=model.checkpointing, **model.params)
+    except TypeError as err:
+        raise ConfigError(f"config field model.params {model.params}: backbone {model.backbone!r} refuses them "
+                          f"({err}); use its keyword arguments (marginface.backbones.create's docstring lists "
+                          "them) and set embedding_size / dropout / output / checkpointing as model.<field>") from err
+
+
 class FaceModel(nn.Module):
     """Backbone + head as one module: ``model(images, labels)`` is the mean loss (what DDP wraps).
 
@@ -95,9 +110,7 @@ class Trainer:
         saved = SavedStep.newest(self.run_dir)  # what a resume continues (training/reshard.py); None: a new run
         self.config_changes = check_resume(self.run_dir, config_to_dict(cfg), self.facts, self.allow_schedule_change,
                                            has_checkpoint=saved is not None)
-        self.backbone = backbones.create(cfg.model.backbone, embedding_size=cfg.model.embedding_size,
-                                         dropout=cfg.model.dropout, output=cfg.model.output,
-                                         checkpointing=cfg.model.checkpointing, **cfg.model.params)
+        self.backbone = _create_backbone(cfg)
         self.placement = placement = ClassPlacement.for_run(cfg, self.dist, self.dataset.num_classes)
         if finetune.uses_triplet(cfg):  # triplet alone, or margin softmax + lambda * triplet (training/finetune.py)
             self.loss, head = finetune.triplet_objective(cfg, self.dist, placement)
@@ -218,9 +231,12 @@ class Trainer:
         else:
             sampler = StepBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps,
                                        self.dist.rank, self.dist.world_size, flip=cfg.data.flip)
+        # the loader's own generator: iter(loader) draws the workers' base seed from it, not from torch's global
+        # RNG, so a resumed run (whose global RNG is the checkpoint's) draws exactly what the straight run draws
         return DataLoader(FlipByIndex(self.dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
-                          worker_init_fn=ignore_stop_signals if cfg.data.num_workers else None)
+                          worker_init_fn=ignore_stop_signals if cfg.data.num_workers else None,
+                          generator=torch.Generator().manual_seed(cfg.seed))
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimizer step on a batch; returns the batch's mean loss (over all ranks)."""
