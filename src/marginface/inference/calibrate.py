@@ -18,6 +18,7 @@ flip TTA per the card), so the threshold applies to exactly what ``verify`` comp
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,9 +60,9 @@ class Calibration:
                 "date": datetime.date.today().isoformat()}
 
     def describe(self) -> str:
-        return (f"threshold {self.threshold:.4f} at FAR <= {self.far:g} (measured FAR {self.achieved_far:.3g}, "
+        return (f"threshold {self.threshold:.6f} at FAR <= {self.far:g} (measured FAR {self.achieved_far:.3g}, "
                 f"TAR {self.tar:.4f}) on {self.impostors} impostor / {self.genuine} genuine pairs; best-accuracy "
-                f"threshold {self.best_threshold:.4f} (accuracy {self.best_accuracy:.4f}) [{self.data}]")
+                f"threshold {self.best_threshold:.6f} (accuracy {self.best_accuracy:.4f}) [{self.data}]")
 
 
 def calibrate_scores(scores: np.ndarray, issame: np.ndarray, far: float, data: str = "") -> Calibration:
@@ -82,6 +83,36 @@ def calibrate_scores(scores: np.ndarray, issame: np.ndarray, far: float, data: s
     best_t, best_acc = metrics.best_threshold(scores, issame)
     return Calibration(float(far), float(point.threshold[0]), float(point.achieved_far[0]), float(point.tar[0]),
                        impostors, genuine, float(best_t), float(best_acc), data)
+
+
+def measurable_far(impostors: int) -> float:
+    """The smallest power of ten that ``impostors`` impostor pairs can measure: ``10**ceil(log10(1/impostors))``
+    (the lowest measurable FAR is ``1 / impostors``; e.g. 300 pairs -> 1e-2, 1,000 -> 1e-3, 3,000 -> 1e-3)."""
+    if impostors < 1:
+        raise ValueError(f"no FAR can be measured on {impostors} impostor pairs")
+    return float(10.0 ** math.ceil(math.log10(1.0 / impostors) - 1e-9))  # tolerance: 1,000 pairs measure 1e-3
+
+
+def calibrate_validation_pairs(embeddings: np.ndarray, issame: np.ndarray, data: str) -> dict[str, Any]:
+    """A card's ``thresholds`` from a training validation set: (2N, D) L2-normalised embeddings (rows 2i, 2i+1
+    are pair i, flip TTA) and (N,) labels, at :func:`measurable_far` of its impostor pairs. ``{}`` when the set
+    lacks genuine or impostor pairs.
+
+    The FAR is chosen from the pairs, not fixed: a target below ``1 / impostors`` cannot be measured (and is
+    refused by :func:`calibrate_scores`), so a small validation set yields a threshold at a coarse FAR (e.g.
+    1e-2 for the demo's 300 impostor pairs); ``far_choice`` in the card says so, and ``marginface calibrate``
+    on more pairs gives a finer one.
+    """
+    issame = np.asarray(issame, dtype=bool)
+    impostors = int((~issame).sum())
+    if impostors == 0 or issame.sum() == 0:
+        return {}
+    emb = np.asarray(embeddings, dtype=np.float64)  # scores in float64, as verify() computes them
+    far = measurable_far(impostors)
+    result = calibrate_scores(np.sum(emb[0::2] * emb[1::2], axis=1), issame, far, data)
+    choice = (f"the smallest power of ten measurable on {impostors} impostor pairs (the lowest measurable FAR "
+              f"is 1/{impostors} = {1 / impostors:.3g}); marginface calibrate on more pairs for a lower FAR")
+    return {**result.card_thresholds(flip_tta=True), "far_choice": choice}
 
 
 # ------------------------------------------------------------------------------------------ pair sources
@@ -110,6 +141,9 @@ def pairs_file_pairs(recognizer: Any, pairs: str | os.PathLike,
                      images: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Pairs of an insightface ``.bin`` (aligned faces) or of an LFW ``pairs.txt`` over ``images``."""
     path = Path(pairs)
+    if path.is_dir():
+        raise IsADirectoryError(f"--pairs {path} is a folder, expected a .bin or pairs.txt file (labelled photos "
+                                "DIR/<identity>/<images> go to --folder)")
     if not path.is_file():
         raise FileNotFoundError(f"pairs file {path} does not exist")
     if path.suffix.lower() == ".bin":

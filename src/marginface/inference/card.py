@@ -136,7 +136,7 @@ class ModelCard:
 
 
 def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)  # 6 digits: thresholds differ in the 5th
 
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:

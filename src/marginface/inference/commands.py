@@ -25,7 +25,7 @@ def _face_options(parser: argparse.ArgumentParser, model_required: bool = True) 
     parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"],
                         help="face used when a photo has several (as marginface align)")
     parser.add_argument("--min-face", type=float, default=20.0, help="smallest face searched, pixels")
-    parser.add_argument("--detector", default="mtcnn", help="mtcnn (default), mtcnn-torch or dlib")
+    parser.add_argument("--detector", default="mtcnn", help="face detector: mtcnn, mtcnn-torch or dlib")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -46,6 +46,16 @@ def _json_default(value: Any) -> Any:
     if is_dataclass(value):
         return asdict(value)
     return str(value)
+
+
+def score_versus_threshold(score: float, threshold: float) -> str:
+    """``cosine 0.734512 >= threshold 0.612000``: six decimals, and the difference when those print the same
+    (a collapsed model scores 1.0 against a threshold of 0.99999997: the line must not read ``1.0000 < 1.0000``)."""
+    sign = ">=" if score >= threshold else "<"
+    text = f"cosine {score:.6f} {sign} threshold {threshold:.6f}"
+    if f"{score:.6f}" == f"{threshold:.6f}":
+        text += f" (cosine - threshold = {score - threshold:.3g})"
+    return text
 
 
 def _face_note(info: Any) -> str:
@@ -71,8 +81,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         _print_json(result)
         return 0
     verdict = "same person" if result.same else "different people"
-    sign = ">=" if result.same else "<"
-    print(f"{verdict}: cosine {result.score:.4f} {sign} threshold {result.threshold:.4f}")
+    print(f"{verdict}: {score_versus_threshold(result.score, result.threshold)}")
     for info in result.faces:
         print("  " + _face_note(info))
     return 0
@@ -146,7 +155,7 @@ def _run_identify(args: argparse.Namespace) -> int:
         print(_face_note(info))
         for rank, match in enumerate(matches, 1):
             flag = "" if threshold is None else ("  (match)" if match.score >= threshold else "  (below threshold)")
-            print(f"  {rank}. {match.name}  cosine {match.score:.4f}{flag}")
+            print(f"  {rank}. {match.name}  cosine {match.score:.6f}{flag}")
     return 0
 
 
@@ -161,7 +170,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--calibration-count", type=int, default=200, help="faces used to calibrate INT8")
     parser.add_argument("--int8-method", default="percentile", choices=["percentile", "minmax", "entropy"],
                         help="how INT8 activation ranges are set from the calibration faces")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=_run_export)
 
 
@@ -178,7 +187,8 @@ def _run_export(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ calibrate
 def _add_calibrate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("calibrate", help="threshold at a target FAR, written into the model's card")
-    parser.add_argument("model", metavar="MODEL")
+    parser.add_argument("model", metavar="MODEL", help="model file whose card gets the threshold: .safetensors "
+                        "(e.g. runs/x/best.safetensors) or .onnx")
     parser.add_argument("--pairs", help="insightface .bin, or an LFW-format pairs.txt (with --images)")
     parser.add_argument("--images", help="image folder the pairs.txt refers to")
     parser.add_argument("--folder", help="labelled photos DIR/<identity>/<images> (all pairs are used)")
@@ -186,7 +196,7 @@ def _add_calibrate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-images", type=int, default=4000, help="--folder: seeded subset above this")
     parser.add_argument("--no-write", action="store_true", help="print only; leave the model file as it is")
     parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda:0")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=_run_calibrate)
 
 
@@ -208,8 +218,9 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ info
 def _add_info(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", help="print a model's card (contract, training, thresholds)")
-    parser.add_argument("model", metavar="MODEL")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("model", metavar="MODEL", help="model file: .safetensors (e.g. runs/x/best.safetensors), "
+                        "a checkpoint folder, .pth (insightface) or .onnx")
+    parser.add_argument("--json", action="store_true", help="print the card as one JSON object")
     parser.set_defaults(func=_run_info)
 
 
