@@ -1,3 +1,4 @@
+import json
 import os
 import stat
 
@@ -184,3 +185,43 @@ def test_training_writes_a_threshold_calibrated_on_its_validation_pairs(tmp_path
     assert main(["verify", str(a), str(b), "--model", str(tmp_path / "best.safetensors")]) == 0
     expected = "same person" if scores[0] >= card.threshold else "different people"
     assert capsys.readouterr().out.startswith(f"{expected}: cosine {scores[0]:.6f} ")
+
+
+def test_calibrate_bin_embeds_each_distinct_image_once_and_refuses_an_unmeasurable_far_first(
+        tmp_path, monkeypatch, capsys):
+    """LFW's .bin stores 12,000 images of 7,701 distinct ones; an unmeasurable FAR was refused after embedding."""
+    from marginface.cli import main
+    from marginface.data.bins import load_verification_bin, write_verification_bin
+    from marginface.inference.model import LoadedModel
+    from marginface.inference.recognizer import FaceRecognizer
+
+    files = _identity_faces(tmp_path)
+    order = [((0, 1), (0, 2)), ((1, 1), (1, 3)), ((0, 1), (1, 1)), ((0, 2), (2, 1)), ((1, 1), (2, 2)),
+             ((2, 2), (2, 3))]
+    encoded = [files[key].read_bytes() for pair in order for key in pair]
+    write_verification_bin(tmp_path / "p.bin", encoded, [True, True, False, False, False, True])
+    distinct = len({files[key] for pair in order for key in pair})
+    assert (len(encoded), distinct) == (12, 7)
+    model = save_tiny(tmp_path / "m.safetensors", flip=False)
+    # reference: every stored image embedded on its own (no deduplication), scores in float64
+    faces, issame = load_verification_bin(tmp_path / "p.bin")
+    emb = FaceRecognizer.load(model).embed(faces * 127.5 + 127.5).astype(np.float64)
+    reference = np.sum(emb[0::2] * emb[1::2], axis=1)
+    capsys.readouterr()  # the reference's own decoding bar
+    rows = []
+    embed_pixels = LoadedModel.embed_pixels
+    monkeypatch.setattr(LoadedModel, "embed_pixels", lambda self, pixels, flip=None: (
+        rows.append(len(pixels)), embed_pixels(self, pixels, flip))[1])
+    assert main(["calibrate", str(model), "--pairs", str(tmp_path / "p.bin"), "--far", "0.01", "--no-write"]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "marginface calibrate: FAR 0.01 cannot be measured on 3 impostor pairs (the smallest measurable FAR is "
+        "1/3 = 0.333): use at least 100 impostor pairs (a bigger folder or pairs file) or a larger --far")
+    assert rows == []  # refused before a single image was embedded
+    assert main(["calibrate", str(model), "--pairs", str(tmp_path / "p.bin"), "--far", "0.34", "--no-write",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert sum(rows) == distinct and "embed p.bin" in captured.err  # progress bar, one forward per distinct image
+    result = json.loads(captured.out)
+    assert result["data"] == f"{tmp_path / 'p.bin'} (6 pairs, 7 distinct images)"
+    threshold, tar, _ = _naive(reference, issame, 0.34)
+    assert result["threshold"] == pytest.approx(threshold, abs=1e-6) and result["tar"] == pytest.approx(tar)
