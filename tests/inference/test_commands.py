@@ -153,3 +153,15 @@ def test_scores_print_enough_digits_to_tell_them_from_the_threshold(setup, capsy
     score = float(line.split("cosine ")[1].split()[0])
     assert re.fullmatch(r"(same person|different people): cosine -?\d\.\d{6} (>=|<) threshold 0\.250000", line)
     assert (score >= 0.25) == line.startswith("same person")
+
+
+def test_an_enroll_error_starts_a_line_of_its_own(setup, tmp_path, capsys):
+    root, model = setup
+    (tmp_path / "people/a").mkdir(parents=True)
+    (tmp_path / "people/b").mkdir(parents=True)
+    (tmp_path / "people/a/0.png").write_bytes((root / "people/p0/0.png").read_bytes())
+    (tmp_path / "people/b/0.png").write_text("not an image")
+    assert main(["enroll", str(tmp_path / "people"), "--gallery", str(tmp_path / "g"), "--model", str(model)]) == 2
+    lines = capsys.readouterr().err.split("\n")  # not splitlines(): the bar's "\r" redraws stay on one line
+    errors = [line for line in lines if "marginface enroll:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"marginface enroll: cannot read image {tmp_path}/people/b/0.png")
