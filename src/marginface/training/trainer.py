@@ -456,7 +456,13 @@ def read_log(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_loss_curve(run_dir: str | Path) -> Path | None:
-    """``loss_curve.png`` in the run folder (None when matplotlib is not installed)."""
+    """``loss_curve.png`` in the run folder (None when matplotlib is not installed).
+
+    The training loss on the left axis; the validation accuracies (if any) on the right one, on a fixed
+    0.5-1 range (chance to perfect verification: a lone point then sits where its value is, not in the middle
+    of an axis stretched around it), each point labelled with its value. One legend above the axes, where it
+    cannot cover a point.
+    """
     from marginface.plotting import pyplot
 
     try:
@@ -466,19 +472,24 @@ def plot_loss_curve(run_dir: str | Path) -> Path | None:
     series = read_log(run_dir)
     fig, ax = plt.subplots(figsize=(6, 4))
     steps, values = zip(*series["loss"])
-    ax.plot(steps, values, label="training loss")
+    ax.plot(steps, values, color="C0", label="training loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("training loss")
     val_keys = [k for k in series if k.startswith("val_")]
     if val_keys:
         twin = ax.twinx()
-        for key in val_keys:
+        lowest = min(v for key in val_keys for _, v in series[key])
+        for colour, key in enumerate(val_keys, start=1):
             s, v = zip(*series[key])
-            twin.plot(s, v, "o--", label=key)
+            twin.plot(s, v, "o--", color=f"C{colour}", label=f"validation accuracy ({key.removeprefix('val_')})")
+            for x, y in list(zip(s, v))[-10:]:  # the last ten values, as text beside their points
+                twin.annotate(f"{y:.1%}", (x, y), textcoords="offset points", xytext=(-4, 6), ha="right",
+                              fontsize=8, color=f"C{colour}")
+        twin.set_ylim(min(0.5, lowest - 0.02), 1.0)
         twin.set_ylabel("verification accuracy")
-        twin.legend(loc="center right")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
+    handles = [h for axis in fig.axes for h in axis.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 2), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # the top 8% holds the legend
     out = Path(run_dir) / "loss_curve.png"
     fig.savefig(out, dpi=120)
     plt.close(fig)
