@@ -254,3 +254,40 @@ def test_model_params_mistake_is_a_config_error(tmp_path, capsys) -> None:
     assert err.startswith("marginface train: config field model.params {'bogus': 1}: backbone 'tiny28' refuses")
     assert main([*args, "model.params={dropout: 0.1}"]) == 2
     assert "multiple values for keyword argument 'dropout'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["verify", "a.jpg", "b.jpg", "--modle", "m"], "marginface verify: error: unrecognized argument --modle; "
+                                                   "did you mean --model?"),
+    (["info", "m.onnx", "--jsn"], "marginface info: error: unrecognized argument --jsn; did you mean --json?"),
+    (["verify", "a.jpg", "b.jpg", "--model", "m", "--mod", "x"], "marginface verify: error: unrecognized argument "
+                                                                 "--mod; did you mean --model?"),  # no abbreviations
+    (["losses", "--zzz"], "marginface losses: error: unrecognized argument --zzz"),
+])
+def test_an_unknown_option_is_named_with_the_closest_known_one(argv, line, capsys) -> None:
+    """``--modle`` used to read "the following arguments are required: --model", hiding the typo."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == line
+
+
+def test_help_has_no_slips() -> None:
+    """Every option and positional has help; no default said twice; every example path in a help text exists."""
+    import re
+    from pathlib import Path
+
+    from marginface.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    for name, parser in _all_parsers(build_parser()):
+        text = " ".join(parser.format_help().split())
+        assert "(default) " not in text and "(default)," not in text, name
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+            assert not (action.help and "(default:" in action.help and action.default not in (None, False)), \
+                f"{name} {action.option_strings}: the help states a default that --help adds again"
+        for example in re.findall(r"configs/[\w/.-]+\.yaml", text):
+            assert (root / example).is_file(), f"{name}: the example {example} does not exist"

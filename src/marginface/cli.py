@@ -14,6 +14,7 @@ import errno
 import pickle
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from marginface.analysis.command import add_plot
 from marginface.errors import UserError
@@ -65,7 +66,8 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-flip", action="store_true", help="disable flip test-time augmentation")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes for --images")
-    parser.add_argument("--roc", default="roc.png", help="where to save the ROC plot ('' to skip)")
+    parser.add_argument("--roc", metavar="FILE", help="draw the ROC plot into FILE (e.g. runs/x/roc.png); none is "
+                        "drawn unless asked, so eval writes nothing into the current folder")
     parser.set_defaults(func=_run_eval)
     add_table_options(parser)  # --ijb, --json (one JSON for every set and IJB): evaluation/eval_command.py
 
@@ -296,11 +298,45 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Every (sub)command parser: defaults shown in --help (sub-parsers inherit the class)."""
+    """Every (sub)command parser: defaults shown in --help (sub-parsers inherit the class); no abbreviations
+    (``--modle`` is not silently anything); an unknown option is named, with the closest known one, even when
+    argparse would first complain about a required option it hides (``--modle x`` -> "--model is required")."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self._arg_strings: list[str] = []
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        self._arg_strings = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        namespace, extras = super().parse_known_args(args, namespace)
+        if self._is_leaf() and self._unknown_options(extras):
+            self.error(self._unknown_message(self._unknown_options(extras)))
+        return namespace, extras
+
+    def error(self, message: str) -> NoReturn:
+        unknown = self._unknown_options(self._arg_strings) if self._is_leaf() else []
+        super().error(self._unknown_message(unknown) if unknown else message)
+
+    def _is_leaf(self) -> bool:
+        """A parser without sub-commands: every option typed after its command word is one of its own."""
+        return not any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
+
+    def _unknown_options(self, words: Sequence[str]) -> list[str]:
+        words = list(words[: list(words).index("--")]) if "--" in words else list(words)  # then positionals only
+        options = [w.split("=", 1)[0] for w in words if w.startswith("-") and w != "-"
+                   and not self._negative_number_matcher.match(w)]
+        return [o for o in options if o not in self._option_string_actions]
+
+    def _unknown_message(self, unknown: list[str]) -> str:
+        import difflib
+
+        parts = []
+        for option in unknown:
+            close = difflib.get_close_matches(option, list(self._option_string_actions), n=1, cutoff=0.6)
+            parts.append(f"unrecognized argument {option}" + (f"; did you mean {close[0]}?" if close else ""))
+        return "; ".join(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,6 +374,16 @@ def _error_line(err: BaseException) -> str:
     return text
 
 
+def _close_progress_bars() -> None:
+    """End the line of any progress bar an error left open, so the error message starts a line of its own
+    (``enrol:  40%|####  | 2/5 marginface enroll: no face found ...`` otherwise)."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:  # no bar was ever started
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user error prints ``marginface <command>: <message>`` and returns 2 (``--debug``:
     the traceback), Ctrl-C prints one line and returns 130."""
@@ -350,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug or not _is_user_error(err):
             raise
+        _close_progress_bars()
         print(f"marginface {command}: {_error_line(err)}", file=sys.stderr)
         if not isinstance(err, UserError):
             print("  (run with marginface --debug ... for the traceback)", file=sys.stderr)

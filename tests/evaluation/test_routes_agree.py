@@ -224,3 +224,17 @@ def test_json_output(setup, capsys: pytest.CaptureFixture[str]) -> None:
     assert data["set"] == "pairs" and data["pairs"] == 60 and data["note"] == ""
     assert data["accuracy"] == direct.accuracy.mean and data["auc"] == pytest.approx(direct.auc, abs=1e-12)
     assert data["thresholds"] == pytest.approx(direct.accuracy.thresholds.tolist(), abs=1e-6)
+
+
+def test_roc_plot_only_when_asked(setup, tmp_path_factory, monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """eval used to write roc.png into whatever folder it was run from."""
+    pytest.importorskip("matplotlib")
+    root, _ = setup
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
+    argv = ["eval", "--checkpoint", str(root / "ckpt.safetensors"), "--backbone", "pool", "--embedding-size", "16",
+            "--pairs", str(root / "pairs.txt"), "--images", str(root / "aligned")]
+    assert main(argv) == 0
+    assert "ROC plot" not in capsys.readouterr().out and list(cwd.iterdir()) == []
+    assert main([*argv, "--roc", str(root / "r.png")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"ROC plot: {root / 'r.png'}" and (root / "r.png").is_file()

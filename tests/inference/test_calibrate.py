@@ -1,3 +1,7 @@
+import json
+import os
+import stat
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -122,3 +126,104 @@ def test_calibrate_from_pairs_txt_and_bin_agree(tmp_path):
         pairs_file_pairs(rec, tmp_path / "pairs.txt")
     result = calibrate_model(model, far=1 / 3, pairs=str(tmp_path / "p.bin"))
     assert result.impostors == 3 and result.tar == 1.0
+
+
+@pytest.mark.parametrize("impostors, far", [(1, 1.0), (10, 0.1), (11, 0.1), (300, 0.01), (999, 0.01),
+                                            (1000, 0.001), (3000, 0.001), (10_000, 1e-4)])
+def test_measurable_far_is_the_smallest_power_of_ten_the_pairs_can_measure(impostors, far):
+    from marginface.inference.calibrate import measurable_far
+
+    assert measurable_far(impostors) == pytest.approx(far, rel=1e-12)
+    assert measurable_far(impostors) * impostors >= 1 - 1e-9  # measurable
+    assert measurable_far(impostors) / 10 * impostors < 1  # the next power of ten is not
+
+
+@pytest.mark.slow
+def test_training_writes_a_threshold_calibrated_on_its_validation_pairs(tmp_path, capsys):
+    """best.safetensors carries a threshold at the FAR its validation pairs can measure, so verify works at once."""
+    import torch
+
+    from marginface.cli import main
+    from marginface.inference import FaceRecognizer
+    from marginface.training.config import load_config
+    from marginface.training.trainer import Trainer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = load_config(None, [
+            "model.backbone=mobilefacenet", "model.embedding_size=16", "data.synthetic_identities=4",
+            "data.synthetic_images_per_identity=4", "batch_size=8", "steps=2", "log_every=1", "device=cpu",
+            "checkpoint_every=2", "optim.lr=0.01", "validation.synthetic_pairs=40",
+            "validation.synthetic_identities=6", f"output_dir={tmp_path}"])
+        trainer = Trainer(config).setup()
+        trainer.fit()
+        _, images, issame = trainer.validation_sets[0]
+        card = read_card(tmp_path / "best.safetensors")
+        # independent reference: the pairs embedded by the inference pipeline from 0..255 pixels, naive threshold
+        pixels = torch.round(images * 127.5 + 127.5)
+        emb = FaceRecognizer.load(tmp_path / "best.safetensors").embed(pixels).astype(np.float64)
+    finally:
+        torch.set_num_threads(threads)
+    scores = np.sum(emb[0::2] * emb[1::2], axis=1)
+    impostors = int((~np.asarray(issame, bool)).sum())
+    far = 10.0 ** np.ceil(np.log10(1 / impostors) - 1e-9)
+    threshold, tar, _ = _naive(scores, issame, far)
+    t = card.thresholds
+    assert t["far"] == pytest.approx(far) and t["impostors"] == impostors and t["genuine"] == 40 - impostors
+    assert card.threshold == pytest.approx(threshold, abs=1e-5) and t["tar"] == pytest.approx(tar)
+    assert t["far_choice"].startswith(f"the smallest power of ten measurable on {impostors} impostor pairs (the "
+                                      f"lowest measurable FAR is 1/{impostors} = ")
+    assert t["data"] == "validation set synthetic_heldout at step 2"
+    # model files get the mode the umask asks for (safetensors alone writes 0600)
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [tmp_path / "best.safetensors", *(tmp_path / "checkpoints").glob("step_*/*.safetensors")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for path, face in ((a, pixels[0]), (b, pixels[1])):
+        Image.fromarray(face.permute(1, 2, 0).numpy().astype(np.uint8)).save(path)
+    capsys.readouterr()
+    assert main(["verify", str(a), str(b), "--model", str(tmp_path / "best.safetensors")]) == 0
+    expected = "same person" if scores[0] >= card.threshold else "different people"
+    assert capsys.readouterr().out.startswith(f"{expected}: cosine {scores[0]:.6f} ")
+
+
+def test_calibrate_bin_embeds_each_distinct_image_once_and_refuses_an_unmeasurable_far_first(
+        tmp_path, monkeypatch, capsys):
+    """LFW's .bin stores 12,000 images of 7,701 distinct ones; an unmeasurable FAR was refused after embedding."""
+    from marginface.cli import main
+    from marginface.data.bins import load_verification_bin, write_verification_bin
+    from marginface.inference.model import LoadedModel
+    from marginface.inference.recognizer import FaceRecognizer
+
+    files = _identity_faces(tmp_path)
+    order = [((0, 1), (0, 2)), ((1, 1), (1, 3)), ((0, 1), (1, 1)), ((0, 2), (2, 1)), ((1, 1), (2, 2)),
+             ((2, 2), (2, 3))]
+    encoded = [files[key].read_bytes() for pair in order for key in pair]
+    write_verification_bin(tmp_path / "p.bin", encoded, [True, True, False, False, False, True])
+    distinct = len({files[key] for pair in order for key in pair})
+    assert (len(encoded), distinct) == (12, 7)
+    model = save_tiny(tmp_path / "m.safetensors", flip=False)
+    # reference: every stored image embedded on its own (no deduplication), scores in float64
+    faces, issame = load_verification_bin(tmp_path / "p.bin")
+    emb = FaceRecognizer.load(model).embed(faces * 127.5 + 127.5).astype(np.float64)
+    reference = np.sum(emb[0::2] * emb[1::2], axis=1)
+    capsys.readouterr()  # the reference's own decoding bar
+    rows = []
+    embed_pixels = LoadedModel.embed_pixels
+    monkeypatch.setattr(LoadedModel, "embed_pixels", lambda self, pixels, flip=None: (
+        rows.append(len(pixels)), embed_pixels(self, pixels, flip))[1])
+    assert main(["calibrate", str(model), "--pairs", str(tmp_path / "p.bin"), "--far", "0.01", "--no-write"]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "marginface calibrate: FAR 0.01 cannot be measured on 3 impostor pairs (the smallest measurable FAR is "
+        "1/3 = 0.333): use at least 100 impostor pairs (a bigger folder or pairs file) or a larger --far")
+    assert rows == []  # refused before a single image was embedded
+    assert main(["calibrate", str(model), "--pairs", str(tmp_path / "p.bin"), "--far", "0.34", "--no-write",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert sum(rows) == distinct and "embed p.bin" in captured.err  # progress bar, one forward per distinct image
+    result = json.loads(captured.out)
+    assert result["data"] == f"{tmp_path / 'p.bin'} (6 pairs, 7 distinct images)"
+    threshold, tar, _ = _naive(reference, issame, 0.34)
+    assert result["threshold"] == pytest.approx(threshold, abs=1e-6) and result["tar"] == pytest.approx(tar)

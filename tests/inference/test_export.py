@@ -92,3 +92,22 @@ def test_torchscript_fallback_when_dynamo_fails(exported, tmp_path, monkeypatch)
     assert report.parity_min_cosine >= 0.9999
     x = np.random.default_rng(0).uniform(0, 255, (3, 3, 112, 112)).astype(np.float32)
     assert load_model(tmp_path / "ts.onnx").forward(x).shape == (3, 32)  # batch stays dynamic
+
+
+def test_int8_export_from_the_command_line_is_quiet(exported, tmp_path, capfd, caplog):
+    """It printed 4 torchvision warnings, the calibrator's progress prints and "WARNING:root:Axis 1 is out-of-range
+    for weight 'head.map_bn.weight'" (BatchNormalization's (C,) scale quantized along a missing axis 1)."""
+    from marginface.cli import main
+
+    model, root, _ = exported
+    out = tmp_path / "q.onnx"
+    assert main(["export", str(model), "--onnx", str(out), "--int8", "--calibration-images", str(root / "faces")]) == 0
+    captured = capfd.readouterr()
+    assert captured.out.splitlines()[0].startswith(f"wrote {out} (int8, exporter dynamo)")
+    assert len(captured.out.splitlines()) == 1 and "torchvision" not in captured.err
+    assert "out-of-range" not in caplog.text and "out-of-range" not in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]  # no .tmp, no temporary folder
+    graph = onnx.load(str(out)).graph
+    scales = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    bn = [n for n in graph.node if n.op_type == "DequantizeLinear" and "map_bn.weight" in n.input[0]]
+    assert bn and scales[bn[0].input[1]].size > 1  # one scale per channel (axis 0), not one per tensor

@@ -115,3 +115,44 @@ def test_demo_stopped_by_sigterm_resumes_with_the_same_command(tiny_demo, tmp_pa
     assert capsys.readouterr().err.splitlines()[0] == (
         f"marginface demo: {run} holds an interrupted demo of 6 steps; this one asks for 8: run marginface demo "
         "--steps 6 to resume it, or add --fresh to start over")
+
+
+def test_loss_curve_shows_a_lone_validation_point_clear_of_the_legend_on_a_fixed_axis(tmp_path, monkeypatch):
+    """The demo's one validation point sat under its own legend, on an axis stretched to 0.86-0.94 around it."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from marginface.training.trainer import plot_loss_curve
+
+    rows = [f"{s},loss,{10 - s / 50}" for s in range(10, 260, 10)] + ["250,val_synthetic_heldout,0.9017"]
+    (tmp_path / "log.csv").write_text("step,key,value\n" + "\n".join(rows) + "\n")
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    assert plot_loss_curve(tmp_path) == tmp_path / "loss_curve.png" and (tmp_path / "loss_curve.png").is_file()
+    fig = figures[0]
+    fig.canvas.draw()
+    accuracy_axis = fig.axes[1]
+    assert accuracy_axis.get_ylim() == (0.5, 1.0)
+    x, y = accuracy_axis.transData.transform((250, 0.9017))
+    legend = fig.legends[0].get_window_extent()
+    assert not legend.contains(x, y) and accuracy_axis.get_window_extent().contains(x, y)
+    for axis in fig.axes:  # no legend inside the axes either
+        assert axis.get_legend() is None
+    assert any(t.get_text() == "90.2%" for t in accuracy_axis.texts)  # the value is written beside its point
+
+
+def test_report_shows_figures_at_their_own_size(tmp_path):
+    """report.html squeezed every figure into 520 px: the 1,040 px theta figure's text became ~6 px."""
+    import re
+
+    from PIL import Image
+
+    from marginface.analysis.report import png_size
+
+    Image.new("RGB", (1040, 380)).save(tmp_path / "wide.png")
+    Image.new("RGB", (600, 420)).save(tmp_path / "narrow.png")
+    page = write_report(tmp_path, "t", {}, [("wide", "wide.png"), ("narrow", "narrow.png")]).read_text()
+    assert png_size(tmp_path / "wide.png") == (1040, 380)
+    assert 'src="wide.png" alt="wide" width="1040" height="380"' in page
+    assert 'src="narrow.png" alt="narrow" width="600" height="420"' in page
+    caps = [int(v) for v in re.findall(r"(?:figure|img)\{[^}]*max-width:(\d+)px", page)]
+    body = int(re.search(r"body\{[^}]*max-width:(\d+)px", page).group(1))
+    assert all(cap >= 1040 for cap in caps) and body - 2 * 16 >= 1040  # room for the widest figure at 1:1

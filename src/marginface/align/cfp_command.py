@@ -16,7 +16,7 @@ def add_prepare_cfp(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--cfp", required=True, help="CFP root holding Data/ and Protocol/")
     parser.add_argument("--protocol", required=True, choices=["FP", "FF"], help="frontal-profile or frontal-frontal")
     parser.add_argument("--out", required=True, help="output .bin, e.g. cfp_fp.bin")
-    parser.add_argument("--detector", default="mtcnn", help="mtcnn (default), mtcnn-torch or dlib")
+    parser.add_argument("--detector", default="mtcnn", help="face detector: mtcnn, mtcnn-torch or dlib")
     parser.add_argument("--workers", type=int, default=2, help="processes (0: in this process)")
     parser.set_defaults(func=run_prepare_cfp)
 

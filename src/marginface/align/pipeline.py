@@ -57,6 +57,8 @@ class AlignReport:
 def list_images(src: str | Path) -> tuple[list[Path], list[Path]]:
     """Image files under ``src/<identity>/`` (sorted) and the other files found there (ignored)."""
     root = Path(src)
+    if root.is_file():
+        raise NotADirectoryError(f"{root} is a file, expected a folder of photos {root}/<identity>/<image>")
     if not root.is_dir():
         raise FileNotFoundError(f"source folder {root} does not exist")
     images, ignored = [], []

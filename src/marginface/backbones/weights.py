@@ -32,6 +32,9 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(path), metadata=dict(metadata or {}))
+    from marginface.paths import respect_umask
+
+    respect_umask(path)
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:

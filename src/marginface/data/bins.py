@@ -192,10 +192,11 @@ def load_verification_bin(
 
 
 def decode_verification_images(
-    encoded: Sequence[bytes], path: str | Path, indices: Sequence[int], image_size: int = 112, decoder: str = "auto"
+    encoded: Sequence[bytes], path: str | Path, indices: Sequence[int], image_size: int = 112, decoder: str = "auto",
+    progress: bool = True,
 ) -> torch.Tensor:
     """Decode ``encoded[i]`` for ``i`` in ``indices`` (images of the ``.bin`` at ``path``, named in errors) ->
-    ``(len(indices), 3, image_size, image_size)`` float32 in [-1, 1]."""
+    ``(len(indices), 3, image_size, image_size)`` float32 in [-1, 1]. ``progress``: a (transient) progress bar."""
     from tqdm.auto import tqdm
 
     from marginface.data.decode import decode_image
@@ -203,7 +204,8 @@ def decode_verification_images(
     from marginface.data.transforms import to_tensor
 
     images = np.empty((len(indices), 3, image_size, image_size), dtype=np.float32)
-    for row, i in enumerate(tqdm(indices, desc=f"decoding {Path(path).name}", unit="img", leave=False)):
+    bar = tqdm(indices, desc=f"decoding {Path(path).name}", unit="img", leave=False, disable=not progress)
+    for row, i in enumerate(bar):
         source = f"image {i} of {path}"
         # filled through numpy: a per-row torch copy goes through the intra-op pool, slow on busy CPUs
         images[row] = to_tensor(check_size(decode_image(encoded[i], source, decoder), source, image_size,

@@ -165,7 +165,7 @@ def _check_int(name: str, value: Any, bounds: tuple[int, int]) -> None:
 
 
 def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)  # 6 digits: thresholds differ in the 5th
 
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:

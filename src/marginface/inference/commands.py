@@ -27,7 +27,7 @@ def _face_options(parser: argparse.ArgumentParser, model_required: bool = True) 
     parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"],
                         help="face used when a photo has several (as marginface align)")
     parser.add_argument("--min-face", type=float, default=20.0, help="smallest face searched, pixels")
-    parser.add_argument("--detector", default="mtcnn", help="mtcnn (default), mtcnn-torch or dlib")
+    parser.add_argument("--detector", default="mtcnn", help="face detector: mtcnn, mtcnn-torch or dlib")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -48,6 +48,16 @@ def _json_default(value: Any) -> Any:
     if is_dataclass(value):
         return asdict(value)
     return str(value)
+
+
+def score_versus_threshold(score: float, threshold: float) -> str:
+    """``cosine 0.734512 >= threshold 0.612000``: six decimals, and the difference when those print the same
+    (a collapsed model scores 1.0 against a threshold of 0.99999997: the line must not read ``1.0000 < 1.0000``)."""
+    sign = ">=" if score >= threshold else "<"
+    text = f"cosine {score:.6f} {sign} threshold {threshold:.6f}"
+    if f"{score:.6f}" == f"{threshold:.6f}":
+        text += f" (cosine - threshold = {score - threshold:.3g})"
+    return text
 
 
 def _face_note(info: Any) -> str:
@@ -73,8 +83,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         _print_json(result)
         return 0
     verdict = "same person" if result.same else "different people"
-    sign = ">=" if result.same else "<"
-    print(f"{verdict}: cosine {result.score:.4f} {sign} threshold {result.threshold:.4f}")
+    print(f"{verdict}: {score_versus_threshold(result.score, result.threshold)}")
     for info in result.faces:
         print("  " + _face_note(info))
     return 0
@@ -151,7 +160,7 @@ def _run_identify(args: argparse.Namespace) -> int:
     for info, matches in zip(infos, results):
         print(_face_note(info))
         for rank, match in enumerate(matches, 1):
-            print(f"  {rank}. {_printable(match.name)}  cosine {match.score:.4f}{_flag(rank, match.score, threshold)}")
+            print(f"  {rank}. {_printable(match.name)}  cosine {match.score:.6f}{_flag(rank, match.score, threshold)}")
     return 0
 
 
@@ -186,7 +195,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--calibration-count", type=int, default=200, help="faces used to calibrate INT8")
     parser.add_argument("--int8-method", default="percentile", choices=["percentile", "minmax", "entropy"],
                         help="how INT8 activation ranges are set from the calibration faces")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=_run_export)
 
 
@@ -203,7 +212,8 @@ def _run_export(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ calibrate
 def _add_calibrate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("calibrate", help="threshold at a target FAR, written into the model's card")
-    parser.add_argument("model", metavar="MODEL")
+    parser.add_argument("model", metavar="MODEL", help="model file whose card gets the threshold: .safetensors "
+                        "(e.g. runs/x/best.safetensors) or .onnx")
     parser.add_argument("--pairs", help="insightface .bin, or an LFW-format pairs.txt (with --images)")
     parser.add_argument("--images", help="image folder the pairs.txt refers to")
     parser.add_argument("--folder", help="labelled photos DIR/<identity>/<images> (all pairs are used)")
@@ -211,7 +221,7 @@ def _add_calibrate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-images", type=int, default=4000, help="--folder: seeded subset above this")
     parser.add_argument("--no-write", action="store_true", help="print only; leave the model file as it is")
     parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda:0")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=_run_calibrate)
 
 
@@ -233,8 +243,9 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ info
 def _add_info(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", help="print a model's card (contract, training, thresholds)")
-    parser.add_argument("model", metavar="MODEL")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("model", metavar="MODEL", help="model file: .safetensors (e.g. runs/x/best.safetensors), "
+                        "a checkpoint folder, .pth (insightface) or .onnx")
+    parser.add_argument("--json", action="store_true", help="print the card as one JSON object")
     parser.set_defaults(func=_run_info)
 
 
@@ -256,7 +267,7 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
         "convert", help="write a foreign model (MXNet, arcface_torch .pth) as our .safetensors with a card",
         description="Read IN with load_model (MXNet prefix-0000.params / -symbol.json / prefix, .pth, "
         "safetensors) and write OUT.safetensors: the weights under our backbone's names and the model card.")
-    parser.add_argument("src", metavar="IN")
+    parser.add_argument("src", metavar="IN", help="the model: MXNet prefix or .params, .pth, .safetensors")
     parser.add_argument("out", metavar="OUT", help="output .safetensors path")
     parser.add_argument("--json", action="store_true", help="print the card as JSON")
     parser.set_defaults(func=_run_convert)

@@ -24,9 +24,13 @@ numbers) do not (``ModelCard.compatibility_key``). The graph's own initializer h
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,12 +77,14 @@ def export_onnx(model: str | os.PathLike, out: str | os.PathLike, *, fp16: bool 
         raise UserError(f"unknown INT8 calibration method {int8_method!r}; use one of {', '.join(INT8_METHODS)}")
     if int8 and calibration_images is None:
         raise UserError("--int8 needs --calibration-images DIR: aligned faces (e.g. the output of marginface align)")
+    out = Path(out)
+    if out.is_dir():  # checked before the minutes of export, which would end in "[Errno 21] Is a directory"
+        raise IsADirectoryError(f"--onnx {out} is a folder, expected an .onnx file path (e.g. {out / 'model.onnx'})")
     loaded = load_model(model)
     if loaded.kind != "torch":
         raise UserError(f"{model} is already an ONNX model; export from its .safetensors/.pth file")
     faces = _aligned_faces(calibration_images, loaded.card.input.size, calibration_count) \
         if calibration_images is not None else _noise_faces(loaded.card.input.size)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
@@ -104,7 +110,7 @@ def _export_fp32(network: torch.nn.Module, size: int, path: Path, opset: int) ->
     example = torch.zeros(2, 3, size, size)
     network = network.to("cpu").eval()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_torchvision_registration():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 network, (example,), dynamo=True, input_names=["input"], output_names=["embedding"],
@@ -120,6 +126,19 @@ def _export_fp32(network: torch.nn.Module, size: int, path: Path, opset: int) ->
                           output_names=["embedding"], dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
                           opset_version=min(opset, 17))
     return f"torchscript (dynamo failed: {first})"
+
+
+@contextlib.contextmanager
+def _quiet_torchvision_registration() -> Iterator[None]:
+    """The dynamo exporter logs one warning per torchvision op it cannot register ("torchvision is not installed.
+    Skipping torchvision::nms", ...) when torchvision is absent; face backbones use none of those ops."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _to_fp16(src: Path, dst: Path) -> None:
@@ -148,12 +167,16 @@ def _quantize_int8(src: Path, dst: Path, faces: np.ndarray, tmp: str, method: st
     calibrate_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                         "entropy": CalibrationMethod.Entropy}[method]
     prepared = Path(tmp) / "prepared.onnx"
-    with warnings.catch_warnings():
+    # BatchNormalization's scale is (C,): its channel axis is 0, not onnxruntime's default 1 (which logged
+    # "Axis 1 is out-of-range for weight '...bn.weight' with rank 1" and fell back to one scale per tensor).
+    # The calibrator's progress prints ("Collecting tensor data ...") go to a buffer: the report says what ran.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(dst), _FacesReader(faces.astype(np.float32), "input"),
                         quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                        activation_type=QuantType.QInt8, calibrate_method=calibrate_method)
+                        activation_type=QuantType.QInt8, calibrate_method=calibrate_method,
+                        extra_options={"QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0}})
 
 
 def _write_with_card(src: Path, out: Path, card: Any, precision: str, source: str) -> None:
@@ -170,8 +193,11 @@ def _write_with_card(src: Path, out: Path, card: Any, precision: str, source: st
     proto = onnx.load(str(src))
     set_onnx_metadata(proto, {**exported.metadata(), ONNX_HASH_KEY: onnx_weights_sha256(proto)})
     tmp = out.with_name(out.name + ".tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
+    try:
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed save or rename leaves no partial file behind
 
 
 def _check_parity(loaded: Any, path: Path, faces: np.ndarray, report: ExportReport) -> None:

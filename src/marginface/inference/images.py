@@ -30,11 +30,14 @@ def to_rgb_array(item: Any, name: str = "image") -> np.ndarray:
 
     Raises:
         FileNotFoundError: a path that does not exist.
+        IsADirectoryError: a path that is a folder.
         ValueError: a file that is not a readable image (truncated, not an image), an unsupported array.
     """
     from PIL import Image
 
     if isinstance(item, str | os.PathLike):
+        if Path(item).is_dir():
+            raise IsADirectoryError(f"{item} is a folder, expected an image file")
         if not Path(item).is_file():
             raise FileNotFoundError(f"image {item} does not exist")
         with open_image(item) as opened:

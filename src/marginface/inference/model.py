@@ -42,6 +42,7 @@ from marginface.inference.card import (
     card_from_run_config,
     tensors_sha256,
 )
+from marginface.paths import respect_umask
 
 #: ONNX metadata key holding the hash of the graph's initializers (checked against the graph on load).
 ONNX_HASH_KEY = "marginface.onnx_sha256"
@@ -191,6 +192,10 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", backbone: str | 
     path = Path(path)
     if path.is_dir() and (path / "model.safetensors").is_file():
         path = path / "model.safetensors"
+    if path.is_dir():
+        best = path / "best.safetensors"
+        hint = f"; this looks like a run folder: its model is {best}" if best.is_file() else ""
+        raise IsADirectoryError(f"{path} is a folder, expected a model file ({_SUPPORTED}){hint}")
     if path.name.endswith((".params", "-symbol.json")) or path.with_name(path.name + "-symbol.json").is_file():
         return _load_mxnet(path, device)
     if not path.is_file():
@@ -543,6 +548,7 @@ def write_card(path: str | os.PathLike, card: ModelCard) -> None:
         tensors = load_file(str(path))
         metadata = {**_safetensors_metadata(path), **card.metadata()}
         save_file(tensors, str(tmp), metadata=metadata)
+        respect_umask(tmp)  # the rewritten file keeps the mode the user's umask gives (not safetensors' 0600)
     os.replace(tmp, path)
 
 

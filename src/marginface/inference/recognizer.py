@@ -216,15 +216,17 @@ class FaceRecognizer:
         """Are ``a`` and ``b`` (one image each) the same person? ``score >= threshold`` decides.
 
         Raises:
+            FileNotFoundError, IsADirectoryError, ValueError, NoFaceError: an input that is missing, a folder,
+                not an image, or a photo without a face (checked first: these are what the user fixes first).
             UserError: no ``threshold`` passed and the card has none calibrated.
         """
+        vectors, infos = self.embed_with_info([_single(a, "a"), _single(b, "b")])
         if threshold is None:
             threshold = self.card.threshold
         if threshold is None:
             raise UserError(f"the model {self.model.path} has no calibrated threshold: run "
                             f"marginface calibrate {self.model.path} --pairs ... --far 1e-3 first, "
-                            "or pass a threshold")
-        vectors, infos = self.embed_with_info([_single(a, "a"), _single(b, "b")])
+                            "or pass a threshold (verify --threshold T)")
         # clipped: two float32 unit vectors can have a float64 dot a few ulps above 1
         score = float(np.clip(np.dot(vectors[0].astype(np.float64), vectors[1].astype(np.float64)), -1, 1))
         return Verification(score, score >= threshold, float(threshold), infos)

@@ -30,6 +30,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from marginface.paths import respect_umask
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and ``os.replace``: a crash leaves the old file or the new."""
@@ -115,6 +117,8 @@ def write_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tens
     tmp.mkdir()
     save_file(model, str(tmp / "model.safetensors"), metadata=metadata)
     save_file(training, str(tmp / "optimizer.safetensors"))
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        respect_umask(tmp / name)
     (tmp / "state.json").write_text(json.dumps(state))
     _fsync_dir(tmp)
     if final.exists():  # a re-run of the same step after a resume: replace it

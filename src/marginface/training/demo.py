@@ -85,20 +85,8 @@ class _RenderedOnce(SyntheticFaces):
 
 
 class DemoTrainer(Trainer):
-    """The trainer, keeping each validation's full result (scores, ROC), not only its accuracy."""
-
-    def validate(self) -> dict[str, float]:
-        from marginface.evaluation.embed import embed_tensor
-        from marginface.evaluation.verification import evaluate_interleaved
-
-        self.verification, self.embeddings = {}, {}
-        for name, images, issame in self.validation_sets:
-            emb = embed_tensor(self.backbone, images, batch_size=self.config.validation.batch_size, flip=True,
-                               device=self.device)
-            self.embeddings[name] = emb
-            self.verification[name] = evaluate_interleaved(emb, issame, name=name)
-        self.model.train()
-        return {name: float(r.accuracy.mean) for name, r in self.verification.items()}
+    """The demo's trainer: :meth:`Trainer.validate` keeps each validation's full result (``verification``: scores,
+    ROC) and embeddings, which the demo's figures and its resume use."""
 
 
 #: The held-out embeddings of the untrained model (``(2N, D)`` float32), kept so that a resumed demo reports

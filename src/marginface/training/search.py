@@ -46,6 +46,7 @@ from typing import Any
 import torch
 import yaml
 
+from marginface.paths import respect_umask
 from marginface.training.checkpoint import atomic_write_text
 from marginface.training.config import ConfigError, TrainConfig, _build, apply_overrides, config_from_dict
 from marginface.training.distributed import DistInfo, init_from_env
@@ -314,6 +315,7 @@ def save_state(run_dir: Path, trainer, state: SearchState) -> None:
     meta = {"round": str(state.round), "optimizer": json.dumps(opt_meta), "history": json.dumps(state.history)}
     tmp = run_dir / (STATE_FILE + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    respect_umask(tmp)  # safetensors writes 0600; the user's umask decides
     os.replace(tmp, run_dir / STATE_FILE)
 
 

@@ -18,12 +18,13 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
         "each with held-out verification accuracy, updates mu by REINFORCE and keeps the best copy. Writes "
         "log.csv (samples, rewards, distribution per round), search_state.safetensors (resumable) and "
         "search.png to the config's output_dir.")
-    parser.add_argument("--config", required=True, help="YAML search preset, e.g. configs/synthetic_tiny_amlfs.yaml")
+    parser.add_argument("--config", required=True,
+                        help="YAML search preset, e.g. configs/search/synthetic_tiny28_amlfs.yaml")
     parser.add_argument("--fresh", action="store_true", help="delete the run folder first instead of resuming")
     parser.add_argument("--rounds", type=int, default=None, help="stop after this many new rounds (resume later)")
     parser.add_argument("--compare-seeds", type=int, default=0,
                         help="afterwards train the searched mean and plain softmax from scratch with this many seeds")
-    parser.add_argument("--compare-steps", type=int, default=0,
+    parser.add_argument("--compare-steps", type=int, default=None,
                         help="steps of each from-scratch run (default: the search's rounds x steps_per_round)")
     parser.add_argument("--test-bin", action="append", default=[], dest="test_bins", metavar="BIN",
                         help="also evaluate the from-scratch runs on this .bin set (never a reward set; repeat for "

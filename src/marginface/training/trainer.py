@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from marginface import backbones
 from marginface.analysis.angles import attach_theta_recorder
+from marginface.paths import respect_umask
 from marginface.training import checkpoint as ckpt
 from marginface.training import finetune
 from marginface.training.config import TrainConfig, config_to_dict, resolve_epochs
@@ -323,17 +324,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation and checkpoints
     def validate(self) -> dict[str, float]:
-        """Mean 10-fold accuracy on every validation set (flip TTA), in eval mode."""
+        """Mean 10-fold accuracy on every validation set (flip TTA), in eval mode.
+
+        Also kept: ``self.verification`` (each set's full result: ROC, TAR@FAR) and ``self.embeddings`` (each
+        set's (2N, D) embeddings), from which ``best.safetensors``'s card gets its calibrated threshold.
+        """
         from marginface.evaluation.embed import embed_tensor
         from marginface.evaluation.verification import evaluate_interleaved
 
-        results = {}
+        self.verification, self.embeddings = {}, {}
         for name, images, issame in self.validation_sets:
             emb = embed_tensor(self.backbone, images, batch_size=self.config.validation.batch_size,
                                flip=True, device=self.device)
-            results[name] = float(evaluate_interleaved(emb, issame, name=name).accuracy.mean)
+            self.embeddings[name] = emb
+            self.verification[name] = evaluate_interleaved(emb, issame, name=name)
         self.model.train()
-        return results
+        return {name: float(r.accuracy.mean) for name, r in self.verification.items()}
 
     def _validate_and_keep_best(self, logger: _RunLogger) -> dict[str, float]:
         if not self.validation_sets:
@@ -358,16 +364,29 @@ class Trainer:
         tmp = self.run_dir / "best.safetensors.tmp"
         # Sharded centres are spread over the ranks' checkpoints; best.safetensors then holds the backbone only.
         save_file(ckpt.model_tensors(self.backbone, self.placement.loss_for_best(self.loss)), str(tmp),
-                  metadata=self._card(self.best))
+                  metadata=self._card(self.best, self._validation_thresholds()))
+        respect_umask(tmp)
         os.replace(tmp, self.run_dir / "best.safetensors")
         (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=2))
 
-    def _card(self, validation: dict[str, Any]) -> dict[str, str]:
+    def _card(self, validation: dict[str, Any], thresholds: dict[str, Any] | None = None) -> dict[str, str]:
         """The model card (safetensors metadata) of the current backbone weights."""
         from marginface.inference.card import training_card
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
-        return training_card(self.config, self.dataset.num_classes, len(self.dataset), validation, state).metadata()
+        card = training_card(self.config, self.dataset.num_classes, len(self.dataset), validation, state)
+        card.thresholds = thresholds or {}
+        return card.metadata()
+
+    def _validation_thresholds(self) -> dict[str, Any]:
+        """The card's threshold, calibrated on the first validation set's pairs as just embedded, at the smallest
+        FAR they can measure (``inference/calibrate.py``); ``{}`` without a usable validation set."""
+        from marginface.inference.calibrate import calibrate_validation_pairs
+
+        if not self.validation_sets or not getattr(self, "embeddings", None):
+            return {}
+        name, _, issame = self.validation_sets[0]
+        return calibrate_validation_pairs(self.embeddings[name], issame, f"validation set {name} at step {self.step}")
 
     def save(self) -> Path | None:
         """Checkpoint (rank 0; with sharded centres every rank writes its own shard, see ``ClassPlacement``).
@@ -453,7 +472,13 @@ def read_log(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_loss_curve(run_dir: str | Path) -> Path | None:
-    """``loss_curve.png`` in the run folder (None when matplotlib is not installed)."""
+    """``loss_curve.png`` in the run folder (None when matplotlib is not installed).
+
+    The training loss on the left axis; the validation accuracies (if any) on the right one, on a fixed
+    0.5-1 range (chance to perfect verification: a lone point then sits where its value is, not in the middle
+    of an axis stretched around it), each point labelled with its value. One legend above the axes, where it
+    cannot cover a point.
+    """
     from marginface.plotting import pyplot
 
     try:
@@ -463,19 +488,24 @@ def plot_loss_curve(run_dir: str | Path) -> Path | None:
     series = read_log(run_dir)
     fig, ax = plt.subplots(figsize=(6, 4))
     steps, values = zip(*series["loss"])
-    ax.plot(steps, values, label="training loss")
+    ax.plot(steps, values, color="C0", label="training loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("training loss")
     val_keys = [k for k in series if k.startswith("val_")]
     if val_keys:
         twin = ax.twinx()
-        for key in val_keys:
+        lowest = min(v for key in val_keys for _, v in series[key])
+        for colour, key in enumerate(val_keys, start=1):
             s, v = zip(*series[key])
-            twin.plot(s, v, "o--", label=key)
+            twin.plot(s, v, "o--", color=f"C{colour}", label=f"validation accuracy ({key.removeprefix('val_')})")
+            for x, y in list(zip(s, v))[-10:]:  # the last ten values, as text beside their points
+                twin.annotate(f"{y:.1%}", (x, y), textcoords="offset points", xytext=(-4, 6), ha="right",
+                              fontsize=8, color=f"C{colour}")
+        twin.set_ylim(min(0.5, lowest - 0.02), 1.0)
         twin.set_ylabel("verification accuracy")
-        twin.legend(loc="center right")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
+    handles = [h for axis in fig.axes for h in axis.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 2), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # the top 8% holds the legend
     out = Path(run_dir) / "loss_curve.png"
     fig.savefig(out, dpi=120)
     plt.close(fig)
