@@ -49,7 +49,10 @@ import numpy as np
 LIST = Path(__file__).with_name("photo_path_list.txt")
 MS1M_DIR = "insightface_mobilefacenet_y1"
 FALLBACK_MODEL = "bubbliiiing_mobilefacenet/arcface_mobilefacenet_rgb255.onnx"
-BATCH = 32
+BATCH = 8  # faces per embedder call: 4-8 cost the least per face on one thread (32 spills the caches)
+#: the fast path: faces searched from 40 px (the smallest face_recognition's HOG finds at upsample 1) and a
+#: 640 px working size for photos larger than that (LFW's 250 px photos are not shrunk)
+FAST = {"min_face": 40.0, "max_side": 640}
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -85,6 +88,7 @@ def _ours(spec: dict):  # noqa: ANN202 (returns a per-chunk callable)
         rec.model.runner = OnnxRunner(spec["model"], threads=1)
     clock = StageClock()
     recognizer_module.to_rgb_array = clock.wrap("decode", recognizer_module.to_rgb_array)
+    recognizer_module.read_photo = clock.wrap("decode", recognizer_module.read_photo)  # the max_side path
     detector = rec.detector()
     detector.detect = clock.wrap("detect", detector.detect)
     rec.model.embed_pixels = clock.wrap("embed", rec.model.embed_pixels)
@@ -193,14 +197,112 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: the best available
 
 
+# ----------------------------------------------------------------------------------------------- LFW accuracy
+#: where a faceless LFW photo is warped from: the ArcFace template on the central 114 px of the 250 px photo
+#: (deep-funneled LFW centres the face; the same central box benchmarks/dlib_lfw.py falls back to)
+_LFW_FALLBACK_SCALE, _LFW_FALLBACK_OFFSET = 114 / 112, 68.0
+
+
+def embed_worker(spec: dict) -> None:
+    """Embed ``spec['paths']`` with one thread; faceless photos use the central fallback. Writes an .npz."""
+    import torch
+
+    from marginface.align.template import ARCFACE_TEMPLATE_112, warp_face
+    from marginface.errors import NoFaceError
+    from marginface.inference import FaceRecognizer
+    from marginface.inference.images import to_rgb_array
+    from marginface.inference.model import OnnxRunner
+
+    torch.set_num_threads(1)
+    rec = FaceRecognizer.load(spec["model"], batch_size=BATCH, **spec.get("options", {}))
+    if rec.model.kind == "onnx":
+        rec.model.runner = OnnxRunner(spec["model"], threads=1)
+    fallback = ARCFACE_TEMPLATE_112 * _LFW_FALLBACK_SCALE + _LFW_FALLBACK_OFFSET
+    vectors, found = [], []
+    for path in spec["paths"]:
+        try:
+            vectors.append(rec.embed([path], flip=spec.get("flip"))[0])
+            found.append(True)
+        except NoFaceError:
+            crop = warp_face(to_rgb_array(path), fallback, rec.size)
+            vectors.append(rec.embed([crop], aligned=True, flip=spec.get("flip"))[0])
+            found.append(False)
+    np.savez(spec["out"], embeddings=np.stack(vectors), found=np.array(found))
+
+
+def lfw_pairs_subset(pairs_path: Path, per_fold: int):  # noqa: ANN201 (PairsFile, indices)
+    """The first ``per_fold / 2`` matched and mismatched pairs of each fold of ``pairs.txt`` (all: 600)."""
+    from marginface.evaluation.pairs import read_pairs
+
+    pairs = read_pairs(pairs_path)
+    keep = []
+    for fold in np.unique(pairs.folds):
+        for same in (True, False):
+            rows = np.flatnonzero((pairs.folds == fold) & (pairs.issame == same))
+            keep.extend(rows[: per_fold // 2].tolist())
+    return pairs, np.array(sorted(keep))
+
+
+def run_lfw_accuracy(args: argparse.Namespace, model: Path, lfw_root: Path) -> dict:
+    """10-fold LFW accuracy (cosine) of the accurate and the fast path, on the same pairs and photos."""
+    from marginface.evaluation.metrics import kfold_accuracy
+
+    pairs, rows = lfw_pairs_subset(lfw_root / "pairs.txt", args.lfw_pairs_per_fold)
+    names = list(dict.fromkeys(pairs.names[rows].ravel().tolist()))
+    index = {name: i for i, name in enumerate(names)}
+    paths = [str(lfw_root / "lfw-deepfunneled" / name) for name in names]
+    onnx = model_files(model, Path(args.tmp))["onnx"]
+    out = {"pairs": len(rows), "photos": len(names)}
+    for label, options in (("accurate", {}), ("fast", FAST)):
+        start = time.perf_counter()
+        embeddings, found = _embed_in_workers(onnx, options, args.flip, paths, args.workers, Path(args.tmp))
+        a = embeddings[[index[n] for n in pairs.names[rows, 0]]].astype(np.float64)
+        b = embeddings[[index[n] for n in pairs.names[rows, 1]]].astype(np.float64)
+        scores = np.sum(a * b, axis=1)
+        result = kfold_accuracy(scores, pairs.issame[rows], pairs.folds[rows])
+        out[label] = {"accuracy": result.mean, "std": result.std, "no_face_fallback": int((~found).sum()),
+                      "seconds": time.perf_counter() - start, "scores": scores}
+        print(f"LFW {label}: {100 * result.mean:.2f} +- {100 * result.std:.2f} % on {len(rows)} pairs, "
+              f"{int((~found).sum())} of {len(names)} photos without a face (central fallback)", flush=True)
+    out["score_abs_diff_max"] = float(np.abs(out["accurate"].pop("scores") - out["fast"].pop("scores")).max())
+    return out
+
+
+def _embed_in_workers(model: str, options: dict, flip: bool | None, paths: list[str], workers: int,
+                      tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    procs, outs = [], []
+    for w in range(workers):
+        outs.append(tmp / f"lfw_{w}.npz")
+        spec = {"model": model, "options": options, "flip": flip, "paths": paths[w::workers], "out": str(outs[-1])}
+        spec_path = _spec_file(spec, tmp / f"lfw_{w}.json")
+        procs.append(subprocess.Popen([sys.executable, __file__, "--embed-worker", spec_path], env=env))
+    for proc in procs:
+        if proc.wait():
+            raise RuntimeError(f"an LFW embedding worker exited with {proc.returncode} (its error is above)")
+    parts = [np.load(out) for out in outs]
+    embeddings = np.empty((len(paths), parts[0]["embeddings"].shape[1]), np.float32)
+    found = np.empty(len(paths), bool)
+    for w, part in enumerate(parts):
+        embeddings[w::workers], found[w::workers] = part["embeddings"], part["found"]
+    return embeddings, found
+
+
 # ----------------------------------------------------------------------------------------------- parent
-def run_pipeline(spec: dict, paths: list[str], workers: int) -> dict:
+def _spec_file(spec: dict, path: Path) -> str:
+    """Write a worker's spec as JSON (a file, not an argument: thousands of paths exceed the kernel's 128 KiB
+    limit on one argument)."""
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def run_pipeline(spec: dict, paths: list[str], workers: int, tmp: Path) -> dict:
     """Run ``spec`` as ``workers`` processes over shares of ``paths``; merged result with photos/s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     procs = []
     for w in range(workers):
-        share = {**spec, "paths": paths[w::workers]}
-        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(share)], env=env,
+        share = _spec_file({**spec, "paths": paths[w::workers]}, tmp / f"{spec['name']}_{w}.json".replace(" ", "_"))
+        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", share], env=env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for proc in procs:
         if proc.stdout.readline().strip() != "ready":
@@ -314,6 +416,12 @@ def pipeline_specs(args: argparse.Namespace, files: dict[str, str]) -> list[dict
         for batch in (1, BATCH):
             specs.append({"name": f"ours {runtime} b{batch}", "kind": "ours", "model": path, "batch": batch,
                           "flip": args.flip})
+    fast = files.get("onnx")  # batch 1: on one thread batching saves no CPU (see BATCH) and adds latency
+    specs.append({"name": "ours onnx b1 fast", "kind": "ours", "model": fast, "batch": 1, "flip": args.flip,
+                  "options": FAST})
+    if args.flip is not False:
+        specs.append({"name": "ours onnx b1 fast no-flip", "kind": "ours", "model": fast, "batch": 1,
+                      "flip": False, "options": FAST})
     return specs
 
 
@@ -351,11 +459,16 @@ def print_table(rows: list[dict], load: list[float], args: argparse.Namespace) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--embed-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--lfw-accuracy", action="store_true", help="instead of timing: LFW 10-fold accuracy "
+                        "of the accurate and the fast path (cosine, flip per the card or --flip)")
+    parser.add_argument("--lfw-pairs-per-fold", type=int, default=600, help="with --lfw-accuracy: the first "
+                        "N/2 matched and N/2 mismatched pairs of each fold (600: all 6,000 pairs)")
     parser.add_argument("--model", help="face model (default: the MS1M MobileFaceNet in ../shared/models)")
     parser.add_argument("--lfw", type=Path, help="folder holding the LFW photos (default: ../shared/data/lfw/"
                         "lfw-deepfunneled)")
     parser.add_argument("--photos", type=int, default=1000, help="first N photos of the committed list")
-    parser.add_argument("--workers", type=int, default=1, help="processes per pipeline, one thread each")
+    parser.add_argument("--workers", type=int, default=2, help="processes per pipeline, one thread each")
     parser.add_argument("--cnn-photos", type=int, default=0, help="also time face_recognition's CNN detector on "
                         "this many photos (0: skip; it takes seconds per photo on a CPU)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
@@ -364,7 +477,19 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     args = parser.parse_args()
     if args.worker:
-        worker(json.loads(args.worker))
+        worker(json.loads(Path(args.worker).read_text()))
+        return
+    if args.embed_worker:
+        embed_worker(json.loads(Path(args.embed_worker).read_text()))
+        return
+    if args.lfw_accuracy:
+        from marginface.paths import shared_data_dir
+
+        lfw_root = args.lfw.parent if args.lfw else (shared_data_dir() or Path("/nonexistent")) / "lfw"
+        with tempfile.TemporaryDirectory(prefix="photo_path_") as tmp:
+            args.tmp = tmp
+            report = run_lfw_accuracy(args, resolve_model(args.model), lfw_root)
+        print(json.dumps(report, indent=1))
         return
     run_benchmark(args)
 
@@ -386,7 +511,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
             with LoadSampler() as load:
                 for spec in specs:
                     share = paths[: args.cnn_photos] if spec.get("detector") == "cnn" else paths
-                    rows.append(run_pipeline(spec, share, args.workers))
+                    rows.append(run_pipeline(spec, share, args.workers, Path(tmp)))
                     print(f"{spec['name']}: {rows[-1]['photos_per_s']:.2f} photos/s", flush=True)
         finally:
             for proc in burners:
