@@ -98,6 +98,7 @@ def _message(function, *args) -> str:
     raise AssertionError("no error")
 
 
+@pytest.mark.slow
 def test_eval_reads_the_backbone_from_the_model_card(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     """A newcomer's `marginface eval --checkpoint best.safetensors --bins lfw.bin` used to stop at 'give --checkpoint
     and --backbone' although training writes the backbone into the file's card; a file without a card still
@@ -142,8 +143,10 @@ def test_eval_reads_the_backbone_from_the_model_card(tmp_path, capsys: pytest.Ca
     bgr = ModelCard(backbone="mobilefacenet", embedding_size=16, weights_sha256=card.weights_sha256,
                     input=InputContract(channel_order="BGR"))
     save_file(state, str(tmp_path / "bgr.safetensors"), metadata=bgr.metadata())
-    assert main(["eval", "--checkpoint", str(tmp_path / "bgr.safetensors"), "--bins", str(tmp_path / "v.bin"),
-                 "--roc", ""]) == 2
+    # another contract is applied (issue 29: foreign models), not ignored; overriding the backbone then is refused
+    assert '"accuracy"' in table("--checkpoint", str(tmp_path / "bgr.safetensors"))
+    assert main(["eval", "--checkpoint", str(tmp_path / "bgr.safetensors"), "--backbone", "iresnet18",
+                 "--bins", str(tmp_path / "v.bin"), "--roc", ""]) == 2
     assert "asks for another input" in capsys.readouterr().err
 
 

@@ -123,16 +123,21 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="train on synthetic identities for a few minutes (CPU)")
-    parser.add_argument("--output-dir", default="runs/demo", help="run folder (deleted first)")
+    parser = subparsers.add_parser(
+        "demo", help="train on synthetic identities for a few minutes (CPU)",
+        description="Train the demo model. An interrupted demo (Ctrl-C / SIGTERM) resumes from its checkpoint "
+        "when the same command is run again; a finished one (report.html written) is deleted and run anew.")
+    parser.add_argument("--output-dir", default="runs/demo",
+                        help="run folder (an interrupted demo there resumes; a finished one is replaced)")
     parser.add_argument("--steps", type=int, default=None, help="default: the demo's 250 steps")
+    parser.add_argument("--fresh", action="store_true", help="delete the run folder first instead of resuming")
     parser.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from marginface.training.demo import run_demo
 
-    run_demo(args.output_dir, args.steps)
+    run_demo(args.output_dir, args.steps, fresh=args.fresh)
     return 0
 
 

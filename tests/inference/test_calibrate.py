@@ -54,6 +54,7 @@ def test_far_below_resolution_is_refused():
         calibrate_scores(scores, np.ones(600, bool), 0.1)
 
 
+@pytest.mark.slow
 def test_calibrate_folder_writes_card_atomically(tmp_path):
     model = save_tiny(tmp_path / "m.safetensors", flip=False)
     rng = np.random.default_rng(0)
@@ -93,6 +94,7 @@ def _identity_faces(tmp_path, people=3, per=3):
     return files
 
 
+@pytest.mark.slow
 def test_calibrate_from_pairs_txt_and_bin_agree(tmp_path):
     from marginface.data.bins import write_verification_bin
 

@@ -39,6 +39,7 @@ def test_info_and_verify(setup, capsys):
     assert capsys.readouterr().out.startswith("same person: cosine 1.0000")
 
 
+@pytest.mark.slow
 def test_calibrate_enroll_identify(setup, tmp_path, capsys):
     root, model = setup
     copy = tmp_path / "m.safetensors"
@@ -63,6 +64,10 @@ def test_calibrate_enroll_identify(setup, tmp_path, capsys):
     assert [m["name"] for m in out["results"][0]["matches"]] == [loaded.names[i] for i in best]
     assert out["results"][0]["matches"][0]["score"] == pytest.approx(cos[best[0]], abs=1e-5)
     assert len(loaded) == 3 and loaded.images("p2") == 2
+    assert main(["enroll", str(root / "people"), "--gallery", str(gallery), "--model", str(copy)]) == 0
+    assert "enrolled 0 images of 3 identities" in (out := capsys.readouterr().out)
+    assert "6 images were already enrolled (same file bytes) and were skipped" in out
+    assert Gallery.load(gallery).images("p2") == 2  # not doubled
     assert main(["identify", str(probe), "--gallery", str(gallery), "--model", str(root / "m.safetensors")]) == 0
     other = save_tiny(tmp_path / "other.safetensors", seed=5)
     assert main(["identify", str(probe), "--gallery", str(gallery), "--model", str(other)]) == 2
@@ -76,3 +81,16 @@ def test_export_argument_errors(setup, tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"not a model")
     assert main(["info", str(tmp_path / "bad.safetensors")]) == 2
     assert "not a readable safetensors model" in capsys.readouterr().err
+
+
+def test_identify_marks_one_match_and_escapes_names():
+    from marginface.inference.commands import _best_match, _flag, _printable
+    from marginface.inference.gallery import Match
+
+    matches = [Match("ann", 0.9), Match("bob", 0.8), Match("cy", 0.1)]
+    assert [_flag(r, m.score, 0.5) for r, m in enumerate(matches, 1)] == [
+        "  (match)", "  (also above threshold)", "  (below threshold)"]
+    assert _best_match(matches, 0.5) == "ann" and _best_match(matches, 0.95) is None
+    assert _best_match(matches, None) is None and _flag(1, 0.9, None) == ""
+    assert _printable("Zoë Saldaña") == "Zoë Saldaña"
+    assert _printable("evil\n  1. admin  cosine 1.0000\x1b[2J") == "'evil\\n  1. admin  cosine 1.0000\\x1b[2J'"

@@ -74,7 +74,7 @@ def test_approximate_search_visiting_every_cell_equals_exact():
 
 def test_other_model_is_refused(tmp_path):
     gallery, card = _gallery()
-    with pytest.raises(UserError, match="enrolled with model aaaa.*different models"):
+    with pytest.raises(UserError, match="enrolled with model sha256 aaaa.*different models"):
         gallery.search(np.ones(D), 1, model=_card("b"))
     with pytest.raises(UserError, match="different models"):
         gallery.add("x", np.ones(D), _card("b"))
@@ -156,6 +156,7 @@ def test_sqlite_holds_names_and_no_pickle(tmp_path):
     np.load(tmp_path / "g" / version / "vectors.npy", allow_pickle=False)
 
 
+@pytest.mark.slow
 def test_enroll_folder_skips_bad_images_when_asked(tmp_path):
     from PIL import Image
 
@@ -179,3 +180,16 @@ def test_enroll_folder_skips_bad_images_when_asked(tmp_path):
     assert gallery.images("ann") == 2 and gallery.images("bob") == 2
     ref = rec.embed(sorted((tmp_path / "people" / "bob").glob("[01].png"))).astype(np.float64).sum(0)
     np.testing.assert_allclose(gallery.template("bob"), ref / np.linalg.norm(ref), atol=1e-6)
+    # enrolling the same files again adds nothing (content hash), a new photo is added, a copy under another
+    # identity's folder is recognised as the same file
+    again = gallery.enroll_folder(rec, tmp_path / "people", skip_bad=True)
+    assert again["images"] == 0 and len(again["already_enrolled"]) == 4 and gallery.images("bob") == 2
+    np.testing.assert_allclose(gallery.template("bob"), ref / np.linalg.norm(ref), atol=1e-6)
+    (tmp_path / "people" / "bob" / "copy.png").write_bytes((tmp_path / "people" / "ann" / "0.png").read_bytes())
+    Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(tmp_path / "people" / "bob" / "2.png")
+    third = gallery.enroll_folder(rec, tmp_path / "people", skip_bad=True)
+    assert third["images"] == 1 and gallery.images("bob") == 3
+    assert {"path": str(tmp_path / "people" / "bob" / "copy.png"), "identity": "ann"} in third["already_enrolled"]
+    gallery.save(tmp_path / "g")
+    loaded = Gallery.load(tmp_path / "g")  # the hashes survive a save
+    assert loaded.enroll_folder(rec, tmp_path / "people", skip_bad=True)["images"] == 0

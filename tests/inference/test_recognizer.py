@@ -52,6 +52,7 @@ def test_normalised_tensor_is_refused(recognizer):
         recognizer.embed(torch.rand(1, 3, 100, 100))
 
 
+@pytest.mark.slow
 def test_verify_uses_card_threshold_and_needs_one(recognizer, tmp_path):
     a, b = _faces(2, 3)
     result = recognizer.verify(a, b)

@@ -67,6 +67,7 @@ def test_loss_parameter_typo_is_caught_before_the_data_scan(tmp_path: Path, caps
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_banner_validation_lines_and_lf_log(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"

@@ -53,3 +53,65 @@ def test_demo_steps_override_keeps_a_valid_schedule():
     assert config.steps == 40 and config.optim.schedule == "cosine" and config.analysis.theta_every > 0
     assert config.optim.warmup_steps < config.steps  # the cosine decays over the steps after the warm-up
     assert demo_config("x", steps=5).optim.warmup_steps == 0  # `marginface demo --steps 5` is a valid config
+
+
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    """The demo shrunk to seconds: 4 identities, 20 held-out pairs, D=16, no figures (they have their own test)."""
+    from marginface.training import demo
+
+    small = {**demo.DEMO, "data": {**demo.DEMO["data"], "synthetic_identities": 4, "synthetic_images_per_identity": 4},
+             "model": {"backbone": "mobilefacenet", "embedding_size": 16}, "batch_size": 8, "log_every": 1,
+             "validation": {**demo.DEMO["validation"], "synthetic_pairs": 20, "synthetic_identities": 4},
+             "analysis": {"theta_every": 0}}
+    monkeypatch.setattr(demo, "DEMO", small)
+    monkeypatch.setattr(demo, "write_demo_figures", lambda trainer, *a: write_report(trainer.run_dir, "t", {}, []))
+    before_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield demo
+    torch.set_num_threads(before_threads)
+
+
+@pytest.mark.slow
+def test_demo_stopped_by_sigterm_resumes_with_the_same_command(tiny_demo, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from marginface.cli import main
+    from marginface.training.trainer import Trainer
+
+    run = tmp_path / "demo"
+    command = ["demo", "--output-dir", str(run), "--steps", "6"]
+    step = Trainer.train_step
+
+    def stop_at_step_3(self, images, labels):
+        value = step(self, images, labels)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID`: the stop handler checkpoints step 3
+        return value
+
+    monkeypatch.setattr(Trainer, "train_step", stop_at_step_3)
+    assert main(command) == 143
+    first = capsys.readouterr()
+    assert "run the same command to resume from it" in first.err
+    assert tiny_demo.demo_state(run) == "interrupted"
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert main(command) == 0
+    second = capsys.readouterr().out
+    assert f"start       step 3 of 6, resumed from {run / 'checkpoints' / 'step_00000003'}" in second
+    before = [line for line in first.out.splitlines() if "before training" in line]
+    assert before and before == [line for line in second.splitlines() if "before training" in line]
+    assert "after 6 steps" in second and tiny_demo.demo_state(run) == "complete"
+    # a finished demo is shown again from scratch, not trained on
+    assert main(command) == 0
+    third = capsys.readouterr().out
+    assert f"{run} holds a finished demo: starting a new one there" in third and "step 0 (new run)" in third
+    # an interrupted demo asked for another number of steps says how to resume it or start over
+    monkeypatch.setattr(Trainer, "train_step", stop_at_step_3)
+    assert main(command + ["--fresh"]) == 143
+    capsys.readouterr()
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert main(["demo", "--output-dir", str(run), "--steps", "8"]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"marginface demo: {run} holds an interrupted demo of 6 steps; this one asks for 8: run marginface demo "
+        "--steps 6 to resume it, or add --fresh to start over")

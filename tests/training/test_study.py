@@ -42,6 +42,7 @@ def _spec(tmp_path: Path, arms: dict) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_study_runs_resumes_and_reports_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = _spec(tmp_path, {"arcface": ["loss.name=arcface"], "cosface": ["loss.name=cosface"],
                             "broken": ["loss.name=nosuchloss"]})
@@ -55,6 +56,7 @@ def test_a_study_runs_resumes_and_reports_failures(tmp_path: Path, capsys: pytes
     acc = report["verification"][0]["accuracy"]
     assert float(rows[0]["held_acc"]) == pytest.approx(acc, abs=1e-6)
     assert 0.0 < acc <= 1.0 and math.isfinite(float(rows[0]["held_acc_std"]))
+    _assert_environment_recorded(rows, threads="1")
 
     # resume: a run with its row is skipped; a trained run without a row is evaluated, not retrained
     checkpoint = out / "cosface_s0" / "checkpoints" / "step_00000002" / "model.safetensors"
@@ -74,6 +76,62 @@ def test_a_study_runs_resumes_and_reports_failures(tmp_path: Path, capsys: pytes
     rows = study.read_results(out / "results.csv")
     assert [r["arm"] for r in rows] == ["arcface", "cosface", "plain"]
     assert "| arcface | 1 |" in capsys.readouterr().out
+
+
+def _assert_environment_recorded(rows: list[dict[str, str]], threads: str) -> None:
+    """Every row carries this interpreter's versions, this checkout's commit, the CPU and the runs' threads."""
+    import platform
+    import subprocess
+
+    import torch
+
+    head = subprocess.run(["git", "-C", str(Path(study.__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False)
+    commit = head.stdout.strip() if head.returncode == 0 else "unknown"
+    for row in rows:
+        assert (row["torch_version"], row["numpy_version"], row["python_version"]) == (
+            torch.__version__, np.__version__, platform.python_version())
+        assert row["marginface_commit"] == commit and row["marginface_dirty"] in (("yes", "no") if head.returncode
+                                                                                  == 0 else ("",))
+        assert row["device"].startswith("cpu (") and row["torch_threads"] == threads
+
+
+@pytest.mark.slow
+def test_a_study_row_reproduces_exactly_on_the_same_environment(tmp_path: Path) -> None:
+    """The same spec run twice into two folders: identical figures (every set column) and environment."""
+    spec = _spec(tmp_path, {"arcface": ["loss.name=arcface"]})
+    for out in ("first", "second"):
+        assert main(["study", str(spec), "--output", str(tmp_path / out), "--threads", "1"]) == 0
+    first, second = (study.read_results(tmp_path / out / "results.csv") for out in ("first", "second"))
+    timing = {"train_wall_s", "eval_wall_s"}
+    assert len(first) == 1 and first[0]["held_acc"] != ""
+    assert [{k: v for k, v in r.items() if k not in timing} for r in first] == [
+        {k: v for k, v in r.items() if k not in timing} for r in second]
+    _assert_environment_recorded(first, threads="1")
+
+
+def test_rows_written_before_the_environment_was_recorded_still_read(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """An old results.csv (no environment columns) is summarised, and kept as it was when a new row joins it."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"preset": "x", "seeds": [0, 1], "arms": {"a": []}, "eval": {"bins": ["lfw.bin"]}}))
+    old_header = study.columns(study.load_study(spec))[:-len(study.environment.FIELDS)]
+    assert old_header[-1] == "lfw_tar"
+    out = tmp_path / "out"
+    out.mkdir()
+    old = [{"arm": "a", "seed": "0", "steps": "10", "train_wall_s": "60", "eval_wall_s": "5", "lfw_acc": "0.810000",
+            "lfw_acc_std": "0.010000", "lfw_tar": "0.200000"}]
+    study._write_csv(out / "results.csv", old_header, old)
+    assert main(["study", str(spec), "--output", str(out), "--summary"]) == 0
+    printed = capsys.readouterr().out
+    assert "environment of 1 row(s): not recorded" in printed and "| a | 1 | 81.00 ± 0.00" in printed
+    new = old[0] | {"seed": "1", "lfw_acc": "0.830000"} | {f: "x" for f in study.environment.FIELDS}
+    study.Study(study.load_study(spec), out)._append(new)
+    rows = study.read_results(out / "results.csv")
+    assert rows[0] == old[0] | {f: "" for f in study.environment.FIELDS} and rows[1] == new
+    assert main(["study", str(spec), "--output", str(out), "--summary"]) == 0
+    printed = capsys.readouterr().out
+    assert "| a | 2 | 82.00 ± 1.41" in printed and "environment of 1 row(s): not recorded" in printed
 
 
 def test_the_summary_is_mean_and_sample_std_over_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,6 +188,28 @@ def test_the_table_and_the_sweep_figure_carry_the_seeds_numbers(tmp_path: Path,
     assert got["lfw_acc"]["difference"] == pytest.approx(diff, abs=1e-9)
     assert got["lfw_acc"]["spread"] == pytest.approx(spread, abs=1e-9)
     assert got["lfw_acc"]["verdict"] == ("tie" if abs(diff) <= spread else "m0.5 ahead" if diff > 0 else "m0.2 ahead")
+    # the stated test: Welch's p per comparison, Holm-corrected over every comparison of the call (2 pairs x 2 sets)
+    assert main(argv[:4] + ["--summary", "--compare", "m0.5,m0.2", "--compare", "m0.8,m0.5", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [(f["a"], f["metric"]) for f in found] == [(a, m) for a in ("m0.5", "m0.8") for m in ("lfw_acc",
+                                                                                                 "cfp_fp_acc")]
+    naive = []
+    for f in found:
+        i, j, k = ["0.2", "0.5", "0.8"].index(f["a"][1:]), ["0.2", "0.5", "0.8"].index(f["b"][1:]), ["lfw_acc",
+                                                                                                    "cfp_fp_acc"]
+        x, y = acc[i, k.index(f["metric"])], acc[j, k.index(f["metric"])]
+        var = x.var(ddof=1) / 3 + y.var(ddof=1) / 3
+        assert f["welch_t"] == pytest.approx((x.mean() - y.mean()) / np.sqrt(var), rel=1e-9)
+        assert f["welch_df"] == pytest.approx(var**2 / ((x.var(ddof=1) / 3) ** 2 / 2 + (y.var(ddof=1) / 3) ** 2 / 2))
+        naive.append(f["p"])
+        assert f["comparisons"] == 4 and f["interval_95"][0] <= f["difference"] <= f["interval_95"][1]
+    order = np.argsort(naive)
+    holm = np.maximum.accumulate(np.minimum(1.0, (4 - np.arange(4)) * np.array(naive)[order]))
+    assert [f["p_holm"] for f in np.array(found)[order]] == pytest.approx(list(holm))
+    assert main(argv[:4] + ["--summary", "--compare", "m0.5,m0.2", "--compare", "m0.8,m0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("4 comparison(s) tested in this call; Welch's t-test")
+    assert f"p_holm {found[0]['p_holm']:.3g} of 4" in printed.splitlines()[1]
     one_seed = [r for r in rows if r["arm"] != "m0.2" or r["seed"] == 0]
     assert study.compare(one_seed, "m0.5", "m0.2", "lfw_acc").verdict == "cannot tell (one seed: no spread)"
     assert main(argv[:4] + ["--summary", "--compare", "m0.5"]) == 2

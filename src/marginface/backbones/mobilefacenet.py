@@ -21,6 +21,13 @@ stride is 1 and the width is unchanged) with PReLU instead of ReLU6, as in the p
 the embedding layer; by default (``output="E"`` with ``pool="gdc"``) it is
 BN2d - Dropout - GDConv7x7 + BN - FC(512 -> D) - BN1d, the paper's layer plus the ArcFace option-E
 normalisations.  The paper's 0.99M parameters / 221M MACs are for D = 128.
+
+``scale`` and ``blocks`` give the wider and deeper variants of insightface's arcface_torch (``mbf``: scale 2,
+blocks (1, 4, 6, 2); ``mbf_large``: scale 4, blocks (2, 8, 12, 4)), so their weights load unchanged: the
+widths 64 / 128 of the table become 64 x scale / 128 x scale while the bottlenecks' hidden widths stay those of
+the table (128, 256, 512 - as there), and ``blocks`` counts the stride-1 bottlenecks after each stride-2 one
+(``blocks[0]`` > 1 replaces the depthwise conv of row 2 by that many 64 x scale bottlenecks of hidden width
+128).  Row 2's convolution has 64 groups, which is depthwise at scale 1 (the paper) and grouped above.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ from .iresnet import _init_weights
 
 # (expansion t, output channels c, repeats n, first stride s), rows 3-7 of table 1.
 BOTTLENECKS = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
+# The same rows as stages of insightface's layout: (width at scale 1, hidden width of the stride-2 bottleneck,
+# hidden width of the stride-1 ones); ``blocks[i + 1]`` stride-1 bottlenecks follow stage i's stride-2 one.
+STAGES = ((64, 128, 128), (128, 256, 256), (128, 512, 256))
+PAPER_BLOCKS = (1, 4, 6, 2)
 
 
 class ConvBNPReLU(nn.Sequential):
@@ -53,9 +64,8 @@ class Bottleneck(nn.Module):
     (B, C_in, H, W) -> (B, C_out, H / stride, W / stride); the input is added back when shapes allow.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, expansion: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, stride: int) -> None:
         super().__init__()
-        hidden = in_channels * expansion
         self.expand = ConvBNPReLU(in_channels, hidden, 1)
         self.depthwise = ConvBNPReLU(hidden, hidden, 3, stride, groups=hidden)
         self.project = nn.Sequential(nn.Conv2d(hidden, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
@@ -77,6 +87,8 @@ class MobileFaceNet(nn.Module):
             with output E this means the full FC over the flattened 7x7x512 map, ~12.8M more weights).
         checkpointing: recompute each bottleneck's activations during backward (training memory saver).
         fix_gamma: option E's final BatchNorm1d has a fixed scale of 1.
+        scale: width multiplier of the trunk (1: the paper; 2 / 4: arcface_torch's mbf / mbf_large).
+        blocks: stride-1 bottlenecks per stage, arcface_torch's ``blocks`` (see the module docstring).
     """
 
     def __init__(
@@ -87,18 +99,26 @@ class MobileFaceNet(nn.Module):
         pool: str = "gdc",
         checkpointing: bool = False,
         fix_gamma: bool = True,
+        scale: int = 1,
+        blocks: tuple[int, int, int, int] | list[int] = PAPER_BLOCKS,
     ) -> None:
         super().__init__()
+        if scale < 1 or len(blocks) != 4 or min(blocks) < 1:
+            raise ValueError(f"MobileFaceNet needs scale >= 1 and four block counts >= 1, got {scale}, {blocks}")
         self.embedding_size = embedding_size
         self.checkpointing = checkpointing
-        self.conv1 = ConvBNPReLU(3, 64, 3, stride=2)
-        self.conv2_dw = ConvBNPReLU(64, 64, 3, groups=64)
-        blocks, in_channels = [], 64
-        for expansion, channels, repeats, stride in BOTTLENECKS:
-            for i in range(repeats):
-                blocks.append(Bottleneck(in_channels, channels, expansion, stride if i == 0 else 1))
-                in_channels = channels
-        self.blocks = nn.Sequential(*blocks)
+        width = 64 * scale
+        self.conv1 = ConvBNPReLU(3, width, 3, stride=2)
+        if blocks[0] == 1:
+            self.conv2_dw = ConvBNPReLU(width, width, 3, groups=64)
+        else:
+            self.conv2_dw = nn.Sequential(*(Bottleneck(width, width, 128, 1) for _ in range(blocks[0])))
+        trunk, in_channels = [], width
+        for (channels, hidden_down, hidden), repeats in zip(STAGES, blocks[1:]):
+            trunk.append(Bottleneck(in_channels, channels * scale, hidden_down, 2))
+            trunk += [Bottleneck(channels * scale, channels * scale, hidden, 1) for _ in range(repeats)]
+            in_channels = channels * scale
+        self.blocks = nn.Sequential(*trunk)
         self.conv_sep = ConvBNPReLU(in_channels, 512, 1)
         self.head = EmbeddingHead(output, 512, 7, embedding_size, dropout, pool, fix_gamma)
         _init_weights(self)

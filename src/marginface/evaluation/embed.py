@@ -229,6 +229,11 @@ def load_backbone(name: str | None, checkpoint: str | Path, embedding_size: int 
     from marginface.inference.card import InputContract
 
     path = Path(checkpoint)
+    if path.suffix != ".safetensors" and name is None:
+        # a foreign model (MXNet zoo, arcface_torch .pth, ONNX): load_model reads it and its contract
+        from marginface.inference.model import EvalInputAdapter, load_model
+
+        return EvalInputAdapter(load_model(path))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     card = _card(path) if path.suffix == ".safetensors" else None
@@ -236,11 +241,16 @@ def load_backbone(name: str | None, checkpoint: str | Path, embedding_size: int 
         if name is None:
             raise UserError(f"checkpoint {path} has no model card: pass --backbone (and --embedding-size, default 512)")
         return load_backbone_weights(backbones.create(name, embedding_size=embedding_size or 512), checkpoint)
+    same_model = name in (None, card.backbone) and embedding_size in (None, card.embedding_size)
     if card.input != InputContract(flip_tta=card.input.flip_tta):
-        # eval feeds RGB 112x112 in [-1, 1]; another contract would give wrong numbers without a word
-        raise UserError(f"checkpoint {path}'s model card asks for another input ({card.input}) than eval feeds "
-                        "(112x112 RGB, (x - 127.5) / 127.5): evaluate it through marginface.inference.FaceRecognizer")
-    if name in (None, card.backbone) and embedding_size in (None, card.embedding_size):
+        # eval feeds RGB 112x112 in [-1, 1]; another contract is applied by the adapter, never ignored
+        if not same_model:
+            raise UserError(f"checkpoint {path}'s model card asks for another input ({card.input}) than eval feeds "
+                            "(112x112 RGB, (x - 127.5) / 127.5); leave --backbone/--embedding-size out to use it")
+        from marginface.inference.model import EvalInputAdapter, load_model
+
+        return EvalInputAdapter(load_model(path))
+    if same_model:
         from marginface.inference.model import load_model
 
         return load_model(path).runner

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,10 @@ import torch
 #: metadata key under which the card's JSON is stored (safetensors header / ONNX metadata_props).
 CARD_KEY = "marginface.card"
 CARD_VERSION = 1
+#: sane ranges of the contract's sizes, checked when a card is built or read, before anything is allocated.
+INPUT_SIZE_RANGE = (8, 1024)  # pixels per side of the aligned crop
+EMBEDDING_SIZE_RANGE = (1, 65536)  # D
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -47,10 +52,13 @@ class InputContract:
     flip_tta: bool = True
 
     def __post_init__(self) -> None:
+        _check_int("input.size", self.size, INPUT_SIZE_RANGE)
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"card input.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"card input.mean/std must be three values (std > 0), got {self.mean} / {self.std}")
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in [*self.mean, *self.std]):
+            raise ValueError(f"card input.mean/std must be finite numbers, got {self.mean} / {self.std}")
 
 
 @dataclass
@@ -84,10 +92,25 @@ class ModelCard:
     source: str = "user"
     version: int = CARD_VERSION
 
+    def __post_init__(self) -> None:
+        """Contract fields in range (before any model or buffer of these sizes is built) and usable thresholds."""
+        _check_int("embedding_size", self.embedding_size, EMBEDDING_SIZE_RANGE)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"card precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for key in ("default", "best_threshold"):
+            value = self.thresholds.get(key)
+            if value is None or value == math.inf:  # +inf: no threshold meets the FAR, every pair is rejected
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1:
+                raise ValueError(f"card thresholds.{key} must be a cosine in [-1, 1] (or +inf), got {value!r}: "
+                                 "calibrate the model again (marginface calibrate MODEL ...)")
+
     @property
     def compatibility_key(self) -> str:
-        """Weights hash + precision: fp32 torch and its fp32 ONNX export share it; fp16/INT8 exports do not."""
-        return f"{self.weights_sha256}:{'fp32' if self.precision == 'fp32' else self.precision}"
+        """Weights hash + precision (+ ``:BGR`` for a BGR input contract): fp32 torch and its fp32 ONNX export share
+        it; fp16/INT8 exports, and the same weights fed the other channel order, do not."""
+        order = "" if self.input.channel_order == "RGB" else f":{self.input.channel_order}"
+        return f"{self.weights_sha256}:{'fp32' if self.precision == 'fp32' else self.precision}{order}"
 
     @property
     def threshold(self) -> float | None:
@@ -133,6 +156,12 @@ class ModelCard:
         else:
             lines.append("thresholds    none calibrated (marginface calibrate MODEL --pairs ...)")
         return "\n".join(lines)
+
+
+def _check_int(name: str, value: Any, bounds: tuple[int, int]) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not bounds[0] <= value <= bounds[1]:
+        raise ValueError(f"card {name} must be an integer in [{bounds[0]}, {bounds[1]}], got {value!r}: the card is "
+                         "damaged or not for this kind of model")
 
 
 def _short(value: Any) -> str:

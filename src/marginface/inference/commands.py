@@ -1,4 +1,4 @@
-"""``marginface verify | enroll | identify | export | calibrate | info``: thin CLI over marginface.inference.
+"""``marginface verify | enroll | identify | export | calibrate | info | convert``: thin CLI over marginface.inference.
 
 Each prints lines a person reads, or one JSON object with ``--json``. Errors are raised (UserError /
 ValueError / FileNotFoundError) and printed by ``marginface.cli.main``.
@@ -9,18 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 
 def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register the six inference commands."""
-    for add in (_add_verify, _add_enroll, _add_identify, _add_export, _add_calibrate, _add_info):
+    """Register the seven inference commands."""
+    for add in (_add_verify, _add_enroll, _add_identify, _add_export, _add_calibrate, _add_info, _add_convert):
         add(subparsers)
 
 
 def _face_options(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     parser.add_argument("--model", required=model_required,
-                        help="model file: .safetensors (marginface), .pth (insightface), .onnx")
+                        help="model file: .safetensors (marginface), .pth (insightface arcface_torch), .onnx, "
+                        "MXNet prefix-0000.params / prefix-symbol.json / prefix")
     parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda:0")
     parser.add_argument("--keep", default="centre", choices=["centre", "largest", "score"],
                         help="face used when a photo has several (as marginface align)")
@@ -95,15 +97,19 @@ def _run_enroll(args: argparse.Namespace) -> int:
 
     recognizer = _recognizer(args)
     exists = (Path(args.gallery) / "CURRENT").is_file()
-    gallery = Gallery.load(args.gallery) if exists else Gallery.create(recognizer.card)
-    gallery.model_path = gallery.model_path or str(Path(args.model).resolve())
-    report = gallery.enroll_folder(recognizer, args.folder, skip_bad=args.skip_bad)
-    gallery.save(args.gallery)
+    before = Gallery.load(args.gallery) if exists else Gallery.create(recognizer.card)
+    batch = before.embed_folder(recognizer, args.folder, skip_bad=args.skip_bad)  # outside the lock: slow
+    # load again under the folder's lock: another enroll may have saved meanwhile; both land (see Gallery.update)
+    with Gallery.update(args.gallery, recognizer.card, on_wait=lambda m: print(m, file=sys.stderr)) as gallery:
+        gallery.model_path = gallery.model_path or str(Path(args.model).resolve())
+        report = gallery.apply(batch)
     if args.json:
         _print_json({**report, "gallery": args.gallery})
         return 0
     print(f"enrolled {report['images']} images of {report['identities']} identities; the gallery {args.gallery} "
           f"now holds {report['gallery_size']}")
+    if report["already_enrolled"]:
+        print(f"  {len(report['already_enrolled'])} images were already enrolled (same file bytes) and were skipped")
     for item in report["skipped"]:
         print(f"  skipped {item['path']}: {item['error']}")
     for item in report["several_faces"]:
@@ -139,15 +145,34 @@ def _run_identify(args: argparse.Namespace) -> int:
     threshold = recognizer.card.threshold
     if args.json:
         _print_json({"threshold": threshold, "results": [
-            {"image": info.input, "face": info, "matches": [m.__dict__ for m in matches]}
-            for info, matches in zip(infos, results)]})
+            {"image": info.input, "face": info, "matches": [m.__dict__ for m in matches],
+             "match": _best_match(matches, threshold)} for info, matches in zip(infos, results)]})
         return 0
     for info, matches in zip(infos, results):
         print(_face_note(info))
         for rank, match in enumerate(matches, 1):
-            flag = "" if threshold is None else ("  (match)" if match.score >= threshold else "  (below threshold)")
-            print(f"  {rank}. {match.name}  cosine {match.score:.4f}{flag}")
+            print(f"  {rank}. {_printable(match.name)}  cosine {match.score:.4f}{_flag(rank, match.score, threshold)}")
     return 0
+
+
+def _best_match(matches: list[Any], threshold: float | None) -> str | None:
+    """The identity a photo is identified as: the best-scoring one if it reaches the threshold, else None.
+    One photo is one person, so at most one result is "the match" (others above the threshold are only that)."""
+    return matches[0].name if matches and threshold is not None and matches[0].score >= threshold else None
+
+
+def _flag(rank: int, score: float, threshold: float | None) -> str:
+    if threshold is None:
+        return ""
+    if score < threshold:
+        return "  (below threshold)"
+    return "  (match)" if rank == 1 else "  (also above threshold)"
+
+
+def _printable(name: str) -> str:
+    """``name`` as typed, or its escaped repr when it holds control characters (a newline or an ANSI escape
+    in an identity folder's name must not rewrite the terminal or add fake result lines)."""
+    return name if name.isprintable() else ascii(name)
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -221,5 +246,29 @@ def _run_info(args: argparse.Namespace) -> int:
         print(card.to_json())
         return 0
     print(f"{args.model}")
+    print(card.describe())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ convert
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="write a foreign model (MXNet, arcface_torch .pth) as our .safetensors with a card",
+        description="Read IN with load_model (MXNet prefix-0000.params / -symbol.json / prefix, .pth, "
+        "safetensors) and write OUT.safetensors: the weights under our backbone's names and the model card.")
+    parser.add_argument("src", metavar="IN")
+    parser.add_argument("out", metavar="OUT", help="output .safetensors path")
+    parser.add_argument("--json", action="store_true", help="print the card as JSON")
+    parser.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from marginface.inference.model import convert_model
+
+    card = convert_model(args.src, args.out)
+    if args.json:
+        print(card.to_json())
+        return 0
+    print(f"wrote {args.out}")
     print(card.describe())
     return 0

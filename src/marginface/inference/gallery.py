@@ -22,25 +22,42 @@ refuses probes and enrolments from any other model: embeddings of two models are
 
 A save writes a new version in a temporary folder, fsyncs it, renames it into place and only then replaces
 ``CURRENT`` (``os.replace``, atomic): a crash at any point leaves ``CURRENT`` naming a complete version, so
-nothing already saved is lost. A damaged current version (files truncated or edited after the fact) is a
-clear error naming the file and the intact previous version to load instead.
+nothing already saved is lost.
+
+**Several writers.** A save holds the folder's writer lock (``G/.lock``, see :mod:`.locking`) and is refused
+(:class:`GalleryConflictError`) when ``CURRENT`` is no longer the version this gallery was loaded from: another
+writer saved in between, and saving would drop its identities. :meth:`Gallery.update` (what ``marginface enroll``
+uses) holds the lock across load -> change -> save, so two enrolments into one folder both land, one after the
+other. Temporary folders of a save in progress (``.tmp-<version>-<pid>-<thread>``) are removed only when their
+process is gone.
+
+**Re-enrolment.** Images enrolled from files are remembered by the SHA-256 of their bytes; enrolling the same
+file again (under any identity) skips it and says so, so re-running ``enroll`` on a folder adds only new photos.
+
+A damaged current version (files truncated or edited after the fact) is a clear error naming the file and the
+intact previous version to load instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from marginface.errors import UserError
+from marginface.inference.locking import pid_alive, writer_lock
 
 #: above this many identities a search without ``exact=`` uses the IVF index (see docs/inference.md).
 APPROXIMATE_ABOVE = 250_000
@@ -56,9 +73,62 @@ class Match:
     score: float
 
 
+class GalleryConflictError(UserError):
+    """Another writer saved the gallery folder after this gallery was loaded: saving would lose its changes."""
+
+
+@dataclass
+class Enrolment:
+    """Embeddings of a folder's photos, computed but not yet in a gallery (see :meth:`Gallery.embed_folder`).
+
+    ``vectors[name]`` is (M, D) float32 (one row per image) and ``hashes[name]`` the M SHA-256 hex digests of the
+    image files' bytes, in the same order.
+    """
+
+    model_key: str
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    hashes: dict[str, list[str]] = field(default_factory=dict)
+    identities: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    several_faces: list[dict] = field(default_factory=list)
+    already: list[dict] = field(default_factory=list)  # images skipped because their bytes are enrolled
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _key_of(model: Any) -> str:
     """A ModelCard's compatibility key (or the key itself when a string is given)."""
     return model if isinstance(model, str) else model.compatibility_key
+
+
+def _key_parts(key: str) -> dict[str, str]:
+    """A compatibility key ``sha256:precision[:BGR]`` split into named parts."""
+    parts = key.split(":")
+    return {"weights": parts[0], "precision": parts[1] if len(parts) > 1 else "?",
+            "channel order": parts[2] if len(parts) > 2 else "RGB"}
+
+
+def _describe_key(key: str) -> str:
+    p = _key_parts(key)
+    return f"sha256 {p['weights'][:16]}... {p['precision']} {p['channel order']}"
+
+
+def _key_difference(ours: str, theirs: str) -> str:
+    """What differs between two compatibility keys, e.g. "precision fp32 vs int8"."""
+    a, b = _key_parts(ours), _key_parts(theirs)
+    diff = [f"{k} {a[k]} vs {b[k]}" for k in ("precision", "channel order") if a[k] != b[k]]
+    if a["weights"] != b["weights"]:
+        n = next((i for i, (x, y) in enumerate(zip(a["weights"], b["weights"])) if x != y), 0)
+        width = max(16, n + 4)  # enough digits to show where they differ
+        diff.append(f"weights sha256 {a['weights'][:width] or '(none)'} vs {b['weights'][:width] or '(none)'}")
+    return "; ".join(diff) or "different keys"
 
 
 def _unit_rows(x: np.ndarray, dim: int, what: str) -> np.ndarray:
@@ -89,7 +159,9 @@ class Gallery:
         self._images = np.zeros(0, np.int64)
         self._norms = np.zeros(0, np.float64)  # ||sum of normalised embeddings|| per identity
         self._index: dict[str, Any] = {}  # "ivf" -> (faiss index, rows indexed)
+        self._hashes: dict[str, str] = {}  # SHA-256 of an enrolled image file -> its identity
         self.path: Path | None = None
+        self._base: str | None = None  # the CURRENT of self.path when loaded or last saved (conflict check)
         self.model_path = ""  # where the enrolling model's file was (a default for ``marginface identify``)
         self.approximate_above, self.nprobe = APPROXIMATE_ABOVE, 64  # see docs/inference.md (recall)
 
@@ -131,9 +203,10 @@ class Gallery:
         key = _key_of(model)
         if key != self.model_key:
             where = f" at {self.path}" if self.path else ""
-            raise UserError(f"the gallery{where} was enrolled with model {self.model_key[:16]}... but these {what} "
-                            f"come from model {key[:16]}...: embeddings of different models (or precisions) are "
-                            "not comparable; use the gallery's model or enrol a new gallery with this one")
+            raise UserError(f"the gallery{where} was enrolled with model {_describe_key(self.model_key)} but these "
+                            f"{what} come from model {_describe_key(key)} ({_key_difference(self.model_key, key)}): "
+                            "embeddings of different models (or precisions) are not comparable; use the gallery's "
+                            "model or enrol a new gallery with this one")
 
     # ------------------------------------------------------------------------------------------ changes
     def add(self, name: str, embeddings: np.ndarray, model: Any) -> None:
@@ -202,6 +275,7 @@ class Gallery:
             self._images[row], self._norms[row] = self._images[last], self._norms[last]
             self._row[moved] = row
         del self._row[name]
+        self._hashes = {h: n for h, n in self._hashes.items() if n != name}
         self._names.pop()
         self._images, self._norms = self._images[:last], self._norms[:last]
         self._index.clear()
@@ -214,6 +288,7 @@ class Gallery:
         row = self._lookup(old)
         self._names[row] = new
         self._row[new] = self._row.pop(old)
+        self._hashes = {h: (new if n == old else n) for h, n in self._hashes.items()}
 
     # ------------------------------------------------------------------------------------------ search
     def search(self, probes: np.ndarray, k: int = 5, *, model: Any, exact: bool | None = None) -> list[list[Match]]:
@@ -264,10 +339,16 @@ class Gallery:
         self.add(name, recognizer.embed(images, **embed_kwargs), recognizer.card)
 
     def enroll_folder(self, recognizer: Any, folder: str | os.PathLike, skip_bad: bool = False) -> dict[str, Any]:
-        """Enrol ``folder/<identity>/<images>`` (progress bar per image); returns what was done.
+        """Enrol ``folder/<identity>/<images>`` (progress bar per image); returns what was done (see :meth:`apply`).
 
         ``skip_bad``: unreadable images and images without a face are skipped and listed instead of raising.
+        Image files already enrolled (same bytes) are skipped and listed under ``"already_enrolled"``.
         """
+        return self.apply(self.embed_folder(recognizer, folder, skip_bad))
+
+    def embed_folder(self, recognizer: Any, folder: str | os.PathLike, skip_bad: bool = False) -> Enrolment:
+        """Embed ``folder/<identity>/<images>`` without changing the gallery; files whose bytes are already
+        enrolled here are not embedded again."""
         from tqdm import tqdm
 
         from marginface.align.pipeline import list_images
@@ -277,67 +358,132 @@ class Gallery:
         by_identity: dict[str, list[Path]] = {}
         for path in images:
             by_identity.setdefault(path.parent.name, []).append(path)
-        skipped, several = [], []
+        batch = Enrolment(recognizer.card.compatibility_key, identities=len(by_identity))
+        seen: set[str] = set()
         bar = tqdm(total=len(images), desc="enrol", unit="img")
         for name, paths in by_identity.items():
-            vectors, infos = self._embed_identity(recognizer, paths, skip_bad, skipped)
+            digests = [file_sha256(p) for p in paths]
+            fresh = [(p, h) for p, h in zip(paths, digests) if not self._known(h, name, p, seen, batch.already)]
+            kept: list[tuple[Path, str]] = []
+            vectors, infos = self._embed_identity(recognizer, fresh, skip_bad, batch.skipped, kept) if fresh else (
+                np.zeros((0, self.dim), np.float32), [])
             bar.update(len(paths))
-            several += [{"path": i.input, "faces": i.faces, "kept": i.kept} for i in infos if i.several]
+            batch.several_faces += [{"path": i.input, "faces": i.faces, "kept": i.kept} for i in infos if i.several]
             if len(vectors):
-                self.add(name, vectors, recognizer.card)
+                batch.vectors[name], batch.hashes[name] = vectors, [h for _, h in kept]
         bar.close()
-        return {"identities": len(by_identity), "images": len(images) - len(skipped), "skipped": skipped,
-                "several_faces": several, "gallery_size": len(self)}
+        return batch
+
+    def _known(self, digest: str, name: str, path: Path, seen: set[str], already: list[dict]) -> bool:
+        """Whether an image file (by its SHA-256) is enrolled already or earlier in this folder; lists it if so."""
+        if digest in self._hashes or digest in seen:
+            already.append({"path": str(path), "identity": self._hashes.get(digest, name)})
+            return True
+        seen.add(digest)
+        return False
+
+    def apply(self, batch: Enrolment) -> dict[str, Any]:
+        """Add an :class:`Enrolment`'s images whose bytes are not enrolled yet (another writer may have added
+        some since it was embedded); returns counts and the skipped / several-face / already-enrolled lists."""
+        self.check_model(batch.model_key, "embeddings")
+        already, added = list(batch.already), 0
+        for name, vectors in batch.vectors.items():
+            keep = [i for i, h in enumerate(batch.hashes[name]) if h not in self._hashes]
+            already += [{"path": "", "identity": self._hashes[h]} for h in batch.hashes[name] if h in self._hashes]
+            if keep:
+                self.add(name, vectors[keep], batch.model_key)
+                self._hashes.update({batch.hashes[name][i]: name for i in keep})
+                added += len(keep)
+        return {"identities": batch.identities, "images": added, "skipped": batch.skipped,
+                "several_faces": batch.several_faces, "already_enrolled": already, "gallery_size": len(self)}
 
     @staticmethod
-    def _embed_identity(recognizer: Any, paths: list[Path], skip_bad: bool, skipped: list[dict]
-                        ) -> tuple[np.ndarray, list[Any]]:
-        """One identity's images in one batch; with ``skip_bad``, a failing batch is redone image by image and
-        the unreadable / faceless images are appended to ``skipped``."""
+    def _embed_identity(recognizer: Any, items: list[tuple[Path, str]], skip_bad: bool, skipped: list[dict],
+                        kept: list[tuple[Path, str]]) -> tuple[np.ndarray, list[Any]]:
+        """One identity's (path, digest) images in one batch, appending the embedded ones to ``kept``; with
+        ``skip_bad``, a failing batch is redone image by image and the unreadable / faceless images are appended
+        to ``skipped``."""
         try:
-            return recognizer.embed_with_info(paths)
+            vectors, infos = recognizer.embed_with_info([p for p, _ in items])
+            kept += items
+            return vectors, infos
         except ValueError:  # NoFaceError and unreadable files are ValueErrors
             if not skip_bad:
                 raise
         vectors, infos = [], []
-        for path in paths:
+        for path, digest in items:
             try:
                 vector, info = recognizer.embed_with_info(path)
             except ValueError as err:
                 skipped.append({"path": str(path), "error": str(err)})
                 continue
             vectors.append(vector)
+            kept.append((path, digest))
             infos += info
         return (np.concatenate(vectors) if vectors else np.zeros((0, recognizer.card.embedding_size))), infos
 
     # ------------------------------------------------------------------------------------------ disk
+    @classmethod
+    @contextmanager
+    def update(cls, path: str | os.PathLike, model: Any, on_wait: Callable[[str], None] | None = None
+               ) -> Iterator[Gallery]:
+        """Change the gallery at ``path`` safely beside other writers: under the folder's writer lock, load it
+        (or create an empty one for ``model`` if there is none), yield it, and save it if the block succeeds.
+
+        Two updates of one folder (threads or processes) run one after the other, each on the other's result, so
+        neither is lost. ``on_wait`` gets a message once if another writer holds the lock.
+        """
+        folder = Path(path)
+        _check_gallery_folder(folder)
+        with writer_lock(folder, on_wait=on_wait):
+            gallery = cls.load(folder) if (folder / _CURRENT).is_file() else cls.create(model)
+            gallery.check_model(model, "changes")
+            yield gallery
+            gallery.save(folder)
+
     def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the gallery to ``path`` (default: where it was loaded from) atomically; see the module doc."""
+        """Write the gallery to ``path`` (default: where it was loaded from) atomically; see the module doc.
+
+        Raises GalleryConflictError if another writer saved the folder since this gallery was loaded from it (or
+        if ``path`` holds another gallery): nothing is written then.
+        """
         folder = Path(path) if path is not None else self.path
         if folder is None:
             raise ValueError("save(path): this gallery has no folder yet")
-        folder.mkdir(parents=True, exist_ok=True)
-        if any(folder.iterdir()) and not (folder / _CURRENT).is_file():
-            raise UserError(f"{folder} exists and is not a gallery folder (no {_CURRENT} file): choose a new or "
-                            "empty folder")
-        elsewhere = self.path is None or folder.resolve() != self.path.resolve()
-        if elsewhere and (folder / _CURRENT).is_file():
+        _check_gallery_folder(folder)
+        with writer_lock(folder):
+            current = _read_current(folder)
+            if current is not None:
+                self._check_overwrite(folder, current)
+            versions = _versions(folder)
+            version = f"v{(int(versions[-1][1:]) + 1) if versions else 1:06d}"
+            tmp = folder / f".tmp-{version}-{os.getpid()}-{threading.get_ident()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            self._write_version(tmp)
+            os.replace(tmp, folder / version)
+            _fsync_dir(folder)
+            _write_atomic(folder / _CURRENT, version)
+            _prune(folder, keep=(version, current or version))
+        self.path, self._base = folder, version
+        return folder
+
+    def _check_overwrite(self, folder: Path, current: str) -> None:
+        """Refuse a save that would replace a version this gallery did not start from."""
+        same = self.path is not None and folder.resolve() == self.path.resolve()
+        if not same:
             other = _stored_model_key(folder)
             if other != self.model_key:
                 raise UserError(f"{folder} holds a gallery of another model ({other[:16]}...); saving this one "
                                 f"({self.model_key[:16]}...) there would replace it: choose another folder")
-        versions = _versions(folder)
-        version = f"v{(int(versions[-1][1:]) + 1) if versions else 1:06d}"
-        tmp = folder / f".tmp-{version}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        self._write_version(tmp)
-        os.replace(tmp, folder / version)
-        _fsync_dir(folder)
-        _write_atomic(folder / _CURRENT, version)
-        _prune(folder, keep=(version, *versions[-1:]))
-        self.path = folder
-        return folder
+            raise GalleryConflictError(f"{folder} already holds a gallery ({current}); saving this one there would "
+                                       "replace its identities: load that gallery and add to it, or choose another "
+                                       "folder")
+        if current != self._base:
+            raise GalleryConflictError(
+                f"the gallery {folder} was saved by another writer ({current}) after this copy was loaded "
+                f"({self._base}); saving would drop that writer's identities, so nothing was saved: load it again "
+                "and redo the change (marginface enroll and Gallery.update do this under the folder's lock)")
 
     def _write_version(self, tmp: Path) -> None:
         with open(tmp / _VECTORS, "wb") as handle:
@@ -349,11 +495,13 @@ class Gallery:
             db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             db.execute("CREATE TABLE identities (row INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, "
                        "images INTEGER NOT NULL, norm REAL NOT NULL)")
+            db.execute("CREATE TABLE images (sha256 TEXT PRIMARY KEY, name TEXT NOT NULL)")
             meta = {"format": FORMAT, "model_key": self.model_key, "card": self.card_json, "dim": str(self.dim),
                     "count": str(len(self)), "model_path": self.model_path, "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
             db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
             db.executemany("INSERT INTO identities VALUES (?, ?, ?, ?)",
                            zip(range(len(self)), self._names, self._images.tolist(), self._norms.tolist()))
+            db.executemany("INSERT INTO images VALUES (?, ?)", self._hashes.items())
             db.commit()
         finally:
             db.close()
@@ -368,13 +516,14 @@ class Gallery:
         if not (folder / _CURRENT).is_file():
             raise FileNotFoundError(f"{folder} is not a gallery folder (no {folder / _CURRENT}); create one with "
                                     "marginface enroll --gallery DIR ...")
-        version = version or (folder / _CURRENT).read_text().strip()
+        current = (folder / _CURRENT).read_text().strip()
+        version = version or current
         vdir = folder / version
         try:
             gallery = cls._read_version(vdir)
         except (OSError, ValueError, sqlite3.Error, KeyError) as err:
             raise UserError(_damaged_message(folder, version, err)) from err
-        gallery.path = folder
+        gallery.path, gallery._base = folder, current
         return gallery
 
     @classmethod
@@ -389,6 +538,8 @@ class Gallery:
                 raise ValueError(f"{db_path} fails SQLite's integrity check")
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             rows = db.execute("SELECT name, images, norm FROM identities ORDER BY row").fetchall()
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            hashes = db.execute("SELECT sha256, name FROM images").fetchall() if "images" in tables else []
         finally:
             db.close()
         if meta.get("format") != FORMAT:
@@ -401,6 +552,7 @@ class Gallery:
         if vectors.shape != (count, dim) or len(rows) != count or vectors.dtype != np.float32:
             raise ValueError(f"{vec_path} holds {vectors.shape} {vectors.dtype} but {db_path} lists {len(rows)} of "
                              f"{count} identities of D={dim}")
+        _check_contents(vec_path, db_path, vectors, rows)
         gallery = cls(meta["model_key"], dim, meta["card"])
         gallery._vectors = vectors
         gallery.model_path = meta.get("model_path", "")
@@ -408,6 +560,7 @@ class Gallery:
         gallery._row = {n: i for i, n in enumerate(gallery._names)}
         gallery._images = np.array([r[1] for r in rows], np.int64)
         gallery._norms = np.array([r[2] for r in rows], np.float64)
+        gallery._hashes = dict(hashes)
         return gallery
 
     def describe(self) -> str:
@@ -463,8 +616,61 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _prune(folder: Path, keep: Iterable[str]) -> None:
-    """Delete versions not in ``keep`` and temporary folders of interrupted saves."""
+    """Delete versions not in ``keep`` and temporary folders of interrupted saves (never one whose process is
+    still running: it may be a writer that does not take the lock, e.g. an older marginface)."""
     stale = [v for v in _versions(folder) if v not in set(keep)]
-    stale += [p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith(".tmp-")]
+    stale += [p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith(".tmp-") and _abandoned(p.name)]
     for name in stale:
         shutil.rmtree(folder / name, ignore_errors=True)
+
+
+def _abandoned(tmp_name: str) -> bool:
+    """Whether ``.tmp-<version>-<pid>[-<thread>]`` was left by this process (its save failed: the caller holds the
+    lock, so no save of ours is in progress) or by a process that no longer exists."""
+    parts = tmp_name.split("-")
+    try:
+        pid = int(parts[2])
+    except (IndexError, ValueError):
+        return False  # not named by a save: leave it
+    return pid == os.getpid() or not pid_alive(pid)
+
+
+#: how far a stored template's norm may be from 1 (float32 rounding of a normalised row is ~1e-7).
+NORM_TOLERANCE = 1e-3
+
+
+def _check_contents(vec_path: Path, db_path: Path, vectors: np.ndarray, rows: list[tuple]) -> None:
+    """A loaded version's contents are what save() writes: finite unit templates, distinct non-empty names,
+    image counts >= 1 and finite positive sums' norms. Raises ValueError naming the first bad row."""
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE))
+    if len(bad):
+        raise ValueError(f"{vec_path} row {bad[0]} ({rows[bad[0]][0]!r}) has norm {norms[bad[0]]:.6g}, not 1: "
+                         f"templates are unit vectors ({len(bad)} bad rows)")
+    seen: set[str] = set()
+    for i, (name, images, norm) in enumerate(rows):
+        if not isinstance(name, str) or not name or name in seen:
+            raise ValueError(f"{db_path} row {i}: identity name {name!r} is empty, not text or repeated")
+        seen.add(name)
+        if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+            raise ValueError(f"{db_path} row {i} ({name!r}): image count {images!r} is not an integer >= 1")
+        if not isinstance(norm, float | int) or not math.isfinite(norm) or norm <= 0:
+            raise ValueError(f"{db_path} row {i} ({name!r}): norm {norm!r} is not a finite positive number")
+
+
+def _read_current(folder: Path) -> str | None:
+    """The version named by ``folder/CURRENT``, or None when there is none yet."""
+    try:
+        return (folder / _CURRENT).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _check_gallery_folder(folder: Path) -> None:
+    """Create ``folder`` if needed; refuse a folder holding other files (hidden names, such as the lock, aside)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / _CURRENT).is_file():
+        return
+    if any(not p.name.startswith(".") for p in folder.iterdir()):
+        raise UserError(f"{folder} exists and is not a gallery folder (no {_CURRENT} file): choose a new or "
+                        "empty folder")

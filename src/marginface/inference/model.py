@@ -7,6 +7,10 @@ Supported files:
   load when told what they are (``backbone=``/``embedding_size=``, or ``config=`` the run's ``config.json``).
 - insightface arcface_torch ``.pth`` IResNet state dicts (read with ``torch.load(weights_only=True)``): the
   depth and embedding size are read from the tensor names and shapes; contract RGB, ``(x - 127.5) / 127.5``.
+- MXNet model-zoo files (``model-0000.params``, ``model-symbol.json`` or the prefix ``model``), read without
+  mxnet by :mod:`marginface.inference.mxnet_format`: insightface's MobileFaceNet graph becomes our
+  ``mobilefacenet``; any other graph of supported operators runs as an ``MxnetGraph`` (card backbone
+  ``mxnet_graph``). The graph's ``(x - a) * b`` normalisation goes into the card; channel order RGB.
 - ``.onnx``: our exports (card in ``metadata_props``) and insightface recognition models (``w600k_r50.onnx``,
   ...). For those the contract is insightface's own ``model_zoo/arcface_onnx.py``: the app decodes BGR with
   OpenCV and ``cv2.dnn.blobFromImages(..., swapRB=True)`` hands the network **RGB** planes, normalised by
@@ -39,7 +43,11 @@ from marginface.inference.card import (
 
 #: ONNX metadata key holding the hash of the graph's initializers (checked against the graph on load).
 ONNX_HASH_KEY = "marginface.onnx_sha256"
-_SUPPORTED = ".safetensors (marginface), .pth (insightface arcface_torch IResNet), .onnx"
+#: safetensors metadata key holding the MXNet graph (nnvm JSON) of a converted ``mxnet_graph`` model.
+MXNET_SYMBOL_KEY = "marginface.mxnet_symbol"
+MXNET_GRAPH = "mxnet_graph"
+_SUPPORTED = (".safetensors (marginface), .pth (insightface arcface_torch IResNet), .onnx, MXNet "
+              "prefix-0000.params + prefix-symbol.json")
 
 
 @dataclass
@@ -89,6 +97,29 @@ class LoadedModel:
         return (emb / norms).astype(np.float32)
 
 
+class EvalInputAdapter(torch.nn.Module):
+    """A loaded model behind the evaluation contract: ``(B, 3, S, S)`` RGB in [-1, 1] as ``(x - 127.5) / 127.5``
+    -> ``(B, D)`` raw embeddings, whatever the model's own contract (channel order, mean/std, ONNX).
+
+    ``marginface eval`` feeds that contract to every backbone; this undoes it to pixels and applies the card's,
+    so a model normalised otherwise (an MXNet zoo model's ``(x - 127.5) / 128``) is evaluated as it was trained.
+    """
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__()
+        self.loaded = loaded
+        self.embedding_size = loaded.card.embedding_size
+        if isinstance(loaded.runner, torch.nn.Module):
+            self.model = loaded.runner  # registered, so .to(device) / .eval() reach it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = x.float() * 127.5 + 127.5
+        if self.loaded.kind == "torch":
+            return self.loaded.runner(self.loaded.normalise_input(pixels))
+        out = self.loaded.runner(self.loaded.normalise_input(pixels).cpu().numpy())
+        return torch.from_numpy(out).to(x.device)
+
+
 class OnnxRunner:
     """An onnxruntime session as ``(B, 3, S, S) float32 -> (B, D) float32``; loops when the batch is fixed."""
 
@@ -132,6 +163,8 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", backbone: str | 
     path = Path(path)
     if path.is_dir() and (path / "model.safetensors").is_file():
         path = path / "model.safetensors"
+    if path.name.endswith((".params", "-symbol.json")) or path.with_name(path.name + "-symbol.json").is_file():
+        return _load_mxnet(path, device)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
     suffix = path.suffix.lower()
@@ -179,6 +212,8 @@ def _load_safetensors(path: Path, device: str, backbone: str | None, embedding_s
         card = card_from_run_config(str(config), state)
     else:
         raise ValueError(_no_card_message(path))
+    if card.backbone == MXNET_GRAPH:
+        return LoadedModel(card, str(path), _build_mxnet_graph(card, state, metadata, path, device), "torch", device)
     return LoadedModel(card, str(path), _build_torch(card, state, path, device), "torch", device)
 
 
@@ -212,6 +247,77 @@ def _build_torch(card: ModelCard, state: dict[str, torch.Tensor], path: Path, de
                          "another model — rewrite the card (marginface.inference.write_card)")
     card.weights_sha256 = actual
     return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------ MXNet
+def _load_mxnet(path: Path, device: str) -> LoadedModel:
+    """An MXNet model: mapped onto our mobilefacenet when recognised, else run as its graph."""
+    from marginface.inference.mxnet_format import load_mxnet, mobilefacenet_from_graph
+
+    graph, params, _ = load_mxnet(path)
+    mapped = mobilefacenet_from_graph(graph)
+    source = {"kind": "insightface mxnet model zoo (unknown)", "path": str(params)}
+    if mapped is not None:
+        model, kwargs, (mean, std) = mapped
+        card = ModelCard(backbone="mobilefacenet", embedding_size=model.embedding_size, backbone_kwargs=kwargs,
+                         input=InputContract(mean=[mean] * 3, std=[std] * 3), source="insightface-mxnet",
+                         training_data=source, weights_sha256=tensors_sha256(model.state_dict()))
+        return LoadedModel(card, str(path), model.to(device).eval(), "torch", device)
+    with torch.no_grad():
+        dim = graph(torch.zeros(1, 3, 112, 112)).reshape(1, -1).shape[1]
+    graph.embedding_size = dim
+    # the graph normalises (or not) by itself: it is fed raw 0..255 pixels
+    card = ModelCard(backbone=MXNET_GRAPH, embedding_size=dim, input=InputContract(mean=[0.0] * 3, std=[1.0] * 3),
+                     source="insightface-mxnet", training_data=source,
+                     weights_sha256=tensors_sha256(graph.state_dict()))
+    return LoadedModel(card, str(path), graph.to(device).eval(), "torch", device)
+
+
+def _build_mxnet_graph(card: ModelCard, state: dict[str, torch.Tensor], metadata: dict[str, str], path: Path,
+                       device: str) -> torch.nn.Module:
+    """A converted ``mxnet_graph`` model: the graph from the header, the weights from the tensors."""
+    import json
+
+    from marginface.inference.mxnet_format import MxnetGraph, parse_symbol
+
+    if MXNET_SYMBOL_KEY not in metadata:
+        raise ValueError(f"{path}: its card says {MXNET_GRAPH} but the header has no {MXNET_SYMBOL_KEY}; "
+                         "convert the MXNet model again (marginface convert)")
+    symbol = parse_symbol(json.loads(metadata[MXNET_SYMBOL_KEY]), str(path))
+    graph = MxnetGraph(symbol, state, source=str(path))
+    actual = tensors_sha256(graph.state_dict())
+    if card.weights_sha256 and card.weights_sha256 != actual:
+        raise ValueError(f"the card of {path} disagrees with its weights (hash {actual[:16]}... vs the card's "
+                         f"{card.weights_sha256[:16]}...); convert the MXNet model again")
+    graph.embedding_size = card.embedding_size
+    return graph.to(device).eval()
+
+
+def convert_model(src: str | os.PathLike, out: str | os.PathLike) -> ModelCard:
+    """Write the model at ``src`` (any torch format :func:`load_model` reads) as our safetensors file with its card.
+
+    An MXNet graph that is not mapped onto one of our backbones is stored with its graph in the header
+    (``marginface.mxnet_symbol``) and loads back as an ``mxnet_graph``.
+
+    Raises:
+        ValueError: ``out`` is not a ``.safetensors`` path, or ``src`` is an ONNX graph (no torch module).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.suffix.lower() != ".safetensors":
+        raise ValueError(f"convert writes a .safetensors file; {out} has another extension")
+    loaded = load_model(src)
+    if loaded.kind != "torch":
+        raise ValueError(f"{src} is an ONNX graph; convert reads torch-loadable formats (MXNet, .pth, safetensors)")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in loaded.runner.state_dict().items()}
+    metadata = loaded.card.metadata()
+    if loaded.card.backbone == MXNET_GRAPH:
+        metadata[MXNET_SYMBOL_KEY] = loaded.runner.symbol_json()
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, out)
+    return loaded.card
 
 
 # ------------------------------------------------------------------------------------------ insightface .pth
@@ -296,6 +402,9 @@ def _load_onnx(path: Path, device: str) -> LoadedModel:
         if props.get(ONNX_HASH_KEY) not in (None, actual):
             raise ValueError(f"the card of {path} disagrees with its weights: the graph's initializers hash to "
                              f"{actual[:16]}..., the card recorded {props[ONNX_HASH_KEY][:16]}...; re-export it")
+        if ONNX_HASH_KEY not in props:  # a card copied into a foreign graph: its weights claim is unverifiable,
+            card.weights_sha256 = actual  # so the graph is its own model (no gallery of another model accepts it)
+            card.source = f"{card.source}, card without the graph's hash"
     else:
         dim = _static_dim(model.graph.output[0], 1)
         if dim is None:

@@ -10,12 +10,15 @@ target logit during training (``target_logit_training.png``), the target-logit c
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from marginface.data.synthetic import SyntheticFaces
+from marginface.errors import UserError
 from marginface.training.config import TrainConfig, config_from_dict
 from marginface.training.trainer import Trainer
 
@@ -88,26 +91,68 @@ class DemoTrainer(Trainer):
         from marginface.evaluation.embed import embed_tensor
         from marginface.evaluation.verification import evaluate_interleaved
 
-        self.verification = {}
+        self.verification, self.embeddings = {}, {}
         for name, images, issame in self.validation_sets:
             emb = embed_tensor(self.backbone, images, batch_size=self.config.validation.batch_size, flip=True,
                                device=self.device)
+            self.embeddings[name] = emb
             self.verification[name] = evaluate_interleaved(emb, issame, name=name)
         self.model.train()
         return {name: float(r.accuracy.mean) for name, r in self.verification.items()}
 
 
-def run_demo(output_dir: str = "runs/demo", steps: int | None = None) -> dict[str, float]:
-    """Train the demo model; returns held-out verification accuracy before and after training."""
+#: The held-out embeddings of the untrained model (``(2N, D)`` float32), kept so that a resumed demo reports
+#: the same "before training" accuracy and ROC as the uninterrupted run.
+BEFORE_FILE = "before_training_embeddings.npy"
+#: Written last: a run folder holding it is a finished demo, and ``marginface demo`` starts a new one there.
+DONE_FILE = "report.html"
+
+
+def demo_state(output_dir: str | Path) -> str:
+    """``"new"`` (nothing to continue), ``"interrupted"`` (a checkpoint and the before-training embeddings, no
+    report: the demo resumes) or ``"complete"`` (the report was written: the demo starts afresh)."""
+    from marginface.training.reshard import SavedStep
+
+    run = Path(output_dir)
+    if (run / DONE_FILE).is_file():
+        return "complete"
+    if (run / BEFORE_FILE).is_file() and SavedStep.newest(run) is not None:
+        return "interrupted"
+    return "new"
+
+
+def _check_same_steps(output_dir: str | Path, config: TrainConfig) -> None:
+    """An interrupted demo resumes only with its own number of steps (the cosine schedule depends on it)."""
+    saved = json.loads((Path(output_dir) / "config.json").read_text()).get("steps")
+    if saved != config.steps:
+        raise UserError(f"{output_dir} holds an interrupted demo of {saved} steps; this one asks for "
+                        f"{config.steps}: run marginface demo --steps {saved} to resume it, or add --fresh to "
+                        "start over")
+
+
+def run_demo(output_dir: str = "runs/demo", steps: int | None = None, fresh: bool = False) -> dict[str, float]:
+    """Train the demo model; returns held-out verification accuracy before and after training.
+
+    An interrupted demo (Ctrl-C / SIGTERM checkpoint, no report yet) resumes from its checkpoint, as the stop
+    message says; a finished one (``report.html`` written), or any run with ``fresh``, is deleted and started
+    over: rerunning a finished demo means "show it again", not "train on".
+    """
     from marginface.training.trainer import clear_run, plot_loss_curve
 
     start = time.perf_counter()
-    clear_run(output_dir)
-    trainer = DemoTrainer(demo_config(output_dir, steps)).setup()
+    state = "new" if fresh else demo_state(output_dir)
+    config = demo_config(output_dir, steps)
+    if state == "interrupted":
+        _check_same_steps(output_dir, config)
+    else:
+        if state == "complete":
+            print(f"{output_dir} holds a finished demo: starting a new one there")
+        clear_run(output_dir)
+    trainer = DemoTrainer(config).setup()
     if isinstance(trainer.dataset, SyntheticFaces):
         trainer.dataset = _RenderedOnce(trainer.dataset)
-    before = trainer.validate()["synthetic_heldout"]
-    before_result = trainer.verification["synthetic_heldout"]
+    before_result = _before_training(trainer)
+    before = float(before_result.accuracy.mean)
     print(f"held-out synthetic verification before training: {before:.2%}")
     results = trainer.fit()
     after = results["final"]["synthetic_heldout"]
@@ -117,6 +162,20 @@ def run_demo(output_dir: str = "runs/demo", steps: int | None = None) -> dict[st
     report = write_demo_figures(trainer, before_result, after_result, time.perf_counter() - start)
     print(f"run folder: {output_dir} (checkpoints/, log.csv, best.safetensors, figures); open {report}")
     return {"before": before, "after": after}
+
+
+def _before_training(trainer: DemoTrainer):  # noqa: ANN202 (VerificationResult)
+    """The untrained model's held-out result: measured now on a new run, recomputed from the saved embeddings
+    on a resumed one (its weights are no longer the untrained ones)."""
+    from marginface.evaluation.verification import evaluate_interleaved
+
+    path = trainer.run_dir / BEFORE_FILE
+    _, _, issame = trainer.validation_sets[0]
+    if trainer.step and path.is_file():
+        return evaluate_interleaved(np.load(path, allow_pickle=False), issame, name="synthetic_heldout")
+    trainer.validate()
+    np.save(path, trainer.embeddings["synthetic_heldout"], allow_pickle=False)
+    return trainer.verification["synthetic_heldout"]
 
 
 def write_demo_figures(trainer: Trainer, before, after, seconds: float):

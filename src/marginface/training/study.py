@@ -16,7 +16,11 @@ run's raw numbers in one CSV, the spread over seeds in the summary. The spec (YA
 Each run is exactly ``marginface train --config PRESET OVERRIDES ARM_OVERRIDES seed=S output_dir=OUT/ARM_sS``
 (``--dry-run`` prints these commands), then ``marginface eval --checkpoint <final step> --bins ... --json``, both in
 child processes so that the lanes run in parallel with a fixed number of threads each. ``OUT/results.csv`` gets a
-row per evaluated run (written atomically). Rerunning the command skips runs that have their row, evaluates
+row per evaluated run (written atomically), ending with the environment it was computed in (torch, numpy and
+python versions, the marginface commit and whether tracked files had uncommitted changes, the device with its CPU
+model or GPU name, torch's intra-op threads: ``environment.FIELDS``; empty in rows written before they were
+recorded; a run trained by an earlier invocation records the environment of the one that evaluated it, so
+keep one output folder per install). Rerunning the command skips runs that have their row, evaluates
 trained runs that lack it, and resumes half-trained ones from their last checkpoint (the trainer's own resume);
 a failed run is reported with its log and the others go on.
 """
@@ -38,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from marginface.training import environment, study_stats
 from marginface.training.checkpoint import atomic_write_text
 
 #: results.csv columns before the per-set ones
@@ -152,7 +157,9 @@ def eval_device(run: Run) -> str:
 
 
 def columns(spec: StudySpec) -> list[str]:
-    return BASE_COLUMNS + [f"{Path(b).stem}_{f}" for b in spec.bins for f in SET_FIELDS]
+    """results.csv's header: the run, its sets' figures, then its environment (older files lack the last; they
+    read as before and get empty environment cells when the study next rewrites the file)."""
+    return BASE_COLUMNS + [f"{Path(b).stem}_{f}" for b in spec.bins for f in SET_FIELDS] + environment.FIELDS
 
 
 def read_results(path: Path) -> list[dict[str, str]]:
@@ -194,6 +201,15 @@ class Study:
         self.threads = threads or max(1, (os.cpu_count() or 1) // spec.lanes)
         self.results = self.out / "results.csv"
         self._lock = threading.Lock()
+        self._environments: dict[str, dict[str, str]] = {}
+
+    def environment(self, device: str) -> dict[str, str]:
+        """The environment of this study's runs on ``device`` (computed once per device, in a child process with
+        the runs' thread settings: see ``environment.describe_in_child``)."""
+        with self._lock:
+            if device not in self._environments:
+                self._environments[device] = environment.describe_in_child([device], self.env())[device]
+            return self._environments[device]
 
     def env(self) -> dict[str, str]:
         threads = str(self.threads)
@@ -246,7 +262,8 @@ class Study:
             return f"evaluation exited with {code}; see {run.log}"
         result = _last_json(run.log)
         atomic_write_text(report, json.dumps(result, indent=2))
-        self._append(self._row(run, checkpoint, timing["train_wall_s"], eval_wall, result))
+        row = self._row(run, checkpoint, timing["train_wall_s"], eval_wall, result)
+        self._append(row | self.environment(eval_device(run)))
         return ""
 
     def _row(self, run: Run, checkpoint: Path, train_wall: float, eval_wall: float, result: dict) -> dict:
@@ -303,6 +320,22 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+def environments(rows: Sequence[dict[str, str]]) -> list[tuple[str, int]]:
+    """The distinct environments of ``rows`` as one line each, with how many rows have it, most rows first; rows
+    written before the environment was recorded count as 'not recorded'."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if not any(row.get(f) for f in environment.FIELDS):
+            line = "not recorded"
+        else:
+            dirty = {"yes": " + uncommitted changes", "no": ""}.get(row.get("marginface_dirty", ""), "")
+            line = (f"torch {row.get('torch_version')}, numpy {row.get('numpy_version')}, python "
+                    f"{row.get('python_version')}, marginface {row.get('marginface_commit', '')[:12]}{dirty}, "
+                    f"{row.get('device')}, {row.get('torch_threads')} thread(s)")
+        counts[line] = counts.get(line, 0) + 1
+    return sorted(counts.items(), key=lambda item: -item[1])
+
+
 @dataclass(frozen=True)
 class ArmSummary:
     """One arm's figure on one set over its seeds: mean and sample std (ddof 1; 0 for a single seed)."""
@@ -350,7 +383,9 @@ def summary_table(rows: Sequence[dict[str, str]], sets: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Arm ``a`` against arm ``b`` on one metric, by the study's tie rule."""
+    """Arm ``a`` against arm ``b`` on one metric: the study's tie rule, and Welch's t-test and a bootstrap interval
+    over the seeds (``study_stats``; uncorrected here: ``marginface study --compare`` corrects a call's p-values
+    together by Holm's method)."""
 
     a: ArmSummary
     b: ArmSummary
@@ -371,6 +406,15 @@ class Comparison:
         if abs(self.difference) <= self.spread:
             return "tie"
         return f"{self.a.arm} ahead" if self.difference > 0 else f"{self.b.arm} ahead"
+
+    @property
+    def welch(self) -> study_stats.Welch:
+        """Welch's t-test of the difference of means over the two arms' seeds (two-sided p)."""
+        return study_stats.welch(self.a.values, self.b.values)
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """Percentile bootstrap interval of the difference of means (fixed generator seed: reproducible)."""
+        return study_stats.bootstrap_interval(self.a.values, self.b.values, level)
 
 
 def compare(rows: Sequence[dict[str, str]], a: str, b: str, metric: str) -> Comparison:

@@ -26,8 +26,10 @@ def add_study(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--summary", action="store_true", help="only summarise results.csv (mean ± std over seeds)")
     parser.add_argument("--json", action="store_true", help="print the summary (or the dry-run plan) as JSON")
     parser.add_argument("--compare", action="append", default=[], metavar="A,B",
-                        help="with --summary: arm A against arm B on every set's accuracy and TAR, with the tie "
-                        "rule (a difference not above the larger seed std is a tie); repeat for more pairs")
+                        help="with --summary: arm A against arm B on every set's accuracy and TAR: the tie "
+                        "rule (a difference not above the larger seed std is a tie), Welch's t-test over seeds "
+                        "with Holm-corrected p over all the call's comparisons, a 95%% bootstrap interval; repeat "
+                        "for more pairs")
     parser.add_argument("--figure", metavar="OUT.png",
                         help="with --summary: accuracy of the --figure-arm arms on every set (PNG + CSV beside)")
     parser.add_argument("--figure-arm", action="append", default=[], metavar="ARM[=LABEL]",
@@ -75,6 +77,8 @@ def run_study_command(args: argparse.Namespace) -> int:
     planned = {(r.arm, str(r.seed)) for r in study.plan(spec, out)}
     print(f"{len(planned & {(r['arm'], r['seed']) for r in rows})} of this spec's {len(planned)} run(s) evaluated; "
           f"{len(rows)} row(s) in {out / 'results.csv'}")
+    for line, count in study.environments(rows):
+        print(f"environment of {count} row(s): {line}")
     print(f"TAR at FAR = {spec.far:g}; mean ± std over seeds (sample std): differences inside the spread are ties")
     print(study.summary_table(rows, sets))
     return 0
@@ -110,14 +114,40 @@ def _compare(rows, sets: list[str], pairs: list[str], as_json: bool) -> int:
                 if metric.endswith("_tar"):
                     continue  # TAR is empty where the set has too few pairs for the FAR: nothing to compare
                 raise UserError(str(error)) from None
+            welch, (low, high) = c.welch, c.interval()
             found.append({"a": a, "b": b, "metric": metric, "a_mean": c.a.mean, "b_mean": c.b.mean,
                           "difference": c.difference, "spread": c.spread, "verdict": c.verdict,
-                          "seeds": [len(c.a.values), len(c.b.values)]})
+                          "seeds": [len(c.a.values), len(c.b.values)], "welch_t": welch.t, "welch_df": welch.df,
+                          "p": welch.p, "interval_95": [low, high]})
+    tested = _correct(found)
     if as_json:
-        print(json.dumps(found, indent=2))
+        print(json.dumps(found, indent=2))  # NaN (no test) is written as NaN, which Python's json reads back
         return 0
+    print(f"{tested} comparison(s) tested in this call; Welch's t-test over seeds (two-sided), p Holm-corrected "
+          f"over these {tested} (p_holm); 95% percentile bootstrap interval of the difference (10,000 resamples); "
+          "the tie rule (difference within the larger seed std) is uncorrected")
     for f in found:
         print(f"{f['a']} vs {f['b']} on {f['metric']}: {100 * f['a_mean']:.2f} vs {100 * f['b_mean']:.2f} "
               f"(difference {100 * f['difference']:+.2f}, spread {100 * f['spread']:.2f}, seeds {f['seeds'][0]}/"
-              f"{f['seeds'][1]}): {f['verdict']}")
+              f"{f['seeds'][1]}): {f['verdict']}; {_test_text(f)}")
     return 0
+
+
+def _correct(found: list[dict]) -> int:
+    """Holm-correct the p-values of one ``--compare`` call together (in place: ``p_holm``, ``comparisons``);
+    returns how many comparisons had a test (two seeds or more per arm)."""
+    from marginface.training.study_stats import holm
+
+    adjusted = holm([f["p"] for f in found])
+    tested = sum(1 for p in adjusted if p == p)
+    for f, p in zip(found, adjusted, strict=True):
+        f["p_holm"], f["comparisons"] = p, tested
+    return tested
+
+
+def _test_text(f: dict) -> str:
+    if f["p"] != f["p"]:  # NaN: fewer than two seeds in an arm
+        return "no test (one seed)"
+    low, high = f["interval_95"]
+    return (f"Welch t {f['welch_t']:+.2f} (df {f['welch_df']:.1f}), p {f['p']:.3g}, p_holm {f['p_holm']:.3g} of "
+            f"{f['comparisons']}; 95% interval [{100 * low:+.2f}, {100 * high:+.2f}]")
