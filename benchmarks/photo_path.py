@@ -1,33 +1,41 @@
 """Photo in, embedding out: marginface ``FaceRecognizer.embed`` against face_recognition (dlib), same photos.
 
-    python benchmarks/photo_path.py                        # 1,000 raw LFW photos, MS1M MobileFaceNet, ~4 min idle
-    python benchmarks/photo_path.py --photos 100 --busy    # while two CPU burners keep both cores busy
-    python benchmarks/photo_path.py --model m.onnx --workers 2 --json
+    python benchmarks/photo_path.py                        # 1,000 raw LFW photos, MS1M MobileFaceNet, 2 workers
+    python benchmarks/photo_path.py --photos 100 --busy    # while burners keep every core busy
+    python benchmarks/photo_path.py --workers 1 --json     # one process per pipeline: per-core figures
+    python benchmarks/photo_path.py --lfw-accuracy         # LFW 10-fold accuracy, accurate vs fast path
 
 The photos: the first ``--photos`` of ``benchmarks/photo_path_list.txt``, a fixed list of 1,000 raw 250x250
 deep-funneled LFW photos (drawn once with ``numpy.random.default_rng(35)`` from the sorted 13,233; committed so
-every run uses the same ones). Every pipeline runs in its own process(es) (clean peak RSS), one thread per
-process (``OMP_NUM_THREADS=1``; torch and onnxruntime set to 1 intra-op thread once, before the first photo; dlib
-is single-threaded), ``--workers`` processes per pipeline, each on its share of the photos, started together
-after their models are loaded and warmed up on two photos. Throughput = photos / wall time from that start to
-the last worker's end.
+every run uses the same ones). The model: ``--model``, by default insightface's MS1M MobileFaceNet from
+``../shared/models/insightface_mobilefacenet_y1`` (MXNet files, read by ``load_model`` into torch); the onnxruntime
+rows use an fp32 ONNX export of it made at start-up (a ``.onnx`` ``--model`` has no torch rows).
+
+Every pipeline runs in its own processes (clean peak RSS): ``--workers`` processes (default 2, one per core of a
+2-core machine), each on its share of the photos, one thread each (``OMP_NUM_THREADS=1``; torch and onnxruntime
+set to one intra-op thread once, before the first photo; dlib is single-threaded), started together after their
+models are loaded and warmed up on two photos. Throughput = photos / wall time from that start to the last
+worker's end.
 
 Pipelines:
 
-- ``face_recognition``: ``face_recognition.load_image_file`` + ``face_encodings`` as a user calls them (HOG
-  detector, upsample 1; 5-point landmarks; 128-d ResNet; ``num_jitters=1``, a single pass). The HOG detection is
-  timed apart from the encoding by calling the same dlib objects face_recognition calls, in the same order. When
-  ``face_recognition`` is not installed (it declares a dependency on the ``dlib`` source package: install it with
+- ``face_recognition (HOG)``: ``face_recognition.load_image_file`` + ``face_encodings`` as a user calls them
+  (HOG detector, upsample 1; 5-point landmarks; 128-d ResNet; ``num_jitters=1``, a single pass), the detection
+  timed apart by calling the same dlib objects face_recognition calls, in the same order. Without
+  ``face_recognition`` installed (it declares a dependency on the ``dlib`` source package: install it with
   ``pip install --no-deps face_recognition``), the identical calls are made on dlib directly.
-- ``face_recognition cnn``: its CNN detector, on ``--cnn-photos`` photos only (seconds per photo on a CPU).
-- ``ours {onnx,torch} b1`` / ``b32``: ``FaceRecognizer.embed`` one photo per call, or 32 photos per call (faces
-  batched through the embedder). Flip TTA per the model card unless ``--flip``/``--no-flip``. ``torch`` needs a
-  torch model file; an ONNX export of it is made first for the ``onnx`` rows (a ``.onnx`` model has no torch row).
+- ``face_recognition (CNN)``: its CNN detector, on ``--cnn-photos`` photos only (seconds per photo on a CPU).
+- ``ours {torch,onnx} b1`` / ``b8``: ``FaceRecognizer.embed`` on one photo per call, or 8 per call (faces batched
+  through the embedder). Default detector settings (MTCNN, faces from 20 px, full-size photos).
+- ``ours onnx b1 fast``: ``FaceRecognizer(min_face=40, max_side=640)``: faces from 40 px (the smallest that
+  face_recognition's HOG finds at upsample 1) and a 640 px working size (JPEG DCT-scaled decode + detection on a
+  shrunk copy; LFW's 250 px photos are not shrunk). ``... no-flip``: the same without flip TTA.
+  Flip TTA elsewhere per the model card unless ``--flip``/``--no-flip``.
 
 Reported per pipeline: photos/s, p50/p95 latency per photo (for a batched call: the call's wall time, which is what
 each photo in it waits), CPU ms per photo (less sensitive to other processes than wall time), peak RSS of a worker,
-photos with no face / one / several, and for ours where the wall time goes (decode / detect / align / embed).
-Then ours / face_recognition ratios from the same run, and the 1-minute load average sampled during it.
+photos with no face / one / several, and where the wall and CPU time go (decode / detect / embed / the rest). Then
+ours / face_recognition ratios from the same run, and the 1-minute load average sampled during it.
 """
 
 from __future__ import annotations
