@@ -401,7 +401,7 @@ def resolve_model(arg: str | None) -> Path:
         except Exception:  # noqa: BLE001 (any failure: this checkout cannot read MXNet files yet)
             continue
     fallback = shared.parent / "models" / FALLBACK_MODEL
-    print(f"note: this checkout cannot load {ms1m} (MXNet); measuring {fallback} instead", flush=True)
+    print(f"note: this checkout cannot load {ms1m} (MXNet); measuring {fallback} instead", file=sys.stderr)
     return fallback
 
 
@@ -413,7 +413,7 @@ def model_files(model: Path, tmp: Path) -> dict[str, str]:
     if load_model(model).kind == "onnx":
         return {"onnx": str(model)}
     onnx = tmp / "model.onnx"
-    print(f"exporting {model} to ONNX for the onnxruntime rows...", flush=True)
+    print(f"exporting {model} to ONNX for the onnxruntime rows...", file=sys.stderr)
     export_onnx(model, onnx)
     return {"torch": str(model), "onnx": str(onnx)}
 
@@ -520,7 +520,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
                 for spec in specs:
                     share = paths[: args.cnn_photos] if spec.get("detector") == "cnn" else paths
                     rows.append(run_pipeline(spec, share, args.workers, Path(tmp)))
-                    print(f"{spec['name']}: {rows[-1]['photos_per_s']:.2f} photos/s", flush=True)
+                    print(f"{spec['name']}: {rows[-1]['photos_per_s']:.2f} photos/s", file=sys.stderr)
         finally:
             for proc in burners:
                 proc.kill()
