@@ -91,9 +91,11 @@ def _ours(spec: dict):  # noqa: ANN202 (returns a per-chunk callable)
     from marginface.inference import FaceRecognizer
     from marginface.inference.model import OnnxRunner
 
-    torch.set_num_threads(1)
+    library_threads = spec.get("library_threads", False)
+    if not library_threads:
+        torch.set_num_threads(1)
     rec = FaceRecognizer.load(spec["model"], batch_size=spec["batch"], **spec.get("options", {}))
-    if rec.model.kind == "onnx":  # onnxruntime's default is one intra-op thread per core: set one, once
+    if rec.model.kind == "onnx" and not library_threads:  # onnxruntime's default: a thread per core; set one
         rec.model.runner = OnnxRunner(spec["model"], threads=1)
     clock = StageClock()
     recognizer_module.to_rgb_array = clock.wrap("decode", recognizer_module.to_rgb_array)
@@ -308,6 +310,9 @@ def _spec_file(spec: dict, path: Path) -> str:
 def run_pipeline(spec: dict, paths: list[str], workers: int, tmp: Path) -> dict:
     """Run ``spec`` as ``workers`` processes over shares of ``paths``; merged result with photos/s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    if spec.get("library_threads"):  # as a user's process starts: whatever the libraries choose
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        workers = 1
     procs = []
     for w in range(workers):
         share = _spec_file({**spec, "paths": paths[w::workers]}, tmp / f"{spec['name']}_{w}.json".replace(" ", "_"))
@@ -425,6 +430,9 @@ def pipeline_specs(args: argparse.Namespace, files: dict[str, str]) -> list[dict
         for batch in (1, BATCH):
             specs.append({"name": f"ours {runtime} b{batch}", "kind": "ours", "model": path, "batch": batch,
                           "flip": args.flip})
+    if args.library_threads and "torch" in files:
+        specs.append({"name": "ours torch b1, 1 process, library threads", "kind": "ours", "model": files["torch"],
+                      "batch": 1, "flip": args.flip, "library_threads": True})
     fast = files.get("onnx")  # batch 1: on one thread batching saves no CPU (see BATCH) and adds latency
     specs.append({"name": "ours onnx b1 fast", "kind": "ours", "model": fast, "batch": 1, "flip": args.flip,
                   "options": FAST})
@@ -510,6 +518,8 @@ def main() -> None:
                         "this many photos (0: skip; it takes seconds per photo on a CPU)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="flip TTA for ours (default: the model card's)")
+    parser.add_argument("--library-threads", action="store_true", help="add a row: ours (torch, batch 1) in one "
+                        "process with the thread counts torch picks by itself (what FaceRecognizer.load gets)")
     parser.add_argument("--large", type=int, default=0, help=f"instead: the first N photos upscaled to "
                         f"{LARGE_SIDE}x{LARGE_SIDE} JPEGs (camera-sized decode and search cost)")
     parser.add_argument("--busy", action="store_true", help="keep every CPU busy with a spinning process meanwhile")
