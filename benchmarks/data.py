@@ -16,6 +16,13 @@ the figures compare CPU cost (syscalls, parsing, decoding, normalisation, collat
 - loaders: images per second through a DataLoader in this process with torch limited to one thread, which is
   what one DataLoader worker does; ratio against FolderDataset + PIL. ``--workers N`` adds the aggregate
   throughput of N worker processes.
+- training loader (``--training``): what ``marginface train`` feeds the model — ``RecordIODataset`` of the
+  ``.rec`` behind the trainer's ``FlipByIndex`` + ``StepBatchSampler`` (random order, flip p=0.5, [-1, 1]) — against
+  what users write instead: torchvision ``ImageFolder`` + PIL + ``RandomHorizontalFlip`` + ``ToTensor`` +
+  ``Normalize(0.5, 0.5)`` with ``shuffle=True`` (re-implemented in plain torch/PIL step for step when torchvision is
+  not installed, and said so). Batch 128, in-process (one core: the per-core figure) and with 1 and 2 worker
+  processes; best of ``--rounds``, the cases taking turns. The 16-core figure is *computed* (per-core x 16), not
+  measured: this machine has 2 cores.
 """
 
 from __future__ import annotations
@@ -134,6 +141,91 @@ def loader_table(root: Path, prefix: Path, count: int, workers: int, rounds: int
     return [(name, single[name], multi[name]) for name in cases]
 
 
+class PILImageFolder(Dataset):
+    """torchvision's ``ImageFolder(root, Compose([RandomHorizontalFlip(), ToTensor(), Normalize(.5, .5)]))`` done
+    the way torchvision does it, for machines without torchvision: PIL open + ``convert("RGB")``, a coin flip
+    and ``transpose(FLIP_LEFT_RIGHT)``, HWC uint8 -> CHW float / 255, then ``(x - 0.5) / 0.5`` in place."""
+
+    def __init__(self, root: Path) -> None:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        self.samples = [(path, label) for label, name in enumerate(classes) for path in sorted((root / name).iterdir())]
+        self.mean = torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1)
+        self.std = torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[index]
+        with open(path, "rb") as file:  # torchvision's pil_loader
+            image = Image.open(file).convert("RGB")
+        if torch.rand(1) < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).contiguous()
+        tensor = tensor.to(torch.float32).div(255)
+        return tensor.sub_(self.mean).div_(self.std), label
+
+
+def image_folder_baseline(root: Path) -> tuple[Dataset, str]:
+    """torchvision's ImageFolder pipeline when torchvision imports, else its plain-torch re-implementation."""
+    try:
+        from torchvision import datasets, transforms
+    except Exception:  # noqa: BLE001 (absent, or a torchvision built for another torch)
+        return PILImageFolder(root), "ImageFolder + PIL (plain torch re-implementation: torchvision not installed)"
+    transform = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                    transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    return datasets.ImageFolder(str(root), transform), "torchvision ImageFolder + PIL"
+
+
+def training_rate(case: str, root: Path, prefix: Path, workers: int, batch: int = 128) -> float:
+    """Images per second of one pass (after a warm-up batch) through the ``case`` loader."""
+    from marginface.training.data import FlipByIndex, StepBatchSampler
+
+    if case == "ours":
+        dataset = RecordIODataset(prefix)
+        sampler = StepBatchSampler(len(dataset), batch, seed=0, start_step=0, total_steps=len(dataset) // batch)
+        loader = DataLoader(FlipByIndex(dataset), batch_sampler=sampler, num_workers=workers)
+    else:
+        loader = DataLoader(image_folder_baseline(root)[0], batch_size=batch, shuffle=True, drop_last=True,
+                            num_workers=workers)
+    iterator = iter(loader)
+    next(iterator)  # warm-up: worker start-up and first reads are not timed
+    seen, start = 0, time.perf_counter()
+    for images, _ in iterator:
+        seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def training_table(root: Path, prefix: Path, rounds: int) -> dict[str, dict[int, float]]:
+    """{case: {workers: best img/s}} for workers 0 (in-process, one thread), 1 and 2."""
+    best = {case: {w: 0.0 for w in (0, 1, 2)} for case in ("ours", "baseline")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a DataLoader worker runs with one thread; in-process must match
+    try:
+        for _ in range(rounds):
+            for workers in (0, 1, 2):
+                for case in best:
+                    best[case][workers] = max(best[case][workers], training_rate(case, root, prefix, workers))
+    finally:
+        torch.set_num_threads(threads)
+    return best
+
+
+def print_training(best: dict[str, dict[int, float]], baseline_name: str) -> None:
+    import os
+
+    print(f"\ntraining loader, batch 128, flip p=0.5, [-1, 1] (img/s; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs)")
+    names = {"ours": "ours: RecordIO + FlipByIndex + StepBatchSampler", "baseline": baseline_name}
+    for case, rates in best.items():
+        print(f"  {names[case]:76s} in-process (1 core) {rates[0]:6.0f}   1 worker {rates[1]:6.0f}   "
+              f"2 workers {rates[2]:6.0f}   16 cores (computed: 16 x per-core) {16 * rates[0]:7.0f}")
+    for workers, label in ((0, "per core (in-process)"), (1, "1 worker"), (2, "2 workers")):
+        print(f"  ours / baseline, {label}: {best['ours'][workers] / best['baseline'][workers]:.2f}x")
+
+
 def print_decode(results: dict[str, float], extra: tuple[float, str] | None) -> None:
     baseline = results["pil"]
     print(f"\ndecode, 112x112 JPEG q95 (us/img; ratio = PIL time / time, > 1 is faster); preference {PREFERENCE}")
@@ -238,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="loader passes per case (best counts)")
     parser.add_argument("--extra-python", help="another interpreter whose PIL is timed (e.g. pillow-simd)")
     parser.add_argument("--synthetic-check", action="store_true", help="pixel baseline vs a tiny CNN")
+    parser.add_argument("--training", action="store_true", help="only the training-loader comparison (ours vs "
+                        "ImageFolder + PIL, 0/1/2 workers)")
     parser.add_argument("--cnn-seconds", type=float, default=60.0)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         blobs = [p.read_bytes() for p in sorted(root.glob("*/*.jpg"))]
         print(f"{what}, {np.mean([len(b) for b in blobs]) / 1024:.1f} KiB each on average; "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        if args.training:
+            print_training(training_table(root, prefix, args.rounds), image_folder_baseline(root)[1])
+            return 0
         extra = time_extra_python(args.extra_python, root, args.repeats) if args.extra_python else None
         print_decode(time_decoders(blobs, args.repeats), extra)
         print_loaders(loader_table(root, prefix, args.images, args.workers, args.rounds), args.workers)

@@ -1,33 +1,42 @@
 """Photo in, embedding out: marginface ``FaceRecognizer.embed`` against face_recognition (dlib), same photos.
 
-    python benchmarks/photo_path.py                        # 1,000 raw LFW photos, MS1M MobileFaceNet, ~4 min idle
-    python benchmarks/photo_path.py --photos 100 --busy    # while two CPU burners keep both cores busy
-    python benchmarks/photo_path.py --model m.onnx --workers 2 --json
+    python benchmarks/photo_path.py                        # 1,000 raw LFW photos, MS1M MobileFaceNet, 2 workers
+    python benchmarks/photo_path.py --photos 100 --busy    # while burners keep every core busy
+    python benchmarks/photo_path.py --workers 1 --json     # one process per pipeline: per-core figures
+    python benchmarks/photo_path.py --lfw-accuracy         # LFW 10-fold accuracy, accurate vs fast path
+    python benchmarks/photo_path.py --large 20             # 20 photos upscaled to 2000x2000 JPEGs (camera-sized)
 
 The photos: the first ``--photos`` of ``benchmarks/photo_path_list.txt``, a fixed list of 1,000 raw 250x250
 deep-funneled LFW photos (drawn once with ``numpy.random.default_rng(35)`` from the sorted 13,233; committed so
-every run uses the same ones). Every pipeline runs in its own process(es) (clean peak RSS), one thread per
-process (``OMP_NUM_THREADS=1``; torch and onnxruntime set to 1 intra-op thread once, before the first photo; dlib
-is single-threaded), ``--workers`` processes per pipeline, each on its share of the photos, started together
-after their models are loaded and warmed up on two photos. Throughput = photos / wall time from that start to
-the last worker's end.
+every run uses the same ones). The model: ``--model``, by default insightface's MS1M MobileFaceNet from
+``../shared/models/insightface_mobilefacenet_y1`` (MXNet files, read by ``load_model`` into torch); the onnxruntime
+rows use an fp32 ONNX export of it made at start-up (a ``.onnx`` ``--model`` has no torch rows).
+
+Every pipeline runs in its own processes (clean peak RSS): ``--workers`` processes (default 2, one per core of a
+2-core machine), each on its share of the photos, one thread each (``OMP_NUM_THREADS=1``; torch and onnxruntime
+set to one intra-op thread once, before the first photo; dlib is single-threaded), started together after their
+models are loaded and warmed up on two photos. Throughput = photos / wall time from that start to the last
+worker's end.
 
 Pipelines:
 
-- ``face_recognition``: ``face_recognition.load_image_file`` + ``face_encodings`` as a user calls them (HOG
-  detector, upsample 1; 5-point landmarks; 128-d ResNet; ``num_jitters=1``, a single pass). The HOG detection is
-  timed apart from the encoding by calling the same dlib objects face_recognition calls, in the same order. When
-  ``face_recognition`` is not installed (it declares a dependency on the ``dlib`` source package: install it with
+- ``face_recognition (HOG)``: ``face_recognition.load_image_file`` + ``face_encodings`` as a user calls them
+  (HOG detector, upsample 1; 5-point landmarks; 128-d ResNet; ``num_jitters=1``, a single pass), the detection
+  timed apart by calling the same dlib objects face_recognition calls, in the same order. Without
+  ``face_recognition`` installed (it declares a dependency on the ``dlib`` source package: install it with
   ``pip install --no-deps face_recognition``), the identical calls are made on dlib directly.
-- ``face_recognition cnn``: its CNN detector, on ``--cnn-photos`` photos only (seconds per photo on a CPU).
-- ``ours {onnx,torch} b1`` / ``b32``: ``FaceRecognizer.embed`` one photo per call, or 32 photos per call (faces
-  batched through the embedder). Flip TTA per the model card unless ``--flip``/``--no-flip``. ``torch`` needs a
-  torch model file; an ONNX export of it is made first for the ``onnx`` rows (a ``.onnx`` model has no torch row).
+- ``face_recognition (CNN)``: its CNN detector, on ``--cnn-photos`` photos only (seconds per photo on a CPU).
+- ``ours {torch,onnx} b1`` / ``b8``: ``FaceRecognizer.embed`` on one photo per call, or 8 per call (faces batched
+  through the embedder). Default detector settings (MTCNN, faces from 20 px, full-size photos).
+- ``ours onnx b1 fast``: ``FaceRecognizer(min_face=40, max_side=640)``: faces from 40 px (the smallest that
+  face_recognition's HOG finds at upsample 1) and a 640 px working size (JPEG DCT-scaled decode + detection on a
+  shrunk copy; LFW's 250 px photos are not shrunk). ``... no-flip``: the same without flip TTA.
+  Flip TTA elsewhere per the model card unless ``--flip``/``--no-flip``.
 
 Reported per pipeline: photos/s, p50/p95 latency per photo (for a batched call: the call's wall time, which is what
 each photo in it waits), CPU ms per photo (less sensitive to other processes than wall time), peak RSS of a worker,
-photos with no face / one / several, and for ours where the wall time goes (decode / detect / align / embed).
-Then ours / face_recognition ratios from the same run, and the 1-minute load average sampled during it.
+photos with no face / one / several, and where the wall and CPU time go (decode / detect / embed / the rest). Then
+ours / face_recognition ratios from the same run, and the 1-minute load average sampled during it.
 """
 
 from __future__ import annotations
@@ -49,7 +58,10 @@ import numpy as np
 LIST = Path(__file__).with_name("photo_path_list.txt")
 MS1M_DIR = "insightface_mobilefacenet_y1"
 FALLBACK_MODEL = "bubbliiiing_mobilefacenet/arcface_mobilefacenet_rgb255.onnx"
-BATCH = 32
+BATCH = 8  # faces per embedder call: 4-8 cost the least per face on one thread (32 spills the caches)
+#: the fast path: faces searched from 40 px (the smallest face_recognition's HOG finds at upsample 1) and a
+#: 640 px working size for photos larger than that (LFW's 250 px photos are not shrunk)
+FAST = {"min_face": 40.0, "max_side": 640}
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -79,12 +91,15 @@ def _ours(spec: dict):  # noqa: ANN202 (returns a per-chunk callable)
     from marginface.inference import FaceRecognizer
     from marginface.inference.model import OnnxRunner
 
-    torch.set_num_threads(1)
+    library_threads = spec.get("library_threads", False)
+    if not library_threads:
+        torch.set_num_threads(1)
     rec = FaceRecognizer.load(spec["model"], batch_size=spec["batch"], **spec.get("options", {}))
-    if rec.model.kind == "onnx":  # onnxruntime's default is one intra-op thread per core: set one, once
+    if rec.model.kind == "onnx" and not library_threads:  # onnxruntime's default: a thread per core; set one
         rec.model.runner = OnnxRunner(spec["model"], threads=1)
     clock = StageClock()
     recognizer_module.to_rgb_array = clock.wrap("decode", recognizer_module.to_rgb_array)
+    recognizer_module.read_photo = clock.wrap("decode", recognizer_module.read_photo)  # the max_side path
     detector = rec.detector()
     detector.detect = clock.wrap("detect", detector.detect)
     rec.model.embed_pixels = clock.wrap("embed", rec.model.embed_pixels)
@@ -193,14 +208,115 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: the best available
 
 
+# ----------------------------------------------------------------------------------------------- LFW accuracy
+#: where a faceless LFW photo is warped from: the ArcFace template on the central 114 px of the 250 px photo
+#: (deep-funneled LFW centres the face; the same central box benchmarks/dlib_lfw.py falls back to)
+_LFW_FALLBACK_SCALE, _LFW_FALLBACK_OFFSET = 114 / 112, 68.0
+
+
+def embed_worker(spec: dict) -> None:
+    """Embed ``spec['paths']`` with one thread; faceless photos use the central fallback. Writes an .npz."""
+    import torch
+
+    from marginface.align.template import ARCFACE_TEMPLATE_112, warp_face
+    from marginface.errors import NoFaceError
+    from marginface.inference import FaceRecognizer
+    from marginface.inference.images import to_rgb_array
+    from marginface.inference.model import OnnxRunner
+
+    torch.set_num_threads(1)
+    rec = FaceRecognizer.load(spec["model"], batch_size=BATCH, **spec.get("options", {}))
+    if rec.model.kind == "onnx":
+        rec.model.runner = OnnxRunner(spec["model"], threads=1)
+    fallback = ARCFACE_TEMPLATE_112 * _LFW_FALLBACK_SCALE + _LFW_FALLBACK_OFFSET
+    vectors, found = [], []
+    for path in spec["paths"]:
+        try:
+            vectors.append(rec.embed([path], flip=spec.get("flip"))[0])
+            found.append(True)
+        except NoFaceError:
+            crop = warp_face(to_rgb_array(path), fallback, rec.size)
+            vectors.append(rec.embed([crop], aligned=True, flip=spec.get("flip"))[0])
+            found.append(False)
+    np.savez(spec["out"], embeddings=np.stack(vectors), found=np.array(found))
+
+
+def lfw_pairs_subset(pairs_path: Path, per_fold: int):  # noqa: ANN201 (PairsFile, indices)
+    """The first ``per_fold / 2`` matched and mismatched pairs of each fold of ``pairs.txt`` (all: 600)."""
+    from marginface.evaluation.pairs import read_pairs
+
+    pairs = read_pairs(pairs_path)
+    keep = []
+    for fold in np.unique(pairs.folds):
+        for same in (True, False):
+            rows = np.flatnonzero((pairs.folds == fold) & (pairs.issame == same))
+            keep.extend(rows[: per_fold // 2].tolist())
+    return pairs, np.array(sorted(keep))
+
+
+def run_lfw_accuracy(args: argparse.Namespace, model: Path, lfw_root: Path) -> dict:
+    """10-fold LFW accuracy (cosine) of the accurate and the fast path, on the same pairs and photos."""
+    from marginface.evaluation.metrics import kfold_accuracy
+
+    pairs, rows = lfw_pairs_subset(lfw_root / "pairs.txt", args.lfw_pairs_per_fold)
+    names = list(dict.fromkeys(pairs.names[rows].ravel().tolist()))
+    index = {name: i for i, name in enumerate(names)}
+    paths = [str(lfw_root / "lfw-deepfunneled" / name) for name in names]
+    onnx = model_files(model, Path(args.tmp))["onnx"]
+    out = {"pairs": len(rows), "photos": len(names)}
+    for label, options in (("accurate", {}), ("fast", FAST)):
+        start = time.perf_counter()
+        embeddings, found = _embed_in_workers(onnx, options, args.flip, paths, args.workers, Path(args.tmp))
+        a = embeddings[[index[n] for n in pairs.names[rows, 0]]].astype(np.float64)
+        b = embeddings[[index[n] for n in pairs.names[rows, 1]]].astype(np.float64)
+        scores = np.sum(a * b, axis=1)
+        result = kfold_accuracy(scores, pairs.issame[rows], pairs.folds[rows])
+        out[label] = {"accuracy": result.mean, "std": result.std, "no_face_fallback": int((~found).sum()),
+                      "seconds": time.perf_counter() - start, "scores": scores}
+        print(f"LFW {label}: {100 * result.mean:.2f} +- {100 * result.std:.2f} % on {len(rows)} pairs, "
+              f"{int((~found).sum())} of {len(names)} photos without a face (central fallback)", flush=True)
+    out["score_abs_diff_max"] = float(np.abs(out["accurate"].pop("scores") - out["fast"].pop("scores")).max())
+    return out
+
+
+def _embed_in_workers(model: str, options: dict, flip: bool | None, paths: list[str], workers: int,
+                      tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    procs, outs = [], []
+    for w in range(workers):
+        outs.append(tmp / f"lfw_{w}.npz")
+        spec = {"model": model, "options": options, "flip": flip, "paths": paths[w::workers], "out": str(outs[-1])}
+        spec_path = _spec_file(spec, tmp / f"lfw_{w}.json")
+        procs.append(subprocess.Popen([sys.executable, __file__, "--embed-worker", spec_path], env=env))
+    for proc in procs:
+        if proc.wait():
+            raise RuntimeError(f"an LFW embedding worker exited with {proc.returncode} (its error is above)")
+    parts = [np.load(out) for out in outs]
+    embeddings = np.empty((len(paths), parts[0]["embeddings"].shape[1]), np.float32)
+    found = np.empty(len(paths), bool)
+    for w, part in enumerate(parts):
+        embeddings[w::workers], found[w::workers] = part["embeddings"], part["found"]
+    return embeddings, found
+
+
 # ----------------------------------------------------------------------------------------------- parent
-def run_pipeline(spec: dict, paths: list[str], workers: int) -> dict:
+def _spec_file(spec: dict, path: Path) -> str:
+    """Write a worker's spec as JSON (a file, not an argument: thousands of paths exceed the kernel's 128 KiB
+    limit on one argument)."""
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def run_pipeline(spec: dict, paths: list[str], workers: int, tmp: Path) -> dict:
     """Run ``spec`` as ``workers`` processes over shares of ``paths``; merged result with photos/s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    if spec.get("library_threads"):  # as a user's process starts: whatever the libraries choose
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        workers = 1
     procs = []
     for w in range(workers):
-        share = {**spec, "paths": paths[w::workers]}
-        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(share)], env=env,
+        share = _spec_file({**spec, "paths": paths[w::workers]}, tmp / f"{spec['name']}_{w}.json".replace(" ", "_"))
+        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", share], env=env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for proc in procs:
         if proc.stdout.readline().strip() != "ready":
@@ -291,7 +407,7 @@ def resolve_model(arg: str | None) -> Path:
         except Exception:  # noqa: BLE001 (any failure: this checkout cannot read MXNet files yet)
             continue
     fallback = shared.parent / "models" / FALLBACK_MODEL
-    print(f"note: this checkout cannot load {ms1m} (MXNet); measuring {fallback} instead", flush=True)
+    print(f"note: this checkout cannot load {ms1m} (MXNet); measuring {fallback} instead", file=sys.stderr)
     return fallback
 
 
@@ -303,7 +419,7 @@ def model_files(model: Path, tmp: Path) -> dict[str, str]:
     if load_model(model).kind == "onnx":
         return {"onnx": str(model)}
     onnx = tmp / "model.onnx"
-    print(f"exporting {model} to ONNX for the onnxruntime rows...", flush=True)
+    print(f"exporting {model} to ONNX for the onnxruntime rows...", file=sys.stderr)
     export_onnx(model, onnx)
     return {"torch": str(model), "onnx": str(onnx)}
 
@@ -314,7 +430,43 @@ def pipeline_specs(args: argparse.Namespace, files: dict[str, str]) -> list[dict
         for batch in (1, BATCH):
             specs.append({"name": f"ours {runtime} b{batch}", "kind": "ours", "model": path, "batch": batch,
                           "flip": args.flip})
+    if args.library_threads and "torch" in files:
+        specs.append({"name": "ours torch b1, 1 process, library threads", "kind": "ours", "model": files["torch"],
+                      "batch": 1, "flip": args.flip, "library_threads": True})
+    fast = files.get("onnx")  # batch 1: on one thread batching saves no CPU (see BATCH) and adds latency
+    specs.append({"name": "ours onnx b1 fast", "kind": "ours", "model": fast, "batch": 1, "flip": args.flip,
+                  "options": FAST})
+    if args.flip is not False:
+        specs.append({"name": "ours onnx b1 fast no-flip", "kind": "ours", "model": fast, "batch": 1,
+                      "flip": False, "options": FAST})
     return specs
+
+
+#: the long side of the camera-sized copies made by ``--large`` (a 4-megapixel photo)
+LARGE_SIDE = 2000
+
+
+def large_photos(paths: list[str], tmp: Path) -> list[str]:
+    """Camera-sized stand-ins: each photo upscaled (bicubic) to LARGE_SIDE px, saved as JPEG quality 90.
+
+    Upscaled LFW photos carry no more detail than the originals; they cost what a camera photo costs to decode
+    and search (pixels), which is what the working-size path is about.
+    """
+    from PIL import Image
+
+    out = []
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            big = image.convert("RGB").resize((LARGE_SIDE, LARGE_SIDE), Image.BICUBIC)
+        out.append(str(tmp / f"large_{i:04d}.jpg"))
+        big.save(out[-1], quality=90)
+    return out
+
+
+def large_specs(specs: list[dict]) -> list[dict]:
+    """For ``--large``: face_recognition (HOG), ours at batch 1 accurate and fast (the rest adds nothing there)."""
+    keep = {"face_recognition (HOG)", "ours onnx b1", "ours onnx b1 fast", "ours onnx b1 fast no-flip"}
+    return [spec for spec in specs if spec["name"] in keep]
 
 
 def photo_paths(lfw: Path, count: int) -> list[str]:
@@ -330,7 +482,8 @@ def photo_paths(lfw: Path, count: int) -> list[str]:
 
 def print_table(rows: list[dict], load: list[float], args: argparse.Namespace) -> None:
     base = rows[0]
-    print(f"\n{rows[0]['photos']} photos, {args.workers} worker process(es) per pipeline, 1 thread each; "
+    what = f"{LARGE_SIDE}x{LARGE_SIDE} JPEG copies of LFW" if args.large else "raw 250x250 LFW"
+    print(f"\n{rows[0]['photos']} {what} photos, {args.workers} worker process(es) per pipeline, 1 thread each; "
           f"{'busy: ' + str(os.cpu_count()) + ' CPU burners running' if args.busy else 'no burners'}; "
           f"1-min load average during the run: mean {np.mean(load):.2f}, max {np.max(load):.2f} "
           f"({os.cpu_count()} CPUs)")
@@ -351,20 +504,41 @@ def print_table(rows: list[dict], load: list[float], args: argparse.Namespace) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--embed-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--lfw-accuracy", action="store_true", help="instead of timing: LFW 10-fold accuracy "
+                        "of the accurate and the fast path (cosine, flip per the card or --flip)")
+    parser.add_argument("--lfw-pairs-per-fold", type=int, default=600, help="with --lfw-accuracy: the first "
+                        "N/2 matched and N/2 mismatched pairs of each fold (600: all 6,000 pairs)")
     parser.add_argument("--model", help="face model (default: the MS1M MobileFaceNet in ../shared/models)")
     parser.add_argument("--lfw", type=Path, help="folder holding the LFW photos (default: ../shared/data/lfw/"
                         "lfw-deepfunneled)")
     parser.add_argument("--photos", type=int, default=1000, help="first N photos of the committed list")
-    parser.add_argument("--workers", type=int, default=1, help="processes per pipeline, one thread each")
+    parser.add_argument("--workers", type=int, default=2, help="processes per pipeline, one thread each")
     parser.add_argument("--cnn-photos", type=int, default=0, help="also time face_recognition's CNN detector on "
                         "this many photos (0: skip; it takes seconds per photo on a CPU)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="flip TTA for ours (default: the model card's)")
+    parser.add_argument("--library-threads", action="store_true", help="add a row: ours (torch, batch 1) in one "
+                        "process with the thread counts torch picks by itself (what FaceRecognizer.load gets)")
+    parser.add_argument("--large", type=int, default=0, help=f"instead: the first N photos upscaled to "
+                        f"{LARGE_SIDE}x{LARGE_SIDE} JPEGs (camera-sized decode and search cost)")
     parser.add_argument("--busy", action="store_true", help="keep every CPU busy with a spinning process meanwhile")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     args = parser.parse_args()
     if args.worker:
-        worker(json.loads(args.worker))
+        worker(json.loads(Path(args.worker).read_text()))
+        return
+    if args.embed_worker:
+        embed_worker(json.loads(Path(args.embed_worker).read_text()))
+        return
+    if args.lfw_accuracy:
+        from marginface.paths import shared_data_dir
+
+        lfw_root = args.lfw.parent if args.lfw else (shared_data_dir() or Path("/nonexistent")) / "lfw"
+        with tempfile.TemporaryDirectory(prefix="photo_path_") as tmp:
+            args.tmp = tmp
+            report = run_lfw_accuracy(args, resolve_model(args.model), lfw_root)
+        print(json.dumps(report, indent=1))
         return
     run_benchmark(args)
 
@@ -378,6 +552,8 @@ def run_benchmark(args: argparse.Namespace) -> None:
     rows, burners = [], []
     with tempfile.TemporaryDirectory(prefix="photo_path_") as tmp:
         specs = pipeline_specs(args, model_files(model, Path(tmp)))
+        if args.large:
+            paths, specs = large_photos(paths[: args.large], Path(tmp)), large_specs(specs)
         if args.cnn_photos:
             specs.insert(1, {"name": "face_recognition (CNN)", "kind": "dlib", "detector": "cnn"})
         try:
@@ -386,13 +562,14 @@ def run_benchmark(args: argparse.Namespace) -> None:
             with LoadSampler() as load:
                 for spec in specs:
                     share = paths[: args.cnn_photos] if spec.get("detector") == "cnn" else paths
-                    rows.append(run_pipeline(spec, share, args.workers))
-                    print(f"{spec['name']}: {rows[-1]['photos_per_s']:.2f} photos/s", flush=True)
+                    rows.append(run_pipeline(spec, share, args.workers, Path(tmp)))
+                    print(f"{spec['name']}: {rows[-1]['photos_per_s']:.2f} photos/s", file=sys.stderr)
         finally:
             for proc in burners:
                 proc.kill()
                 proc.wait()
     report = {"model": str(model), "photos": len(paths), "workers": args.workers, "busy": args.busy,
+              "large": LARGE_SIDE if args.large else None,
               "cpus": os.cpu_count(), "load_mean": float(np.mean(load.samples)),
               "load_max": float(np.max(load.samples)), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "rows": rows}

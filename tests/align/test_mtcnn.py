@@ -180,3 +180,26 @@ def test_min_face_40_keeps_the_faces_of_real_photos() -> None:
         assert len(a) and len(b)
         errors.append(_landmark_error(_chosen_landmarks(a, photo.shape), _chosen_landmarks(b, photo.shape)))
     assert np.median(errors) < 0.05 and max(errors) < 0.15, errors
+
+
+def test_crops_match_zero_padded_reference() -> None:
+    # Boxes inside the image are resized from a view (no padded copy); they must equal the padded-copy
+    # reference exactly, as must boxes that cross the border (zero padding) or lie outside.
+    from marginface.align.mtcnn import _crops
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    boxes = np.array([[1, 1, 80, 60], [10, 5, 40, 50], [-5, -3, 20, 30], [70, 50, 95, 75], [90, 70, 99, 80]], float)
+
+    def reference(box: np.ndarray) -> np.ndarray:
+        import cv2
+
+        x1, y1, x2, y2 = box.astype(int)
+        canvas = np.zeros((200, 200, 3), np.uint8)  # the image at offset 50 in a zero canvas: 1-based x -> 49 + x
+        canvas[50:110, 50:130] = image
+        patch = canvas[49 + y1 : 50 + y2, 49 + x1 : 50 + x2]
+        return cv2.resize(patch, (24, 24), interpolation=cv2.INTER_AREA)
+
+    out = _crops(image, boxes, 24)
+    for k, box in enumerate(boxes):
+        np.testing.assert_array_equal(out[k], reference(box))

@@ -244,6 +244,9 @@ def _crops(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     for k, (x1, y1, x2, y2) in enumerate(boxes[:, :4].astype(np.int64)):
         if x2 < x1 or y2 < y1:
             continue
+        if x1 >= 1 and y1 >= 1 and x2 <= width and y2 <= height:  # inside: the padded copy would equal this view
+            out[k] = cv2.resize(image[y1 - 1 : y2, x1 - 1 : x2], (size, size), interpolation=cv2.INTER_AREA)
+            continue
         patch = np.zeros((y2 - y1 + 1, x2 - x1 + 1, 3), dtype=np.uint8)
         sx1, sy1, sx2, sy2 = max(x1 - 1, 0), max(y1 - 1, 0), min(x2, width), min(y2, height)
         if sx2 > sx1 and sy2 > sy1:
