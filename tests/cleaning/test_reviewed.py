@@ -80,6 +80,10 @@ def test_score_counts_and_border_cases(sample):
     assert math.isnan(empty.precision) and math.isnan(empty.recall)
     # the unknown side never matches: a flag "?~Andy_Bryant" is an unreviewed flag
     assert score(sample, "overlap_lfw", ["?~Andy_Bryant"]).unreviewed == ("?~Andy_Bryant",)
+    # ... but it counts for the list that is known to hold it
+    s = score(sample, "overlap_lfw", ["07355~Noel_Niell"], "ours")
+    assert (s.flagged, s.reviewed, s.real, s.false, s.precision, s.recall) == (2, 2, 1, 1, 0.5, 1.0)
+    assert score(sample, "overlap_lfw", [], "dlib").flagged == 0
     assert known_flags(sample, "outliers", "ours") == ["07449/041699", "07360/188500"]
 
 
@@ -112,14 +116,17 @@ def test_flags_from_run_reads_the_clean_outputs(tmp_path):
 
 
 def test_the_committed_reviewed_cases_match_the_docs_counts():
-    """docs/cleaning.md: CFP 4 same + 2 different; dlib's duplicates 5 + ours 9 (one shared, the real one);
-    dlib's 24 reviewed outliers (12 / 5 / 7) and ours 27 (3 / 9 / 15), 5 images in both."""
+    """docs/cleaning.md: CFP 4 same + 2 different; LFW: dlib's 33 (Noel Niell, Oxana Fedorova as re-judged, the
+    Daniel Zelman border, 30 different), ours 28 (Noel Niell + 27 different); dlib's duplicates 5 + ours 9 (one
+    shared, the real one); dlib's 24 reviewed outliers (12 / 5 / 7) and ours 27 (3 / 9 / 15), 5 images in both."""
     cases = read_cases(REVIEWED)
 
     def count(task, verdict, lst=None):
         return sum(c.task == task and c.verdict == verdict and (lst is None or lst in c.in_lists) for c in cases)
 
     assert (count("overlap_cfp", "real"), count("overlap_cfp", "false")) == (4, 2)
+    assert [count("overlap_lfw", v, "dlib") for v in ("real", "false", "border")] == [2, 30, 1]
+    assert [count("overlap_lfw", v, "ours") for v in ("real", "false", "border")] == [1, 27, 0]
     assert [count("duplicates", v) for v in ("real", "false")] == [1, 12]
     assert len(known_flags(cases, "duplicates", "dlib")) == 5 and len(known_flags(cases, "duplicates", "ours")) == 9
     assert [count("outliers", v, "dlib") for v in ("real", "false", "border")] == [12, 5, 7]

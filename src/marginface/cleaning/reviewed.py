@@ -5,7 +5,8 @@ A reviewed-cases file (``docs/results/cleaning_reviewed_cases.tsv``) holds one c
 
 * ``task``: ``overlap_lfw`` / ``overlap_cfp`` / ``duplicates`` / ``outliers``;
 * ``case``: ``train~test`` for overlap, ``a~b`` for duplicates (either order), ``identity/stem`` for outliers;
-  a ``?`` side means the identity is unknown: counted, never matched;
+  a ``?`` side means the identity is unknown: such a case counts for the lists its ``in_lists`` names (their
+  precision) but never matches a flag;
 * ``verdict``: ``real``, ``false`` or ``border`` (could not tell: in neither precision nor recall);
 * ``in_lists``: comma-separated names of the lists known to hold the case (``-`` for none).
 
@@ -86,17 +87,22 @@ class Score:
     unreviewed: tuple[str, ...]  #: flags that match no reviewed case
 
 
-def score(cases: Iterable[Case], task: str, flagged: Iterable[str]) -> Score:
-    """Score the flagged keys of one task (any order; keys are canonicalised) against the reviewed cases."""
+def score(cases: Iterable[Case], task: str, flagged: Iterable[str], list_name: str | None = None) -> Score:
+    """Score the flagged keys of one task (any order; keys are canonicalised) against the reviewed cases.
+
+    ``list_name``: the cases with an unknown side that this list is known to hold (``in_lists``) count as
+    reviewed flags of it too (the flags column then includes them)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    verdict = {c.key: c.verdict for c in cases if c.task == task and c.matchable}
+    cases = [c for c in cases if c.task == task]
+    verdict = {c.key: c.verdict for c in cases if c.matchable}
     flags = list(dict.fromkeys(case_key(task, f) for f in flagged))
     hits = [verdict[f] for f in flags if f in verdict]
+    hits += [c.verdict for c in cases if not c.matchable and list_name is not None and list_name in c.in_lists]
     real, false, border = (hits.count(v) for v in VERDICTS)
     real_total = sum(1 for v in verdict.values() if v == "real")
     nan = float("nan")
-    return Score(len(flags), len(hits), real, false, border, real_total,
+    return Score(len(flags) + len(hits) - sum(f in verdict for f in flags), len(hits), real, false, border, real_total,
                  real / (real + false) if real + false else nan, real / real_total if real_total else nan,
                  tuple(f for f in flags if f not in verdict))
 
@@ -133,7 +139,7 @@ def score_table(cases: list[Case], lists: Mapping[str, Mapping[str, Iterable[str
         for name, by_task in lists.items():
             if task not in by_task:
                 continue
-            s = score(cases, task, by_task[task])
+            s = score(cases, task, by_task[task], name)
             size = (sizes or {}).get((name, task))
             p = "n/a" if s.precision != s.precision else f"{s.precision:.2f}"
             r = "n/a" if s.recall != s.recall else f"{s.recall:.2f}"
