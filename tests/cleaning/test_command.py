@@ -142,3 +142,32 @@ def test_overlap_thresholds_per_test_set(planted, tmp_path, capsys):
     assert report["overlap_pairs"] == {"test.1": 1, "test.2": 0} and report["thresholds"]["test.2"] == 1e-9
     assert main(base + ["0.5", "0.5", "0.5"]) == 2
     assert "one per test set (2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", ["", "-0000.params"])
+def test_embed_command_reads_an_mxnet_model_directly(tmp_path, capsys, suffix):
+    """``clean embed --model PREFIX`` (or its .params) runs an MXNet model-zoo file without conversion; each row
+    equals the float64 reference graph on the image and its mirror, summed then normalised (flip TTA)."""
+    import numpy as np
+    from PIL import Image
+
+    from marginface.cleaning.embedders import load_npz
+    from tests.inference.test_mxnet_format import reference_forward, write_tiny_model
+
+    prefix = write_tiny_model(tmp_path / "zoo")
+    rng = np.random.default_rng(3)
+    pixels = {}
+    for name in ("p/1.png", "p/2.png", "q/1.png"):
+        (tmp_path / "img" / name).parent.mkdir(parents=True, exist_ok=True)
+        pixels[name] = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+        Image.fromarray(pixels[name]).save(tmp_path / "img" / name)
+    assert main(["clean", "embed", str(tmp_path / "img"), "--out", str(tmp_path / "e.npz"),
+                 "--model", f"{prefix}{suffix}"]) == 0
+    assert "embedded 3 images of 2 identities" in capsys.readouterr().out
+    data = load_npz(tmp_path / "e.npz")
+    assert data.names == sorted(pixels) and data.embeddings.shape == (3, 5)
+    for row, name in zip(data.embeddings, data.names):
+        chw = pixels[name].astype(np.float64).transpose(2, 0, 1)[None]
+        ref = (reference_forward(Path(f"{prefix}-symbol.json"), Path(f"{prefix}-0000.params"), chw)
+               + reference_forward(Path(f"{prefix}-symbol.json"), Path(f"{prefix}-0000.params"), chw[..., ::-1]))[0]
+        np.testing.assert_allclose(row, ref / np.linalg.norm(ref), atol=1e-4)

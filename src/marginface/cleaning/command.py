@@ -51,7 +51,8 @@ def _add_embed(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("root", help="image folder, root/<identity>/<image>")
     parser.add_argument("--out", required=True, help="output .npz (names, embeddings, root, paths)")
     parser.add_argument("--model", default="dlib", help="'dlib', or a model file marginface.inference.load_model "
-                        "reads (.safetensors with its card, insightface .pth, .onnx) for aligned faces")
+                        "reads (.safetensors with its card, insightface .pth, .onnx, an MXNet model-zoo prefix or its "
+                        ".params) for aligned faces")
     parser.add_argument("--backbone", default=None, help="backbone, for a safetensors file without a card")
     parser.add_argument("--embedding-size", type=int, default=None, help="embedding size, for a file without a card")
     parser.add_argument("--config", default=None, help="the run's config.json, for a file without a card")

@@ -147,7 +147,8 @@ def checkpoint_embedder(checkpoint: str | Path, backbone: str = "mobilefacenet",
 def model_embedder(path: str | Path, *, backbone: str | None = None, embedding_size: int | None = None,
                    config: str | Path | None = None, batch_size: int = 128) -> Embedder:
     """An :data:`Embedder` from any model :func:`marginface.inference.load_model` reads (a marginface
-    safetensors file with its card, an insightface ``.pth``, ``.onnx``), for *aligned* faces of the model's
+    safetensors file with its card, an insightface ``.pth``, ``.onnx``, an MXNet model-zoo prefix such as
+    ``models/insightface_mobilefacenet_y1/model`` or its ``-0000.params``), for *aligned* faces of the model's
     input size; flip TTA as the model card says. ``backbone`` / ``embedding_size`` / ``config``: for files
     without a card only."""
     from PIL import Image

@@ -1,0 +1,87 @@
+"""docs/cleaning.md's comparison of cleaning lists against the cases reviewed by eye (precision / recall).
+
+Ground truth: ``docs/results/cleaning_reviewed_cases.tsv`` (the docs' reviewed cases and verdicts). Lists:
+
+* ``dlib`` / ``ours`` / ``dlib-lfw3``: only the flags the docs name (their full lists were not kept), with the
+  list sizes the docs give;
+* ``ms1m*``: insightface's MS1M MobileFaceNet, every flag, from ``docs/results/cleaning_ms1m_flags.tsv``, which
+  ``--from-runs CLEAN_DIR`` writes from the ``marginface clean`` output folders named in ``MS1M_RUNS``.
+
+    python benchmarks/cleaning_review.py [--from-runs /work/cache/i30c/clean]
+
+Prints the table rows of docs/cleaning.md (tests/cleaning/test_reviewed.py checks they are there) and the
+MS1M flags that match no reviewed case (the ones to look at).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from marginface.cleaning.lists import read_lines, write_lines
+from marginface.cleaning.reviewed import TASKS, flags_from_run, known_flags, read_cases, score, score_table
+
+ROOT = Path(__file__).resolve().parents[1]
+REVIEWED = ROOT / "docs" / "results" / "cleaning_reviewed_cases.tsv"
+FLAGS = ROOT / "docs" / "results" / "cleaning_ms1m_flags.tsv"
+
+#: the docs' list sizes for the lists of which only the reviewed flags are known (docs/cleaning.md, 2026-12-02)
+DOCS_SIZES = {("dlib", "overlap_lfw"): 33, ("dlib", "overlap_cfp"): 6, ("dlib", "duplicates"): 5,
+              ("dlib", "outliers"): 68, ("ours", "overlap_lfw"): 28, ("ours", "duplicates"): 9,
+              ("ours", "outliers"): 70, ("dlib-lfw3", "overlap_lfw"): 74}
+DOCS_LISTS = {"dlib": ("overlap_lfw", "overlap_cfp", "duplicates", "outliers"),
+              "ours": ("overlap_lfw", "duplicates", "outliers"), "dlib-lfw3": ("overlap_lfw",)}
+#: list name -> task -> the ``marginface clean`` output folder (under --from-runs) that holds it
+MS1M_RUNS = {
+    "ms1m": {"overlap_lfw": "overlap_ms1m", "overlap_cfp": "overlap_ms1m", "duplicates": "duplicates_ms1m",
+             "outliers": "outliers_ms1m"},
+    "ms1m-threshold": {"outliers": "outliers_thr_ms1m"},
+    "ms1m-lfw3": {"overlap_lfw": "overlap_lfw3_ms1m"},
+    "ms1m-all": {"duplicates": "duplicates_all_ms1m", "outliers": "outliers_all_ms1m"},
+}
+
+
+def write_flags(clean_dir: Path, path: Path = FLAGS) -> None:
+    """Collect every MS1M list's flags from the run folders into one small text file."""
+    rows = []
+    for name, tasks in MS1M_RUNS.items():
+        for task, run in tasks.items():
+            if (clean_dir / run).is_dir():
+                rows += [f"{name}\t{task}\t{key}\t{d:.4f}" for key, d in flags_from_run(clean_dir / run, task).items()]
+    write_lines(path, rows, "list\ttask\tcase\tdistance: every flag of the MS1M model's cleaning lists "
+                "(benchmarks/cleaning_review.py --from-runs; the runs of docs/cleaning.md)")
+
+
+def read_flags(path: Path = FLAGS) -> dict[str, dict[str, list[str]]]:
+    """list name -> task -> flagged keys, from the file :func:`write_flags` writes."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for line in read_lines(path, "MS1M flags file"):
+        name, task, key, _ = line.split("\t")
+        out.setdefault(name, {}).setdefault(task, []).append(key)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--from-runs", type=Path, default=None, help="write the MS1M flags file from these runs first")
+    args = parser.parse_args()
+    if args.from_runs is not None:
+        write_flags(args.from_runs)
+    cases = read_cases(REVIEWED)
+    lists = {name: {t: known_flags(cases, t, name) for t in tasks} for name, tasks in DOCS_LISTS.items()}
+    ms1m = read_flags() if FLAGS.is_file() else {}
+    lists.update(ms1m)
+    print(f"{len(cases)} reviewed cases ({sum(c.matchable for c in cases)} with both sides named): "
+          + ", ".join(f"{t} {sum(c.task == t for c in cases)}" for t in TASKS))
+    print("| task | list | flags | reviewed: real / false / border | precision | recall |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(score_table(cases, lists, DOCS_SIZES)))
+    for name, by_task in ms1m.items():
+        for task, keys in by_task.items():
+            left = score(cases, task, keys).unreviewed
+            if left:
+                print(f"{name} {task}: {len(left)} unreviewed flags: {' '.join(left)}")
+
+
+if __name__ == "__main__":
+    main()
