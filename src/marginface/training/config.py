@@ -98,6 +98,14 @@ class ModelConfig:
     init_loss: bool = False
     """With ``init_from``: also load the loss's class centres and state from it (same loss and classes):
     continuing a margin-softmax training, the fair baseline of a fine-tuning."""
+    init_centres: str = "random"
+    """The margin loss's class centres at step 0: 'random' (the loss's own N(0, 0.01^2)) or 'class_means' (with
+    ``init_from``: per class, the L2-normalised mean of the L2-normalised embeddings of its training images, by
+    the starting backbone in eval mode, no flip), so the first steps' gradients do not come from random centres."""
+    freeze_bn: bool = False
+    """BatchNorm layers normalise with their running statistics and keep them (eval-mode BN) while training;
+    their scale and shift still learn. For fine-tuning with small batches: the training forward at step 0 is
+    then the starting model's own function (batch statistics of 64 images are not the model's)."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.params, dict), "model.params", "must be a mapping of argument names to values")
@@ -105,6 +113,13 @@ class ModelConfig:
         _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must lie in [0, 1), got {self.dropout}")
         _require(self.output in tuple("ABCDE"), "model.output", f"must be one of A-E, got {self.output!r}")
         _require(not self.init_loss or bool(self.init_from), "model.init_loss", "needs model.init_from")
+        _require(self.init_centres in ("random", "class_means"), "model.init_centres",
+                 f"must be 'random' or 'class_means', got {self.init_centres!r}")
+        if self.init_centres == "class_means":
+            _require(bool(self.init_from), "model.init_centres",
+                     "'class_means' needs model.init_from (the model whose embeddings give the means)")
+            _require(not self.init_loss, "model.init_centres",
+                     "'class_means' and model.init_loss=true both set the centres: keep one")
 
 
 @dataclass
@@ -291,7 +306,8 @@ class TrainConfig:
     """Split each process's share of the batch into this many micro-batches and accumulate their gradients
     (same gradient, less activation memory). Running loss state advances once per micro-batch forward."""
     steps: int = 1000
-    """Optimizer steps to train (ignored when ``epochs`` is set)."""
+    """Optimizer steps to train (ignored when ``epochs`` is set). 0 with ``model.init_from``: no training, the
+    starting model is checkpointed as step 0 (the "as is" arm of a fine-tuning study)."""
     epochs: float = 0.0
     """When > 0: train this many passes over the data instead of ``steps`` (steps = ceil(epochs x images /
     batch_size), fixed when the data is known), and ``optim.milestones`` (fractions allowed) and
@@ -317,7 +333,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
-        _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        _require(self.steps >= 0, "steps", f"must be >= 1 (0: only with model.init_from), got {self.steps}")
+        _require(self.steps >= 1 or bool(self.model.init_from) and self.epochs == 0, "steps",
+                 "0 (no training: the starting model checkpointed as is) needs model.init_from and epochs 0")
         _require(self.epochs >= 0, "epochs", f"must be >= 0 (0: use steps), got {self.epochs}")
         _require(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be >= 1, got {self.grad_accum_steps}")
         _require(self.precision in ("fp32", "bf16", "fp16"), "precision",
@@ -343,6 +361,10 @@ class TrainConfig:
             from marginface.training.finetune import check_triplet_config
 
             check_triplet_config(self)
+        if self.model.init_centres == "class_means":
+            _require(self.loss.name != "triplet", "model.init_centres",
+                     "'class_means' initialises a margin loss's centres; loss.name triplet has none (set 'random')")
+            _require(not self.loss.sharded, "model.init_centres", "'class_means' is not supported with loss.sharded")
         if self.validation.synthetic_pairs:
             _require(self.data.source == "synthetic", "validation.synthetic_pairs",
                      "needs data.source 'synthetic' (held-out synthetic identities)")

@@ -5,8 +5,15 @@
 - ``loss.triplet_weight: lambda > 0`` with a margin loss: ``margin softmax + lambda * triplet`` (triplet parameters
   in ``loss.triplet_params``); the margin loss keeps its centres and its head (dense, chunked or partial_fc).
 - ``model.init_from: path``: the backbone weights of a trained model, read through
-  :func:`marginface.inference.load_model` (its card is checked against ``model``); ``model.init_loss`` also
-  loads its class centres (continuing a softmax training). A resume from the run's own checkpoint overrides both.
+  :func:`marginface.inference.load_model` (its card is checked against ``model``; an MXNet zoo prefix works
+  too); ``model.init_loss`` also loads its class centres (continuing a softmax training). A resume from the
+  run's own checkpoint overrides both. The trainer feeds ``(x - 127.5) / 127.5`` RGB; a model whose card says
+  otherwise (insightface's MXNet MobileFaceNet: ``(x - 127.5) / 128``, normalised inside its graph) gets its
+  own normalisation folded into its first convolution (:func:`adopt_input_contract`), so the fine-tuned
+  model at step 0 computes exactly what the original file computes on the same pixels.
+- ``model.init_centres: class_means``: new class centres = the starting model's own class means
+  (:func:`class_mean_centres`) instead of random ones.
+- ``model.freeze_bn``: BatchNorm layers in eval mode while training (:func:`set_train_mode`).
 
 Both triplet objectives mine over the global batch under torchrun (see :mod:`marginface.metric.head`) and need
 identity-balanced batches (``data.sampler: pk``). This module holds the logic; the trainer calls
@@ -89,6 +96,19 @@ def _model_file(path: Path) -> Path:
     return path / "model.safetensors" if path.is_dir() else path
 
 
+def _is_model_path(path: Path) -> bool:
+    """A model file, a checkpoint folder or an MXNet zoo model (``prefix``, ``prefix-0000.params``)."""
+    from marginface.inference.mxnet_format import mxnet_files
+
+    if _model_file(path).is_file():
+        return True
+    try:
+        files = mxnet_files(path)
+    except FileNotFoundError:  # a symbol without weights: load_model says so by name
+        return True
+    return files is not None and files[0].is_file()
+
+
 def init_from_model(config: TrainConfig, backbone: nn.Module, loss: nn.Module) -> str:
     """Load ``model.init_from``'s backbone weights into ``backbone`` (and with ``model.init_loss`` its loss state
     into ``loss``), after checking its card against ``config.model``. Returns a line for the log.
@@ -99,9 +119,10 @@ def init_from_model(config: TrainConfig, backbone: nn.Module, loss: nn.Module) -
     from marginface.inference import load_model
 
     path = Path(config.model.init_from)
-    if not _model_file(path).is_file():
+    if not _is_model_path(path):
         raise FileNotFoundError(f"model.init_from {path}: no such model file (give a best.safetensors, a "
-                                "checkpoint folder or an insightface .pth)")
+                                "checkpoint folder, an insightface .pth or an MXNet prefix with its "
+                                "prefix-symbol.json and prefix-0000.params)")
     with torch.random.fork_rng(devices=[]):
         loaded = load_model(path)
     card, m = loaded.card, config.model
@@ -122,6 +143,8 @@ def init_from_model(config: TrainConfig, backbone: nn.Module, loss: nn.Module) -
                           f"{m.backbone}: {err}") from err
     line = f"initialised the backbone from {path} ({card.backbone}, D={card.embedding_size}, trained with " \
            f"{card.loss.get('name', 'unknown loss')})"
+    if folded := adopt_input_contract(backbone, card.input, path):
+        line += f"; {folded}"
     if m.init_loss:
         _init_loss(config, _model_file(path), card, loss)
         line += " and its loss state"
@@ -145,3 +168,116 @@ def _init_loss(config: TrainConfig, path: Path, card: Any, loss: nn.Module) -> N
         raise ConfigError(f"config field model.init_loss: the loss tensors of {path} have shapes {shapes} but this "
                           f"run's loss needs {expected}: the same loss on the same classes (data) is required")
     loss.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------------ input contract
+#: what the trainer (and ``marginface eval``) feed every backbone: RGB planes, (pixel - 127.5) / 127.5
+TRAINER_MEAN, TRAINER_STD = 127.5, 127.5
+
+
+def first_input_conv(backbone: nn.Module, source: Any = "the model") -> nn.Conv2d:
+    """The one ``Conv2d`` with 3 input channels: the layer that sees the pixels (every backbone has one)."""
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3]
+    if len(convs) != 1:
+        raise ConfigError(f"config field model.init_from: {source} has {len(convs)} convolutions over the 3 input "
+                          "planes, so its input normalisation cannot be folded into one; convert it to the "
+                          "trainer's contract first (RGB, (x - 127.5) / 127.5)")
+    return convs[0]
+
+
+@torch.no_grad()
+def adopt_input_contract(backbone: nn.Module, contract: Any, source: Any = "the model") -> str:
+    """Make ``backbone`` (weights as loaded) take the trainer's input instead of its card's ``contract``.
+
+    The card's input plane k is ``(p[src(k)] - mean_k) / std_k`` with ``src(k) = k`` (RGB) or ``2 - k`` (BGR);
+    the trainer's plane c is ``x_c = (p_c - 127.5) / 127.5``. With ``mean_k = 127.5`` the card's plane is
+    ``x[src(k)] * 127.5 / std_k``, a per-plane scale (and a plane permutation) that the first convolution absorbs
+    exactly: ``w'[:, src(k)] = w[:, k] * 127.5 / std_k`` — its zero padding stays zero, its bias is untouched.
+    A mean other than 127.5 would shift the padded border too (not foldable): refused.
+
+    Returns a line for the log ('' when the contract already is the trainer's). Raises :class:`ConfigError` for
+    an input size other than 112 or a mean other than 127.5.
+    """
+    mean, std, bgr = [float(v) for v in contract.mean], [float(v) for v in contract.std], contract.channel_order
+    if contract.size != 112:
+        raise ConfigError(f"config field model.init_from: {source} takes {contract.size}x{contract.size} crops; the "
+                          "trainer feeds 112x112 (align the data for it, or start from a 112x112 model)")
+    if mean == [TRAINER_MEAN] * 3 and std == [TRAINER_STD] * 3 and bgr == "RGB":
+        return ""
+    if mean != [TRAINER_MEAN] * 3:
+        raise ConfigError(f"config field model.init_from: {source} normalises its input with mean {mean}; only a "
+                          f"mean of {TRAINER_MEAN} (the trainer's) folds exactly into the first convolution")
+    conv = first_input_conv(backbone, source)
+    src = [2, 1, 0] if bgr == "BGR" else [0, 1, 2]
+    weight = conv.weight.detach().clone()
+    for k in range(3):
+        conv.weight[:, src[k]] = weight[:, k] * (TRAINER_STD / std[k])
+    return (f"its input contract ({bgr}, (x - {mean[0]:g}) / {std}) folded into its first convolution: it now "
+            f"takes the trainer's RGB (x - {TRAINER_MEAN:g}) / {TRAINER_STD:g}")
+
+
+# ------------------------------------------------------------------------------------------ model.freeze_bn
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """``model.train()``, with every BatchNorm back in eval mode when ``freeze_bn`` (running statistics used and
+    kept; the BN scale and shift still get gradients)."""
+    model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+# ------------------------------------------------------------------------------------------ model.init_centres
+@torch.no_grad()
+def class_mean_centres(backbone: nn.Module, dataset: Any, num_classes: int, batch_size: int = 128,
+                       device: torch.device | str = "cpu", num_workers: int = 0) -> torch.Tensor:
+    """``(C, D)`` float32 class centres: per class c, ``normalize(sum_i normalize(f(x_i)))`` over its images.
+
+    ``f`` is ``backbone`` in eval mode (its mode is restored after), ``dataset`` yields ``(image (3, 112, 112)
+    in [-1, 1], label)`` unflipped; the sums are float64. Every class must have an image.
+    """
+    from torch.utils.data import DataLoader
+
+    was_training = backbone.training
+    backbone.eval()
+    sums = None
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    try:
+        for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+            emb = torch.nn.functional.normalize(backbone(images.to(device)).double(), dim=1).cpu()
+            sums = torch.zeros(num_classes, emb.shape[1], dtype=torch.float64) if sums is None else sums
+            labels = torch.as_tensor(labels, dtype=torch.int64)
+            sums.index_add_(0, labels, emb)
+            counts += torch.bincount(labels, minlength=num_classes)
+    finally:
+        backbone.train(was_training)
+    if sums is None or (counts == 0).any():
+        empty = [] if sums is None else torch.nonzero(counts == 0).flatten()[:5].tolist()
+        raise ValueError(f"class means: classes {empty or 'all'} have no image in the training data")
+    return torch.nn.functional.normalize(sums, dim=1).float()
+
+
+def init_centres_from_class_means(config: TrainConfig, backbone: nn.Module, loss: nn.Module, dataset: Any,
+                                  device: torch.device | str) -> str:
+    """Set the margin loss's centres (``loss.weight``, (C, D)) to the starting backbone's class means; a log line.
+
+    Raises :class:`ConfigError` for a loss whose centres are not one (C, D) direction per class (sub-centres)
+    or whose logits use the centres' norm (plain softmax)."""
+    import time
+
+    weight = getattr(loss, "weight", None)
+    expected = (dataset.num_classes, config.model.embedding_size)
+    if weight is None or tuple(weight.shape) != expected:
+        shape = None if weight is None else tuple(weight.shape)
+        raise ConfigError(f"config field model.init_centres: class_means needs one centre per class, shape "
+                          f"{expected}, but loss {config.loss.name!r} has centres of shape {shape}")
+    if not getattr(loss, "normalizes_features", True):
+        raise ConfigError(f"config field model.init_centres: loss {config.loss.name!r} uses raw (unnormalised) "
+                          "centres; class means are unit directions for the normalised losses (set 'random')")
+    start = time.perf_counter()
+    centres = class_mean_centres(backbone, dataset, dataset.num_classes, config.validation.batch_size, device,
+                                 config.data.num_workers)
+    with torch.no_grad():
+        weight.copy_(centres.to(weight.device, weight.dtype))
+    return (f"class centres: the starting model's class means over {len(dataset)} images of "
+            f"{dataset.num_classes} identities ({time.perf_counter() - start:.0f} s)")

@@ -123,6 +123,10 @@ class Trainer:
             if self.dist.is_main:
                 print(line)
         self.model = FaceModel(self.backbone, head).to(self.device)
+        if cfg.model.init_centres == "class_means" and saved is None:  # a resume has its own centres
+            line = finetune.init_centres_from_class_means(cfg, self.backbone, self.loss, self.dataset, self.device)
+            if self.dist.is_main:
+                print(line)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ddp_module, self.train_model = placement.distributed_parts(self.model, self._wrap_ddp)
@@ -287,7 +291,7 @@ class Trainer:
         logger = _RunLogger(self.run_dir, self.dist.is_main, resumed_at=self.step)
         bar = self._bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.dist.is_main, desc="train",
                                unit="step")
-        self.model.train()
+        finetune.set_train_mode(self.model, cfg.model.freeze_bn)
         tick, seen = time.perf_counter(), 0
         saved = None
         for images, labels in self.data_loader():
@@ -316,6 +320,8 @@ class Trainer:
             tick += time.perf_counter() - paused  # img/s and the ETA count training steps only
             exclude_pause(bar, time.perf_counter() - paused)
         bar.close()
+        if cfg.steps == 0 and saved is None:  # no training (the "as is" arm): the starting model is step 0
+            self.save()
         validated_last_step = cfg.validation.every and self.step % cfg.validation.every == 0
         fresh = validated_last_step and self._last_validation  # the loop just validated this very step
         results = self._last_validation if fresh else self._validate_and_keep_best(logger)
@@ -338,7 +344,7 @@ class Trainer:
                                flip=True, device=self.device)
             self.embeddings[name] = emb
             self.verification[name] = evaluate_interleaved(emb, issame, name=name)
-        self.model.train()
+        finetune.set_train_mode(self.model, self.config.model.freeze_bn)
         return {name: float(r.accuracy.mean) for name, r in self.verification.items()}
 
     def _validate_and_keep_best(self, logger: _RunLogger) -> dict[str, float]:
