@@ -52,8 +52,10 @@ def distinct_pixels(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pixels.transpose(0, 3, 1, 2), rows, np.asarray(issame)
 
 
-def embed_raw(model_path: str, pixels: np.ndarray, cache: Path, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Raw outputs of every image and of its mirror, (M, D) each; resumable through ``cache`` (.npz)."""
+def embed_raw(model_path: str, pixels: np.ndarray, cache: Path, batch: int = 64,
+              mirror: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Raw outputs of every image and of its mirror (skipped without ``mirror``: an empty (0, D) array),
+    (M, D) each; resumable through ``cache`` (.npz)."""
     from marginface.inference.model import load_model
 
     model = load_model(model_path)
@@ -64,11 +66,13 @@ def embed_raw(model_path: str, pixels: np.ndarray, cache: Path, batch: int = 64)
     for i in range(len(raw), len(pixels), batch):
         chunk = torch.from_numpy(pixels[i : i + batch].astype(np.float32))
         raw += list(model.forward(chunk))
-        mirrored += list(model.forward(chunk.flip(3)))
+        if mirror:
+            mirrored += list(model.forward(chunk.flip(3)))
         if (i // batch) % 10 == 9 or i + batch >= len(pixels):
             np.savez(cache, raw=np.array(raw), mirrored=np.array(mirrored))
             rate = (len(raw) - (0 if done is None else len(done["raw"]))) / (time.perf_counter() - start)
-            print(f"  {len(raw):,}/{len(pixels):,} images ({rate:.1f} img/s, x2 with mirrors)", flush=True)
+            print(f"  {len(raw):,}/{len(pixels):,} images ({rate:.1f} img/s{', x2 with mirrors' if mirror else ''})",
+                  flush=True)
     return np.array(raw), np.array(mirrored)
 
 
@@ -81,9 +85,10 @@ def run_lfw(args: argparse.Namespace) -> dict:
 
     pixels, rows, issame = distinct_pixels(args.bin)
     print(f"{len(rows):,} stored images, {len(pixels):,} distinct", flush=True)
-    raw, mirrored = embed_raw(args.model, pixels, Path(args.cache), args.batch)
+    raw, mirrored = embed_raw(args.model, pixels, Path(args.cache), args.batch, not args.no_flip)
     out = {}
-    for label, emb in (("flip", _unit(raw + mirrored)), ("no flip", _unit(raw))):
+    variants = [("no flip", _unit(raw))] if args.no_flip else [("flip", _unit(raw + mirrored)), ("no flip", _unit(raw))]
+    for label, emb in variants:
         result = evaluate_interleaved(emb[rows], issame, name="lfw")
         acc = result.accuracy
         out[label] = {"accuracy": float(acc.mean), "std": float(acc.std),
@@ -181,36 +186,42 @@ def run_export(args: argparse.Namespace) -> dict:
     pixels, rows, issame = distinct_pixels(args.bin)
     calibration = _aligned_faces_seeded(args.celeba, args.calibration, seed=2)
     timing = pixels[:8].astype(np.float32)
-    embeddings, seconds, ms = {}, {}, {}
+    out = {}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         paths = export_variants(Path(args.model), Path(tmp), calibration)
         torch_model = load_model(args.model)
         for variant in args.variants.split(","):
             model = load_model(paths[variant])
             start = time.perf_counter()
-            embeddings[variant] = np.concatenate([model.embed_pixels(pixels[i : i + 64].astype(np.float32),
-                                                                     flip=False) for i in range(0, len(pixels), 64)])
-            seconds[variant] = time.perf_counter() - start
-            print(f"ORT {variant}: embedded in {seconds[variant]:.0f} s", flush=True)
-        # latency: every variant and torch timed back to back, so the ratios share the machine's load
-        ms["torch fp32"] = ms_per_image(torch_model, timing)
-        for variant in embeddings:
-            ms[variant] = ms_per_image(load_model(paths[variant]), timing)
-    while not Path(args.cache).is_file() or len(np.load(args.cache)["raw"]) < len(pixels):
-        time.sleep(30)  # the lfw run of the same model writes the torch fp32 outputs
-    reference = _unit(np.load(args.cache)["raw"])
-    out = {"torch fp32": _row(evaluate_interleaved(reference[rows], issame, name="lfw"), 1.0, 1.0, 1.0)}
-    for variant, emb in embeddings.items():
-        cos = (emb.astype(np.float64) * reference).sum(1)
-        out[f"ORT {variant}"] = _row(evaluate_interleaved(emb[rows], issame, name="lfw"), float(cos.min()),
-                                     float(cos.mean()), ms[variant] / ms["torch fp32"])
-        out[f"ORT {variant}"]["embed_seconds"] = seconds[variant]
-    out["torch fp32"]["ms_per_image"] = ms["torch fp32"]
-    for label, row in out.items():
-        print(f"{label:12s} LFW {100 * row['accuracy']:.2f} ± {100 * row['std']:.2f}%  TAR@FAR=1e-3 "
-              f"{100 * row['tar_at_far_1e-3']:.2f}%  cosine to torch min {row['cos_min']:.6f} mean "
-              f"{row['cos_mean']:.6f}  time {row['ratio_to_torch']:.2f}x torch", flush=True)
+            emb = np.concatenate([model.embed_pixels(pixels[i : i + 64].astype(np.float32), flip=False)
+                                  for i in range(0, len(pixels), 64)])
+            seconds = time.perf_counter() - start
+            np.save(Path(args.cache).with_suffix(f".{variant}.npy"), emb)
+            # latency: the variant and torch timed back to back, so the ratio shares the machine's load
+            ratio = ms_per_image(model, timing) / ms_per_image(torch_model, timing)
+            reference = _wait_for_reference(args.cache, len(pixels))
+            cos = (emb.astype(np.float64) * reference).sum(1)
+            out[f"ORT {variant}"] = _row(evaluate_interleaved(emb[rows], issame, name="lfw"), float(cos.min()),
+                                         float(cos.mean()), ratio)
+            out[f"ORT {variant}"]["embed_seconds"] = seconds
+            if "torch fp32" not in out:
+                out["torch fp32"] = _row(evaluate_interleaved(reference[rows], issame, name="lfw"), 1.0, 1.0, 1.0)
+                _print_row("torch fp32", out["torch fp32"])
+            _print_row(f"ORT {variant}", out[f"ORT {variant}"])
     return out
+
+
+def _wait_for_reference(cache: str, count: int) -> np.ndarray:
+    """The torch fp32 outputs (unit rows) from the lfw run's cache, waiting until that run has written them all."""
+    while not Path(cache).is_file() or len(np.load(cache)["raw"]) < count:
+        time.sleep(30)
+    return _unit(np.load(cache)["raw"])
+
+
+def _print_row(label: str, row: dict) -> None:
+    print(f"{label:12s} LFW {100 * row['accuracy']:.2f} ± {100 * row['std']:.2f}%  TAR@FAR=1e-3 "
+          f"{100 * row['tar_at_far_1e-3']:.2f}%  cosine to torch min {row['cos_min']:.6f} mean "
+          f"{row['cos_mean']:.6f}  time {row['ratio_to_torch']:.2f}x torch", flush=True)
 
 
 def _row(result, cos_min: float, cos_mean: float, ratio: float) -> dict:
@@ -228,6 +239,7 @@ def main() -> None:
     lfw.add_argument("--bin", default="/work/cache/lfw.bin")
     lfw.add_argument("--cache", required=True, help=".npz of raw embeddings (resumed)")
     lfw.add_argument("--batch", type=int, default=64)
+    lfw.add_argument("--no-flip", action="store_true", help="embed the images only, not their mirrors (half the time)")
     cal = sub.add_parser("calibrate")
     cal.add_argument("--bin", default="/work/cache/lfw.bin")
     cal.add_argument("--cache", required=True)
