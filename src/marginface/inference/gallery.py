@@ -442,7 +442,7 @@ class Gallery:
             try:
                 vector, info = recognizer.embed_with_info(path)
             except ValueError as err:
-                skipped.append({"path": str(path), "error": str(err)})
+                skipped.append({"path": printable_path(path), "error": str(err)})
                 continue
             vectors.append(vector)
             kept.append((path, digest))
