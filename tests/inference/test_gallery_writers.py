@@ -161,3 +161,44 @@ def test_non_utf8_identity_folder_is_named_or_skipped(tmp_path):
     report = gallery.enroll_folder(Recognizer(), root, skip_bad=True)
     assert gallery.names == ["ann"] and report["skipped"][0]["path"].endswith("people/caf\\xe9/0.png")
     gallery.save(tmp_path / "g")  # nothing undecodable reaches SQLite
+
+
+@pytest.mark.slow
+def test_two_enroll_commands_at_once_keep_every_identity(tmp_path):
+    """The audit's case: two ``marginface enroll`` processes into one gallery (both exited 0, one run's identities
+    were gone). Now the second saves on top of the first."""
+    from PIL import Image
+
+    from tests.inference.helpers import save_tiny
+
+    model = save_tiny(tmp_path / "m.safetensors", flip=False)
+    rng = np.random.default_rng(0)
+    for run in ("a", "b"):
+        for ident in range(3):
+            folder = tmp_path / run / f"{run}{ident}"
+            folder.mkdir(parents=True)
+            for j in range(2):
+                Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(folder / f"{j}.png")
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "marginface.cli", "enroll", str(tmp_path / run), "--gallery",
+                               str(tmp_path / "g"), "--model", str(model)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for run in ("a", "b")]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outputs]
+    gallery = Gallery.load(tmp_path / "g")
+    assert sorted(gallery.names) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert all(gallery.images(name) == 2 for name in gallery.names)
+
+
+def test_a_first_version_without_current_is_a_gallery_being_born(tmp_path):
+    """Between a first save's rename of v000001 and its write of CURRENT, another writer must not call the folder
+    foreign (what made the two-enroll race fail once): it waits for the lock and then finds CURRENT."""
+    (tmp_path / "g" / "v000001").mkdir(parents=True)  # also the state a crash at that moment leaves
+    with Gallery.update(tmp_path / "g", _card()) as gallery:
+        gallery.add("x", np.ones(D), _card())
+    assert Gallery.load(tmp_path / "g").names == ["x"]
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not a gallery folder"):
+        Gallery.create(_card()).save(tmp_path / "h")
+    assert not (tmp_path / "h" / ".lock").exists()  # refused before the lock file is created

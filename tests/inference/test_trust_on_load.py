@@ -97,6 +97,7 @@ def test_channel_order_is_part_of_the_compatibility_key(tmp_path):
 
 @pytest.mark.parametrize(("thresholds", "ok"), [
     ({"default": 0.3}, True), ({"default": math.inf}, True), ({"default": -1.0}, True),
+    ({"default": 0.2, "best_threshold": -math.inf}, True), ({"default": 1.00000012}, True),
     ({"default": math.nan}, False), ({"default": -2.0}, False), ({"default": 1.5}, False),
     ({"default": "0.3"}, False), ({"default": 0.3, "best_threshold": math.nan}, False),
 ])
@@ -104,7 +105,7 @@ def test_card_thresholds_must_be_cosines(thresholds, ok):
     if ok:
         _card(thresholds=thresholds)
         return
-    with pytest.raises(ValueError, match=r"thresholds\.\w+ must be a cosine in \[-1, 1\]"):
+    with pytest.raises(ValueError, match=r"thresholds\.\w+ must be a cosine in \[-1, 1\] \(or \+-inf\)"):
         _card(thresholds=thresholds)
     text = _card().to_json().replace('"thresholds": {}', '"thresholds": ' + str(thresholds).replace("'", '"')
                                      .replace("nan", "NaN"))

@@ -54,8 +54,9 @@ class AlignReport:
         )
 
 
-def list_images(src: str | Path) -> tuple[list[Path], list[Path]]:
-    """Image files under ``src/<identity>/`` (sorted) and the other files found there (ignored)."""
+def list_images(src: str | Path, skip_bad: bool = False) -> tuple[list[Path], list[Path]]:
+    """Image files under ``src/<identity>/`` (sorted) and the other files found there (ignored). An unreadable
+    identity folder is an error naming it, or (``skip_bad``) listed among the ignored."""
     root = Path(src)
     if root.is_file():
         raise NotADirectoryError(f"{root} is a file, expected a folder of photos {root}/<identity>/<image>")
@@ -63,7 +64,15 @@ def list_images(src: str | Path) -> tuple[list[Path], list[Path]]:
         raise FileNotFoundError(f"source folder {root} does not exist")
     images, ignored = [], []
     for identity in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(p for p in identity.iterdir() if p.is_file()):
+        try:
+            entries = sorted(p for p in identity.iterdir() if p.is_file())
+        except OSError as err:  # permissions, I/O error
+            if not skip_bad:
+                raise ValueError(f"cannot read identity folder {identity} ({err.strerror}): fix it, or pass "
+                                 "--skip-bad to skip it") from err
+            ignored.append(identity)
+            continue
+        for path in entries:
             (images if path.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(path)
     if not images:
         raise FileNotFoundError(f"no images under {root}/<identity>/ (expected root/<identity>/<image>)")
@@ -242,7 +251,7 @@ def align_folder(src: str | Path, dst: str | Path, options: AlignOptions | None 
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError(f"destination {dst} is the source folder: choose another folder")
-    images, ignored = list_images(src)
+    images, ignored = list_images(src, skip_bad=options.skip_bad)
     # everything is written under a temporary sibling and moved into DST at the end: a failed or interrupted
     # run leaves DST as it was (no half-aligned identities)
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
@@ -269,8 +278,15 @@ def align_folder(src: str | Path, dst: str | Path, options: AlignOptions | None 
 
 def _empty_identities(src: Path) -> list[str]:
     """Identity folders of ``src`` that hold no image file (they are left out of the output)."""
-    return [p.name for p in sorted(src.iterdir()) if p.is_dir() and not any(
-        f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS for f in p.iterdir())]
+    empty = []
+    for folder in sorted(p for p in src.iterdir() if p.is_dir()):
+        try:
+            entries = list(folder.iterdir())
+        except OSError:  # unreadable: list_images raised or (skip_bad) listed it among the ignored
+            continue
+        if not any(f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS for f in entries):
+            empty.append(folder.name)
+    return empty
 
 
 def _move_into(tmp: Path, dst: Path) -> None:

@@ -63,6 +63,18 @@ def load_image(
 _SKIP_BAD = "--skip-bad to marginface prepare rec (skip_bad=True in Python) to leave it out"
 
 
+def entry_kind(path: Path) -> str:
+    """Why a non-image entry of an identity folder is not an image, in words (a dangling link or a FIFO is not a
+    "nested folder")."""
+    if path.is_symlink() and not path.exists():
+        return "a dangling symbolic link"
+    if path.is_dir():
+        return "nested folder"
+    if path.is_file():
+        return "not an image file (extension)"
+    return "not a regular file (a FIFO, socket or device)"
+
+
 def check_size(image: np.ndarray, source: str, image_size: int, resize: bool) -> np.ndarray:
     """Return ``image`` if it is ``image_size`` square, resize it if allowed, else raise naming ``source``."""
     if image.shape[:2] == (image_size, image_size):
@@ -189,11 +201,19 @@ class FolderDataset(Dataset):
         found: dict[str, list[Path]] = {}
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             images = []
-            for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+            try:
+                entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+            except OSError as err:  # an unreadable identity folder (permissions, I/O error)
+                if not skip_bad:
+                    raise ValueError(f"cannot read identity folder {folder} ({err.strerror}): fix it, or pass "
+                                     f"{_SKIP_BAD}") from err
+                self._skip(folder, f"unreadable folder ({err.strerror})")
+                continue
+            for path in entries:
                 if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
                     images.append(path)
                     continue
-                reason = "not an image file (extension)" if path.is_file() else "nested folder"
+                reason = entry_kind(path)
                 if not skip_bad:
                     raise ValueError(f"{path} is {reason}: identity folders may hold only images "
                                      f"({', '.join(sorted(IMAGE_EXTENSIONS))}); remove it, or pass {_SKIP_BAD}")

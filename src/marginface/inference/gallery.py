@@ -442,7 +442,7 @@ class Gallery:
             try:
                 vector, info = recognizer.embed_with_info(path)
             except ValueError as err:
-                skipped.append({"path": str(path), "error": str(err)})
+                skipped.append({"path": printable_path(path), "error": str(err)})
                 continue
             vectors.append(vector)
             kept.append((path, digest))
@@ -594,8 +594,12 @@ class Gallery:
 
 
 # ------------------------------------------------------------------------------------------ file helpers
+def _is_version(path: Path) -> bool:
+    return path.is_dir() and path.name.startswith("v") and path.name[1:].isdigit()
+
+
 def _versions(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit())
+    return sorted(p.name for p in folder.iterdir() if _is_version(p))
 
 
 def _stored_model_key(folder: Path) -> str:
@@ -710,10 +714,13 @@ def _read_current(folder: Path) -> str | None:
 
 
 def _check_gallery_folder(folder: Path) -> None:
-    """Create ``folder`` if needed; refuse a folder holding other files (hidden names, such as the lock, aside)."""
+    """Create ``folder`` if needed; refuse a folder holding anything but a gallery's own files (hidden names such as
+    the lock, versions, ``CURRENT``): another writer may be between renaming its first version and writing
+    ``CURRENT``, so a version folder without ``CURRENT`` is a gallery being born, not a foreign folder."""
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / _CURRENT).is_file():
         return
-    if any(not p.name.startswith(".") for p in folder.iterdir()):
+    own = {_CURRENT, _CURRENT + ".tmp"}
+    if any(not (p.name.startswith(".") or p.name in own or _is_version(p)) for p in folder.iterdir()):
         raise UserError(f"{folder} exists and is not a gallery folder (no {_CURRENT} file): choose a new or "
                         "empty folder")
