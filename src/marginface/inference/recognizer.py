@@ -27,6 +27,7 @@ import torch
 from marginface.errors import NoFaceError, UserError
 from marginface.inference.images import describe, to_rgb_array
 from marginface.inference.model import LoadedModel, load_model
+from marginface.inference.threads import default_threads
 
 if TYPE_CHECKING:
     from marginface.inference.gallery import Gallery, Match
@@ -87,10 +88,13 @@ class FaceRecognizer:
             ``largest`` or ``score``.
         min_face: smallest face searched, pixels (MTCNN); smaller faces are not found (→ NoFaceError).
         batch_size: faces per forward pass.
+        threads: intra-op threads of a torch model, set process-wide (``torch.set_num_threads``); default
+            :func:`~marginface.inference.threads.default_threads` (``$MARGINFACE_THREADS``, else min(physical
+            cores, 4) less the busy ones); 0 leaves torch's setting alone.
     """
 
     def __init__(self, model: LoadedModel, *, detector: str = "mtcnn", policy: str = "centre",
-                 min_face: float = 20.0, batch_size: int = 64) -> None:
+                 min_face: float = 20.0, batch_size: int = 64, threads: int | None = None) -> None:
         if policy not in ("centre", "largest", "score"):
             raise ValueError(f"unknown face policy {policy!r}; use 'centre', 'largest' or 'score'")
         if batch_size < 1:
@@ -98,12 +102,18 @@ class FaceRecognizer:
         self.model, self.detector_name, self.policy = model, detector, policy
         self.min_face, self.batch_size = float(min_face), int(batch_size)
         self._detector: Any = None
+        self.threads = default_threads() if threads is None else int(threads)
+        if self.threads and model.kind == "torch":
+            torch.set_num_threads(self.threads)  # torch's default (one per logical core) stalls on busy machines
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu", **kwargs: Any) -> FaceRecognizer:
+    def load(cls, path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
+             **kwargs: Any) -> FaceRecognizer:
         """Load the model at ``path`` (:func:`~marginface.inference.model.load_model`); ``kwargs`` go to
-        the constructor (``detector``, ``policy``, ``min_face``, ``batch_size``)."""
-        return cls(load_model(path, device=device), **kwargs)
+        the constructor (``detector``, ``policy``, ``min_face``, ``batch_size``). ``threads``: see the class
+        (an ONNX model's onnxruntime session gets them too)."""
+        threads = default_threads() if threads is None else int(threads)
+        return cls(load_model(path, device=device, threads=threads), threads=threads, **kwargs)
 
     @property
     def card(self):  # noqa: ANN201 (ModelCard)
