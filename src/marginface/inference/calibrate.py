@@ -213,7 +213,7 @@ def _embed_distinct(recognizer: Any, encoded: list[bytes], path: Path, chunk: in
 
 def calibrate_model(model: str | os.PathLike, far: float, *, pairs: str | None = None, images: str | None = None,
                     folder: str | None = None, write: bool = True, device: str = "cpu",
-                    max_images: int = 4000) -> Calibration:
+                    max_images: int = 4000, threads: int | None = None) -> Calibration:
     """Calibrate the model at ``model`` on ``pairs`` (.bin or pairs.txt + ``images``) or a labelled ``folder``;
     with ``write``, store the result in its card (atomic rewrite of the file)."""
     from marginface.inference.model import write_card
@@ -225,7 +225,7 @@ def calibrate_model(model: str | os.PathLike, far: float, *, pairs: str | None =
     if write and suffix not in (".safetensors", ".onnx") and not Path(model).is_dir():
         raise UserError(f"{model}: a card can only be written into .safetensors or .onnx files; export it "
                         "(marginface export) or pass --no-write to only print the threshold")
-    recognizer = FaceRecognizer.load(model, device=device)
+    recognizer = FaceRecognizer.load(model, device=device, threads=threads)
     if folder is not None:
         scores, issame, data = folder_pairs(recognizer, folder, max_images, far=far)
     else:

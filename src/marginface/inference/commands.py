@@ -29,13 +29,19 @@ def _face_options(parser: argparse.ArgumentParser, model_required: bool = True) 
     parser.add_argument("--min-face", type=float, default=20.0, help="smallest face searched, pixels")
     parser.add_argument("--detector", default="mtcnn", help="face detector: mtcnn, mtcnn-torch or dlib")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _threads_option(parser)
+
+
+def _threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, help="threads for the model (default: $MARGINFACE_THREADS, else "
+                        "min(physical cores, 4) less the cores busy now, at least 1; docs/inference.md)")
 
 
 def _recognizer(args: argparse.Namespace, model: str | None = None) -> Any:
     from marginface.inference.recognizer import FaceRecognizer
 
     return FaceRecognizer.load(model or args.model, device=args.device, detector=args.detector,
-                               policy=args.keep, min_face=args.min_face)
+                               policy=args.keep, min_face=args.min_face, threads=args.threads)
 
 
 def _print_json(value: Any) -> None:
@@ -222,6 +228,7 @@ def _add_calibrate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave the model file as it is")
     parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda:0")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _threads_option(parser)
     parser.set_defaults(func=_run_calibrate)
 
 
@@ -229,7 +236,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from marginface.inference.calibrate import calibrate_model
 
     result = calibrate_model(args.model, args.far, pairs=args.pairs, images=args.images, folder=args.folder,
-                             write=not args.no_write, device=args.device, max_images=args.max_images)
+                             write=not args.no_write, device=args.device, max_images=args.max_images,
+                             threads=args.threads)
     if args.json:
         _print_json({**result.__dict__, "written": not args.no_write})
         return 0

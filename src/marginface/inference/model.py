@@ -174,7 +174,7 @@ class OnnxRunner:
 
 
 def load_model(path: str | os.PathLike, *, device: str = "cpu", backbone: str | None = None,
-               embedding_size: int | None = None, config: str | os.PathLike | None = None,
+               embedding_size: int | None = None, config: str | os.PathLike | None = None, threads: int = 0,
                **backbone_kwargs: Any) -> LoadedModel:
     """Load a face model from ``path`` (see the module docstring for the formats) in eval mode.
 
@@ -183,6 +183,8 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", backbone: str | 
         device: ``"cpu"``, ``"cuda"``...; ONNX models use onnxruntime's CUDA provider when asked and present.
         backbone, embedding_size, backbone_kwargs: only for safetensors files without a card (legacy).
         config: only for legacy files: the run's ``config.json`` the weights were trained with.
+        threads: intra-op threads of an ONNX model's onnxruntime session (0: onnxruntime's default); torch
+            models use torch's process-wide setting (``FaceRecognizer`` sets it).
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -206,7 +208,7 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", backbone: str | 
     if suffix in (".pth", ".pt"):
         return _load_insightface_pth(path, device)
     if suffix == ".onnx":
-        return _load_onnx(path, device)
+        return _load_onnx(path, device, threads)
     raise ValueError(f"{path}: unknown model format {suffix!r}; supported: {_SUPPORTED}")
 
 
@@ -506,7 +508,7 @@ def _static_dim(value_info: Any, axis: int) -> int | None:
     return int(dims[axis].dim_value) if len(dims) > axis and dims[axis].dim_value > 0 else None
 
 
-def _load_onnx(path: Path, device: str) -> LoadedModel:
+def _load_onnx(path: Path, device: str, threads: int = 0) -> LoadedModel:
     model = _read_onnx(path)
     props = {p.key: p.value for p in model.metadata_props}
     actual = onnx_weights_sha256(model)
@@ -527,7 +529,7 @@ def _load_onnx(path: Path, device: str) -> LoadedModel:
                   "insightface-onnx")
         card = ModelCard(backbone="onnx", embedding_size=dim, input=insightface_onnx_contract(model),
                          weights_sha256=actual, source=source)
-    runner = OnnxRunner(str(path), device)
+    runner = OnnxRunner(str(path), device, threads)
     return LoadedModel(card, str(path), runner, "onnx", device)
 
 

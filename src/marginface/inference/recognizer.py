@@ -27,6 +27,7 @@ import torch
 from marginface.errors import NoFaceError, UserError
 from marginface.inference.images import describe, read_photo, to_rgb_array
 from marginface.inference.model import LoadedModel, load_model
+from marginface.inference.threads import default_threads
 
 if TYPE_CHECKING:
     from marginface.inference.gallery import Gallery, Match
@@ -92,10 +93,14 @@ class FaceRecognizer:
             copy shrunk to ``max_side`` and its landmarks are mapped back; the face is warped from the decoded
             photo and ``FaceInfo.box`` is in the file's pixels. Faces under about
             ``12 * longer side / max_side`` pixels of the file are then not searched.
+        threads: intra-op threads of a torch model, set process-wide (``torch.set_num_threads``); default
+            :func:`~marginface.inference.threads.default_threads` (``$MARGINFACE_THREADS``, else min(physical
+            cores, 4) less the busy ones); 0 leaves torch's setting alone.
     """
 
     def __init__(self, model: LoadedModel, *, detector: str = "mtcnn", policy: str = "centre",
-                 min_face: float = 20.0, batch_size: int = 64, max_side: int | None = None) -> None:
+                 min_face: float = 20.0, batch_size: int = 64, max_side: int | None = None,
+                 threads: int | None = None) -> None:
         if policy not in ("centre", "largest", "score"):
             raise ValueError(f"unknown face policy {policy!r}; use 'centre', 'largest' or 'score'")
         if batch_size < 1:
@@ -107,12 +112,18 @@ class FaceRecognizer:
         self.model, self.detector_name, self.policy = model, detector, policy
         self.min_face, self.batch_size, self.max_side = float(min_face), int(batch_size), max_side
         self._detector: Any = None
+        self.threads = default_threads() if threads is None else int(threads)
+        if self.threads and model.kind == "torch":
+            torch.set_num_threads(self.threads)  # torch's default (one per logical core) stalls on busy machines
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu", **kwargs: Any) -> FaceRecognizer:
+    def load(cls, path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
+             **kwargs: Any) -> FaceRecognizer:
         """Load the model at ``path`` (:func:`~marginface.inference.model.load_model`); ``kwargs`` go to
-        the constructor (``detector``, ``policy``, ``min_face``, ``batch_size``, ``max_side``)."""
-        return cls(load_model(path, device=device), **kwargs)
+        the constructor (``detector``, ``policy``, ``min_face``, ``batch_size``, ``max_side``). ``threads``: see
+        the class (an ONNX model's onnxruntime session gets them too)."""
+        threads = default_threads() if threads is None else int(threads)
+        return cls(load_model(path, device=device, threads=threads), threads=threads, **kwargs)
 
     @property
     def card(self):  # noqa: ANN201 (ModelCard)
