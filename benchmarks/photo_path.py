@@ -216,6 +216,10 @@ _LFW_FALLBACK_SCALE, _LFW_FALLBACK_OFFSET = 114 / 112, 68.0
 
 def embed_worker(spec: dict) -> None:
     """Embed ``spec['paths']`` with one thread; faceless photos use the central fallback. Writes an .npz."""
+    if spec.get("kind") == "dlib":
+        embeddings, found = dlib_embed(spec["paths"])
+        np.savez(spec["out"], embeddings=embeddings, found=found)
+        return
     import torch
 
     from marginface.align.template import ARCFACE_TEMPLATE_112, warp_face
@@ -255,38 +259,61 @@ def lfw_pairs_subset(pairs_path: Path, per_fold: int):  # noqa: ANN201 (PairsFil
 
 
 def run_lfw_accuracy(args: argparse.Namespace, model: Path, lfw_root: Path) -> dict:
-    """10-fold LFW accuracy (cosine) of the accurate and the fast path, on the same pairs and photos."""
+    """10-fold LFW accuracy of ``--lfw-paths`` (ours: accurate / fast path, cosine; face_recognition: dlib,
+    Euclidean) on the same pairs and photos."""
     from marginface.evaluation.metrics import kfold_accuracy
 
     pairs, rows = lfw_pairs_subset(lfw_root / "pairs.txt", args.lfw_pairs_per_fold)
     names = list(dict.fromkeys(pairs.names[rows].ravel().tolist()))
     index = {name: i for i, name in enumerate(names)}
     paths = [str(lfw_root / "lfw-deepfunneled" / name) for name in names]
-    onnx = model_files(model, Path(args.tmp))["onnx"]
+    ours = {"accurate", "fast"} & set(args.lfw_paths.split(","))
+    onnx = model_files(model, Path(args.tmp))["onnx"] if ours else None
     out = {"pairs": len(rows), "photos": len(names)}
-    for label, options in (("accurate", {}), ("fast", FAST)):
+    for label in args.lfw_paths.split(","):
         start = time.perf_counter()
-        embeddings, found = _embed_in_workers(onnx, options, args.flip, paths, args.workers, Path(args.tmp))
+        spec = {"kind": "dlib"} if label == "face_recognition" else {"model": onnx, "flip": args.flip,
+                                                                     "options": {"accurate": {}, "fast": FAST}[label]}
+        embeddings, found = _embed_in_workers(spec, paths, args.workers, Path(args.tmp))
         a = embeddings[[index[n] for n in pairs.names[rows, 0]]].astype(np.float64)
         b = embeddings[[index[n] for n in pairs.names[rows, 1]]].astype(np.float64)
-        scores = np.sum(a * b, axis=1)
+        # dlib's descriptor is trained for Euclidean distance (benchmarks/dlib_lfw.py); ours are unit vectors
+        scores = -np.linalg.norm(a - b, axis=1) if label == "face_recognition" else np.sum(a * b, axis=1)
         result = kfold_accuracy(scores, pairs.issame[rows], pairs.folds[rows])
         out[label] = {"accuracy": result.mean, "std": result.std, "no_face_fallback": int((~found).sum()),
                       "seconds": time.perf_counter() - start, "scores": scores}
         print(f"LFW {label}: {100 * result.mean:.2f} +- {100 * result.std:.2f} % on {len(rows)} pairs, "
               f"{int((~found).sum())} of {len(names)} photos without a face (central fallback)", flush=True)
-    out["score_abs_diff_max"] = float(np.abs(out["accurate"].pop("scores") - out["fast"].pop("scores")).max())
+    if "accurate" in out and "fast" in out:
+        out["score_abs_diff_max"] = float(np.abs(out["accurate"]["scores"] - out["fast"]["scores"]).max())
+    for label in args.lfw_paths.split(","):
+        out[label].pop("scores")
     return out
 
 
-def _embed_in_workers(model: str, options: dict, flip: bool | None, paths: list[str], workers: int,
-                      tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+def dlib_embed(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """benchmarks/dlib_lfw.py's pipeline (HOG, upsample 1, the detection nearest the centre; its CNN detector,
+    then a central box, when HOG finds none; 5-point landmarks; 128-d, no jitter): (N, 128), found by a detector."""
+    from PIL import Image
+
+    from dlib_lfw import _detect, _load_dlib
+
+    models = _load_dlib()
+    vectors, found = [], []
+    for path in paths:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        rect, how = _detect(models, image, 1)
+        vectors.append(np.asarray(models[4].compute_face_descriptor(image, models[3](image, rect), 0), np.float32))
+        found.append(how != "fallback")
+    return np.stack(vectors), np.array(found)
+
+
+def _embed_in_workers(spec: dict, paths: list[str], workers: int, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     procs, outs = [], []
     for w in range(workers):
         outs.append(tmp / f"lfw_{w}.npz")
-        spec = {"model": model, "options": options, "flip": flip, "paths": paths[w::workers], "out": str(outs[-1])}
-        spec_path = _spec_file(spec, tmp / f"lfw_{w}.json")
+        spec_path = _spec_file({**spec, "paths": paths[w::workers], "out": str(outs[-1])}, tmp / f"lfw_{w}.json")
         procs.append(subprocess.Popen([sys.executable, __file__, "--embed-worker", spec_path], env=env))
     for proc in procs:
         if proc.wait():
@@ -507,6 +534,8 @@ def main() -> None:
     parser.add_argument("--embed-worker", help=argparse.SUPPRESS)
     parser.add_argument("--lfw-accuracy", action="store_true", help="instead of timing: LFW 10-fold accuracy "
                         "of the accurate and the fast path (cosine, flip per the card or --flip)")
+    parser.add_argument("--lfw-paths", default="accurate,fast,face_recognition", help="with --lfw-accuracy: "
+                        "which pipelines (face_recognition: benchmarks/dlib_lfw.py's dlib pipeline, Euclidean)")
     parser.add_argument("--lfw-pairs-per-fold", type=int, default=600, help="with --lfw-accuracy: the first "
                         "N/2 matched and N/2 mismatched pairs of each fold (600: all 6,000 pairs)")
     parser.add_argument("--model", help="face model (default: the MS1M MobileFaceNet in ../shared/models)")
