@@ -2,15 +2,16 @@
 
 Ground truth: ``docs/results/cleaning_reviewed_cases.tsv`` (the docs' reviewed cases and verdicts). Lists:
 
-* ``dlib`` / ``ours`` / ``dlib-lfw3``: only the flags the docs name (their full lists were not kept), with the
+* ``dlib`` overlap, ``ours``, ``dlib-lfw3``: only the flags the docs name (those lists were not kept), with the
   list sizes the docs give;
-* ``ms1m*``: insightface's MS1M MobileFaceNet, every flag, from ``docs/results/cleaning_ms1m_flags.tsv``, which
-  ``--from-runs CLEAN_DIR`` writes from the ``marginface clean`` output folders named in ``MS1M_RUNS``.
+* ``dlib`` duplicates and outliers (re-run on 2026-12-07; the same 5 pairs and 68 + 192 images as the docs) and
+  ``ms1m*`` (insightface's MS1M MobileFaceNet): every flag, from ``docs/results/cleaning_flags.tsv``, which
+  ``--from-runs CLEAN_DIR`` writes from the ``marginface clean`` output folders named in ``RUNS``.
 
     python benchmarks/cleaning_review.py [--from-runs /work/cache/i30c/clean]
 
 Prints the table rows of docs/cleaning.md (tests/cleaning/test_reviewed.py checks they are there) and the
-MS1M flags that match no reviewed case (the ones to look at).
+flags of the complete lists that match no reviewed case (the ones to look at).
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ from marginface.cleaning.reviewed import TASKS, flags_from_run, known_flags, rea
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWED = ROOT / "docs" / "results" / "cleaning_reviewed_cases.tsv"
-FLAGS = ROOT / "docs" / "results" / "cleaning_ms1m_flags.tsv"
+FLAGS = ROOT / "docs" / "results" / "cleaning_flags.tsv"
 
 #: the docs' list sizes for the lists of which only the reviewed flags are known (docs/cleaning.md, 2026-12-02)
-DOCS_SIZES = {("dlib", "overlap_lfw"): 33, ("dlib", "overlap_cfp"): 6, ("dlib", "duplicates"): 5,
-              ("dlib", "outliers"): 68, ("ours", "overlap_lfw"): 28, ("ours", "duplicates"): 9,
-              ("ours", "outliers"): 70, ("dlib-lfw3", "overlap_lfw"): 74}
-DOCS_LISTS = {"dlib": ("overlap_lfw", "overlap_cfp", "duplicates", "outliers"),
+DOCS_SIZES = {("dlib", "overlap_lfw"): 33, ("dlib", "overlap_cfp"): 6, ("ours", "overlap_lfw"): 28,
+              ("ours", "duplicates"): 9, ("ours", "outliers"): 70, ("dlib-lfw3", "overlap_lfw"): 74}
+DOCS_LISTS = {"dlib": ("overlap_lfw", "overlap_cfp"),
               "ours": ("overlap_lfw", "duplicates", "outliers"), "dlib-lfw3": ("overlap_lfw",)}
 #: list name -> task -> the ``marginface clean`` output folder (under --from-runs) that holds it
-MS1M_RUNS = {
-    "ms1m": {"overlap_lfw": "overlap_ms1m", "overlap_cfp": "overlap_ms1m", "duplicates": "duplicates_ms1m",
+RUNS = {
+    "dlib": {"duplicates": "duplicates_dlib", "outliers": "outliers_dlib"},
+    "dlib-threshold": {"outliers": "outliers_thr_dlib"},
+    "ms1m": {"overlap_lfw": "overlap_lfw_ms1m", "overlap_cfp": "overlap_cfp_ms1m", "duplicates": "duplicates_ms1m",
              "outliers": "outliers_ms1m"},
     "ms1m-threshold": {"outliers": "outliers_thr_ms1m"},
     "ms1m-lfw3": {"overlap_lfw": "overlap_lfw3_ms1m"},
@@ -42,20 +44,20 @@ MS1M_RUNS = {
 
 
 def write_flags(clean_dir: Path, path: Path = FLAGS) -> None:
-    """Collect every MS1M list's flags from the run folders into one small text file."""
+    """Collect every list's flags from the run folders into one small text file."""
     rows = []
-    for name, tasks in MS1M_RUNS.items():
+    for name, tasks in RUNS.items():
         for task, run in tasks.items():
             if (clean_dir / run).is_dir():
                 rows += [f"{name}\t{task}\t{key}\t{d:.4f}" for key, d in flags_from_run(clean_dir / run, task).items()]
-    write_lines(path, rows, "list\ttask\tcase\tdistance: every flag of the MS1M model's cleaning lists "
-                "(benchmarks/cleaning_review.py --from-runs; the runs of docs/cleaning.md)")
+    write_lines(path, rows, "list\ttask\tcase\tdistance: every flag of the re-run dlib and the MS1M model's "
+                "cleaning lists (benchmarks/cleaning_review.py --from-runs; the runs of docs/cleaning.md)")
 
 
 def read_flags(path: Path = FLAGS) -> dict[str, dict[str, list[str]]]:
     """list name -> task -> flagged keys, from the file :func:`write_flags` writes."""
     out: dict[str, dict[str, list[str]]] = {}
-    for line in read_lines(path, "MS1M flags file"):
+    for line in read_lines(path, "flags file"):
         name, task, key, _ = line.split("\t")
         out.setdefault(name, {}).setdefault(task, []).append(key)
     return out
@@ -63,20 +65,21 @@ def read_flags(path: Path = FLAGS) -> dict[str, dict[str, list[str]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from-runs", type=Path, default=None, help="write the MS1M flags file from these runs first")
+    parser.add_argument("--from-runs", type=Path, default=None, help="write the flags file from these runs first")
     args = parser.parse_args()
     if args.from_runs is not None:
         write_flags(args.from_runs)
     cases = read_cases(REVIEWED)
     lists = {name: {t: known_flags(cases, t, name) for t in tasks} for name, tasks in DOCS_LISTS.items()}
-    ms1m = read_flags() if FLAGS.is_file() else {}
-    lists.update(ms1m)
+    full = read_flags() if FLAGS.is_file() else {}
+    for name, by_task in full.items():
+        lists.setdefault(name, {}).update(by_task)
     print(f"{len(cases)} reviewed cases ({sum(c.matchable for c in cases)} with both sides named): "
           + ", ".join(f"{t} {sum(c.task == t for c in cases)}" for t in TASKS))
     print("| task | list | flags | reviewed: real / false / border | precision | recall |")
     print("|---|---|---|---|---|---|")
     print("\n".join(score_table(cases, lists, DOCS_SIZES)))
-    for name, by_task in ms1m.items():
+    for name, by_task in full.items():
         for task, keys in by_task.items():
             left = score(cases, task, keys).unreviewed
             if left:
