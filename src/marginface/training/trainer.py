@@ -443,9 +443,12 @@ def read_log(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_loss_curve(run_dir: str | Path) -> Path | None:
-    """``loss_curve.png`` in the run folder (None when matplotlib is not installed)."""
+    """``loss_curve.png`` in the run folder (None when matplotlib is not installed, or nothing was logged: a
+    steps=0 run)."""
     from marginface.plotting import pyplot
 
+    if not (Path(run_dir) / "log.csv").is_file():
+        return None
     try:
         plt = pyplot()
     except ImportError:  # the plot extra is optional here: no figure
