@@ -20,7 +20,7 @@ from marginface.training.finetune import (
     first_input_conv,
     set_train_mode,
 )
-from marginface.training.trainer import Trainer
+from marginface.training.trainer import Trainer, plot_loss_curve
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -162,3 +162,4 @@ def test_steps_0_checkpoints_the_starting_model_as_is(tmp_path, init_model):  # 
     backbone = sorted(k for k in start if k.startswith("backbone."))
     assert backbone and all(torch.equal(saved[k], start[k]) for k in backbone)
     assert (tmp_path / "checkpoints" / "step_00000000" / "state.json").is_file()
+    assert plot_loss_curve(tmp_path) is None  # nothing logged: no figure (`marginface train` draws it after fit)

@@ -285,3 +285,37 @@ def test_the_eval_json_is_read_from_the_end_of_the_log(tmp_path: Path) -> None:
     log.write_text("$ marginface eval ...\nTraceback ...\n")
     with pytest.raises(ValueError, match="no JSON result"):
         study._last_json(log)
+
+
+@pytest.mark.slow
+def test_an_as_is_arm_with_steps_0_evaluates_the_starting_model(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A fine-tuning study's "no fine-tuning" arm: steps=0 checkpoints the init_from model, evaluated like a run."""
+    from safetensors.torch import load_file
+
+    start = tmp_path / "start"
+    assert main(["train", "--config", "synthetic_mobilefacenet_arcface", *TINY, f"output_dir={start}"]) == 0
+    init = start / "checkpoints" / "step_00000002"
+    capsys.readouterr()
+    spec = _spec(tmp_path, {"as_is": [f"model.init_from={init}", "steps=0"],
+                            "tuned": [f"model.init_from={init}", "loss.name=cosface", "model.init_centres=class_means",
+                                      "model.freeze_bn=true"]})
+    out = tmp_path / "out"
+    assert main(["study", str(spec), "--output", str(out), "--threads", "1"]) == 0
+    rows = {r["arm"]: r for r in study.read_results(out / "results.csv")}
+    assert (rows["as_is"]["steps"], rows["tuned"]["steps"]) == ("0", "2")
+    saved = load_file(str(out / "as_is_s0" / "checkpoints" / "step_00000000" / "model.safetensors"))
+    original = load_file(str(init / "model.safetensors"))
+    assert all(torch_equal(saved[k], original[k]) for k in original if k.startswith("backbone."))
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(init / "model.safetensors"), "--bins", str(tmp_path / "held.bin"),
+                 "--json", "--roc", "", "--no-flip", "--device", "cpu"]) == 0
+    (tmp_path / "direct.log").write_text("\n" + capsys.readouterr().out)
+    direct = study._last_json(tmp_path / "direct.log")
+    assert float(rows["as_is"]["held_acc"]) == pytest.approx(direct["verification"][0]["accuracy"], abs=1e-6)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -351,7 +351,7 @@ class TrainConfig:
                      "cannot see fp16's gradient scaling: use precision bf16 or fp32")
             _require(self.optim.name == "sgd", "loss.fused_update",
                      "applies SGD's update inside backward: use optim.name=sgd or loss.fused_update=false")
-        if self.optim.schedule != "step" and self.epochs == 0:  # with epochs, resolve_epochs checks it
+        if self.optim.schedule != "step" and self.epochs == 0 and self.steps:  # epochs: resolve_epochs checks it
             _require(self.optim.warmup_steps < self.steps, "optim.warmup_steps",
                      f"must be < steps ({self.steps}) for schedule {self.optim.schedule!r}")
         if self.data.sampler == "pk":

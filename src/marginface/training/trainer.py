@@ -478,7 +478,8 @@ def read_log(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_loss_curve(run_dir: str | Path) -> Path | None:
-    """``loss_curve.png`` in the run folder (None when matplotlib is not installed).
+    """``loss_curve.png`` in the run folder (None when matplotlib is not installed, or nothing was
+    logged: a steps=0 run).
 
     The training loss on the left axis; the validation accuracies (if any) on the right one, on a fixed
     0.5-1 range (chance to perfect verification: a lone point then sits where its value is, not in the middle
@@ -487,6 +488,8 @@ def plot_loss_curve(run_dir: str | Path) -> Path | None:
     """
     from marginface.plotting import pyplot
 
+    if not (Path(run_dir) / "log.csv").is_file():
+        return None
     try:
         plt = pyplot()
     except ImportError:  # the plot extra is optional here: no figure
