@@ -227,3 +227,11 @@ def test_calibrate_bin_embeds_each_distinct_image_once_and_refuses_an_unmeasurab
     assert result["data"] == f"{tmp_path / 'p.bin'} (6 pairs, 7 distinct images)"
     threshold, tar, _ = _naive(reference, issame, 0.34)
     assert result["threshold"] == pytest.approx(threshold, abs=1e-6) and result["tar"] == pytest.approx(tar)
+
+
+def test_scores_are_clipped_as_verify_clips_them():
+    """A collapsed model: float64 dots of float32 unit vectors a few ulps above 1 gave a threshold of 1.0000001,
+    which no verify() score (clipped to [-1, 1]) can reach."""
+    scores = np.array([1 + 2e-7, 1 + 1e-7, 1 + 1.5e-7, 0.5])
+    result = calibrate_scores(scores, np.array([True, False, True, False]), far=0.5)
+    assert result.threshold == 1.0 and result.best_threshold <= 1.0

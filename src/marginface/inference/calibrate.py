@@ -70,6 +70,9 @@ def calibrate_scores(scores: np.ndarray, issame: np.ndarray, far: float, data: s
     ``1 / impostors`` (not measurable) or a class of pairs is missing."""
     issame = np.asarray(issame, dtype=bool)
     impostors, genuine = check_measurable(far, issame, data)
+    # clipped as verify() clips: a float64 dot of two float32 unit vectors can exceed 1 by a few ulps, and a
+    # threshold of 1.0000001 would reject even identical images
+    scores = np.clip(np.asarray(scores, dtype=np.float64), -1.0, 1.0)
     point = metrics.tar_at_far(scores, issame, far)
     best_t, best_acc = metrics.best_threshold(scores, issame)
     return Calibration(float(far), float(point.threshold[0]), float(point.achieved_far[0]), float(point.tar[0]),

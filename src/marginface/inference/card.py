@@ -154,7 +154,9 @@ class ModelCard:
         if self.validation:
             lines.append("validation    " + ", ".join(f"{k}={_short(v)}" for k, v in self.validation.items()))
         if self.thresholds:
-            lines.append("thresholds    " + ", ".join(f"{k}={_short(v)}" for k, v in self.thresholds.items()))
+            # the decision threshold first, with float32's 9 significant digits: 0.99999994 is not 1
+            first = sorted(self.thresholds, key=lambda k: (k not in ("default", "far"), k != "default"))
+            lines.append("thresholds    " + ", ".join(f"{k}={_short(self.thresholds[k], 9)}" for k in first))
         else:
             lines.append("thresholds    none calibrated (marginface calibrate MODEL --pairs ...)")
         return "\n".join(lines)
@@ -166,8 +168,8 @@ def _check_int(name: str, value: Any, bounds: tuple[int, int]) -> None:
                          "damaged or not for this kind of model")
 
 
-def _short(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)  # 6 digits: thresholds differ in the 5th
+def _short(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
