@@ -10,8 +10,10 @@ Ground truth: ``docs/results/cleaning_reviewed_cases.tsv`` (the docs' reviewed c
 
     python benchmarks/cleaning_review.py [--from-runs /work/cache/i30c/clean]
 
-Prints the table rows of docs/cleaning.md (tests/cleaning/test_reviewed.py checks they are there) and the
-flags of the complete lists that match no reviewed case (the ones to look at).
+Prints the table rows of docs/cleaning.md (tests/cleaning/test_reviewed.py checks they are there): against the
+2026-12-02 review alone, then with the 2026-12-07 review of the MS1M flags nobody had looked at
+(``docs/results/cleaning_reviewed_cases_ms1m.tsv``) added; then the flags of the complete lists that match no
+reviewed case.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from marginface.cleaning.reviewed import TASKS, flags_from_run, known_flags, rea
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWED = ROOT / "docs" / "results" / "cleaning_reviewed_cases.tsv"
+NEW_REVIEW = ROOT / "docs" / "results" / "cleaning_reviewed_cases_ms1m.tsv"  # the 2026-12-07 look at MS1M's flags
 FLAGS = ROOT / "docs" / "results" / "cleaning_flags.tsv"
 
 #: the docs' list sizes for the lists of which only the reviewed flags are known (docs/cleaning.md, 2026-12-02)
@@ -63,27 +66,33 @@ def read_flags(path: Path = FLAGS) -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def tables(with_new_review: bool) -> tuple[str, list[str], list[str]]:
+    """(summary line, table rows, unreviewed-flag lines) against the 2026-12-02 review (+ the new one)."""
+    cases = read_cases(REVIEWED) + (read_cases(NEW_REVIEW) if with_new_review else [])
+    lists = {name: {t: known_flags(cases, t, name) for t in tasks} for name, tasks in DOCS_LISTS.items()}
+    full = read_flags() if FLAGS.is_file() else {}
+    for name, by_task in full.items():
+        lists.setdefault(name, {}).update(by_task)
+    summary = (f"{len(cases)} reviewed cases ({sum(c.matchable for c in cases)} with both sides named): "
+               + ", ".join(f"{t} {sum(c.task == t for c in cases)}" for t in TASKS))
+    left = [f"{name} {task}: {len(u)} unreviewed flags: {' '.join(u)}" for name, by_task in full.items()
+            for task, keys in by_task.items() if (u := score(cases, task, keys).unreviewed)]
+    return summary, score_table(cases, lists, DOCS_SIZES), left
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from-runs", type=Path, default=None, help="write the flags file from these runs first")
     args = parser.parse_args()
     if args.from_runs is not None:
         write_flags(args.from_runs)
-    cases = read_cases(REVIEWED)
-    lists = {name: {t: known_flags(cases, t, name) for t in tasks} for name, tasks in DOCS_LISTS.items()}
-    full = read_flags() if FLAGS.is_file() else {}
-    for name, by_task in full.items():
-        lists.setdefault(name, {}).update(by_task)
-    print(f"{len(cases)} reviewed cases ({sum(c.matchable for c in cases)} with both sides named): "
-          + ", ".join(f"{t} {sum(c.task == t for c in cases)}" for t in TASKS))
-    print("| task | list | flags | reviewed: real / false / border | precision | recall |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(score_table(cases, lists, DOCS_SIZES)))
-    for name, by_task in full.items():
-        for task, keys in by_task.items():
-            left = score(cases, task, keys).unreviewed
-            if left:
-                print(f"{name} {task}: {len(left)} unreviewed flags: {' '.join(left)}")
+    for title, new in (("2026-12-02 review", False), ("2026-12-02 + 2026-12-07 reviews", True)):
+        summary, rows, left = tables(new)
+        print(f"\n{title}: {summary}")
+        print("| task | list | flags | reviewed: real / false / border | precision | recall |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(rows))
+    print("\n".join(left))
 
 
 if __name__ == "__main__":
