@@ -319,3 +319,40 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "params" else {prefix + key: value}
+    return out
+
+
+def test_the_finetune_studys_arms_differ_as_its_protocol_says() -> None:
+    """configs/study/celeba299_ms1m_finetune.yaml (docs/results.md): the control differs from the triplet arm in
+    the loss only, the margin arms from each other in the loss only, and every run starts from the MS1M model."""
+    from marginface.training.config import config_to_dict, load_config
+    from marginface.training.presets import resolve_config
+
+    root = Path(__file__).resolve().parents[2]
+    spec = study.load_study(root / "configs" / "study" / "celeba299_ms1m_finetune.yaml")
+    assert spec.seeds == [0, 1, 2, 3, 4] and len(spec.arms) == 7
+    configs = {}
+    for run in study.plan(spec, "out"):
+        if run.seed == 0:
+            config = load_config(resolve_config(str(root / spec.preset)), study.train_command(spec, run)[4:])
+            configs[run.arm] = _flat(config_to_dict(config))
+            configs[run.arm].pop("output_dir")
+
+    def differences(a: str, b: str) -> set[str]:
+        return {k for k in configs[a] if configs[a][k] != configs[b][k]}
+
+    assert differences("triplet", "arcface_tripletopt") == {"loss.name", "loss.params", "model.init_centres"}
+    for arm in ("cosface", "sphereface", "curricularface"):
+        assert differences(arm, "arcface") <= {"loss.name", "loss.params"}, arm
+    assert differences("arcface", "arcface_tripletopt") == {"optim.lr", "optim.momentum"}
+    assert configs["as_is"]["steps"] == 0 and {c["steps"] for a, c in configs.items() if a != "as_is"} == {200}
+    assert all(c["model.init_from"].endswith("insightface_mobilefacenet_y1/model") and c["model.freeze_bn"]
+               and c["data.sampler"] == "pk" for c in configs.values())
+    assert {a for a, c in configs.items() if c["model.init_centres"] == "class_means"} == {
+        "arcface", "cosface", "sphereface", "curricularface", "arcface_tripletopt"}
