@@ -407,6 +407,9 @@ class LoadSampler:
         self._thread.join()
 
 
+#: how long a --busy burner spins at most: it is killed when the measurement ends; this bound only matters if the
+#: benchmark itself is killed first (the burners then stop by themselves)
+BURN_SECONDS = 3600
 _BURN = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
 
 
@@ -587,7 +590,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
             specs.insert(1, {"name": "face_recognition (CNN)", "kind": "dlib", "detector": "cnn"})
         try:
             if args.busy:
-                burners = start_burners(os.cpu_count() or 2, seconds=1800)
+                burners = start_burners(os.cpu_count() or 2, seconds=BURN_SECONDS)
             with LoadSampler() as load:
                 for spec in specs:
                     share = paths[: args.cnn_photos] if spec.get("detector") == "cnn" else paths
