@@ -77,6 +77,13 @@ def tables(with_new_review: bool) -> tuple[str, list[str], list[str]]:
                + ", ".join(f"{t} {sum(c.task == t for c in cases)}" for t in TASKS))
     left = [f"{name} {task}: {len(u)} unreviewed flags: {' '.join(u)}" for name, by_task in full.items()
             for task, keys in by_task.items() if (u := score(cases, task, keys).unreviewed)]
+    for name in ("dlib", "ms1m"):  # the top of each full outlier list (flags are stored worst first)
+        top = full.get(name, {}).get("outliers", [])[:24]
+        s = score(cases, "outliers", top)
+        left.append(f"{name} outliers, top {len(top)}: {s.real} real / {s.false} false / {s.border} border / "
+                    f"{len(s.unreviewed)} unreviewed")
+    tops = [full.get(n, {}).get("outliers", [])[:24] for n in ("dlib", "ms1m")]
+    left.append(f"top 24 outliers in both dlib's and ms1m's: {len(set(tops[0]) & set(tops[1]))}")
     return summary, score_table(cases, lists, DOCS_SIZES), left
 
 

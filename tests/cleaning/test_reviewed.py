@@ -133,3 +133,19 @@ def test_the_committed_reviewed_cases_match_the_docs_counts():
     # ours: its 27 reviewed (3 / 9 / 15) plus 07465/004058, which the docs name among its 70 flags
     assert [count("outliers", v, "ours") for v in ("real", "false", "border")] == [4, 9, 15]
     assert [count("outliers", v) for v in ("real", "false", "border")] == [12, 14, 20]
+
+
+def test_docs_cleaning_shows_the_tables_the_committed_lists_give():
+    """Every row of benchmarks/cleaning_review.py's two tables (from the committed flag lists and reviews) is in
+    docs/cleaning.md as printed, so the docs' precision/recall cannot drift from the lists."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cleaning_review", ROOT / "benchmarks" / "cleaning_review.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    docs = (ROOT / "docs" / "cleaning.md").read_text()
+    for new_review in (False, True):
+        summary, rows, _ = module.tables(new_review)
+        assert summary in docs
+        for row in rows:
+            assert row in docs, row
