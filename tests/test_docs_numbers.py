@@ -73,7 +73,7 @@ def test_every_mean_and_std_the_results_section_quotes_is_a_table_cell() -> None
              for a in ARMS for s in SETS for k in ("acc", "tar")}
     cells |= {f"{abs(statistics.fmean(g)):.2f} ± {statistics.stdev(g):.2f}"  # claim 5's gains, checked below
               for a in ("normface_small", "normface_paper") for g in (gains(a, "lfw"), gains(a, "lfw_8px_q30"))}
-    section = RESULTS[RESULTS.index("## Results (tiny28 study"):]
+    section = RESULTS[RESULTS.index("## Results (tiny28 study"):RESULTS.index("## Fine-tuning a strong model")]
     quoted = re.findall(r"\d+\.\d\d ± \d+\.\d\d", section)
     assert len(quoted) > 150
     assert sorted(set(quoted) - cells) == []
@@ -305,3 +305,30 @@ def test_the_grid_against_exact_cut_range_evaluation_md_states() -> None:
     stated(text, f"grid − exact from {min(strong):+.2f} to {max(strong):+.2f} points for ~99% sets and from "
                  f"{min(weak):+.2f} to {max(weak):+.2f} points for {low:.0f}–{high:.0f}% sets".replace("-0", "−0"))
     assert "a few hundredths of a percent" not in text
+
+
+def test_the_finetune_protocols_arithmetic() -> None:
+    """docs/results.md, "Fine-tuning a strong model": SphereFace's lambda, the lr scaling and the cost estimate."""
+    from marginface.losses import create
+
+    section = RESULTS[RESULTS.index("## Fine-tuning a strong model"):]
+    lam = create("sphereface", embedding_size=4, num_classes=3, lambda_gamma=0.12)
+
+    def lambda_at(loss, step: int) -> float:  # the loss's own schedule at a step
+        loss.step.fill_(step)
+        return loss.current_lambda()
+
+    assert round(lambda_at(lam, 200)) == 40
+    stated(section, "would leave lambda at 40 after 200 steps")
+    fast = create("sphereface", embedding_size=4, num_classes=3, lambda_gamma=3.0)
+    floor = next(t for t in range(1000) if lambda_at(fast, t) <= 5.0)
+    assert floor == 67 and round(lambda_at(fast, 4)) == 77  # "from step ~66"; the rehearsal's step 4
+    stated(section, "floor 5 from step ~66")
+    assert 0.1 * 64 / 512 == 0.0125
+    step_quiet, step_load = 64 / 10.46, 33.8
+    assert f"{step_quiet:.1f}" == "6.1" and f"{step_load / step_quiet:.1f}" == "5.5"
+    train, means, evaluation = 200 * step_quiet / 60, 5_900 / (5.8 * step_load / step_quiet) / 60, 22_283 / 30 / 60
+    assert 14_582 + 7_701 == 22_283 and round(train) == 20 and round(means) == 3 and round(evaluation) == 12
+    total = 30 * (train + evaluation) + 25 * means + 5 * evaluation
+    assert round(total, -1) == 1_120 and 9 <= total / 2 / 60 <= 10
+    stated(section, "≈ 1,120 CPU minutes ≈ **9-10 hours** of the two cores")

@@ -163,3 +163,20 @@ def test_steps_0_checkpoints_the_starting_model_as_is(tmp_path, init_model):  # 
     assert backbone and all(torch.equal(saved[k], start[k]) for k in backbone)
     assert (tmp_path / "checkpoints" / "step_00000000" / "state.json").is_file()
     assert plot_loss_curve(tmp_path) is None  # nothing logged: no figure (`marginface train` draws it after fit)
+
+
+def test_frozen_bn_statistics_stay_frozen_through_a_step_of_the_trainer_and_the_search(tmp_path):
+    from marginface.training.search import train_copy
+
+    changed = {}
+    for freeze in (True, False):
+        trainer = Trainer(tiny_config(tmp_path / str(freeze), "data.synthetic_identities=4", "batch_size=4",
+                                      "steps=2", "loss.name=arcface", f"model.freeze_bn={str(freeze).lower()}")).setup()
+        stats = {k: v.clone() for k, v in trainer.backbone.state_dict().items() if "running" in k}
+        train_copy(trainer, 0, 1)  # the AM-LFS search's step; it calls the trainer's train_step
+        assert trainer.step == 1
+        changed[freeze] = [k for k, v in trainer.backbone.state_dict().items() if k in stats
+                           and not torch.equal(v, stats[k])]
+        bn_training = [m.training for m in trainer.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        assert not any(bn_training) if freeze else all(bn_training)
+    assert changed[True] == [] and changed[False]  # train-mode BN moves its statistics in one step; frozen does not

@@ -202,8 +202,10 @@ def _restore(trainer, snapshot: dict[str, Any]) -> None:
 
 def train_copy(trainer, first_step: int, steps: int) -> float:
     """Advance the trainer's model ``steps`` steps from global step ``first_step``; returns the mean loss."""
+    from marginface.training.finetune import set_train_mode
+
     trainer.step = first_step
-    trainer.model.train()
+    set_train_mode(trainer.model, trainer.config.model.freeze_bn)  # model.freeze_bn holds here too
     total, done = 0.0, 0
     for images, labels in trainer.data_loader():
         total += trainer.train_step(images, labels)
@@ -218,13 +220,14 @@ def search_reward(trainer) -> float:
     of ``Trainer.validate``; the reward only ranks the B copies)."""
     from marginface.evaluation.embed import embed_tensor
     from marginface.evaluation.verification import evaluate_interleaved
+    from marginface.training.finetune import set_train_mode
 
     accuracies = []
     for name, images, issame in trainer.validation_sets:
         emb = embed_tensor(trainer.backbone, images, batch_size=trainer.config.validation.batch_size, flip=False,
                            device=trainer.device)
         accuracies.append(float(evaluate_interleaved(emb, issame, name=name).accuracy.mean))
-    trainer.model.train()
+    set_train_mode(trainer.model, trainer.config.model.freeze_bn)  # model.freeze_bn holds here too
     return sum(accuracies) / len(accuracies)
 
 
