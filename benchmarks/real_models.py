@@ -184,6 +184,8 @@ def run_export(args: argparse.Namespace) -> dict:
     from inference import _aligned_faces_seeded, export_variants, ms_per_image
 
     pixels, rows, issame = distinct_pixels(args.bin)
+    if args.images:  # cosines on the first N distinct images only (no accuracy: the pairs need them all)
+        return _export_cosines(args, pixels[: args.images])
     calibration = _aligned_faces_seeded(args.celeba, args.calibration, seed=2)
     timing = pixels[:8].astype(np.float32)
     out = {}
@@ -208,6 +210,27 @@ def run_export(args: argparse.Namespace) -> dict:
                 out["torch fp32"] = _row(evaluate_interleaved(reference[rows], issame, name="lfw"), 1.0, 1.0, 1.0)
                 _print_row("torch fp32", out["torch fp32"])
             _print_row(f"ORT {variant}", out[f"ORT {variant}"])
+    return out
+
+
+def _export_cosines(args: argparse.Namespace, pixels: np.ndarray) -> dict:
+    """Cosine of each variant (INT8 MinMax included) to the cached torch fp32 outputs on ``pixels``."""
+    import tempfile
+
+    from inference import _aligned_faces_seeded, export_variants
+    from marginface.inference.model import load_model
+
+    calibration = _aligned_faces_seeded(args.celeba, args.calibration, seed=2)
+    reference = _unit(np.load(args.cache)["raw"][: len(pixels)])
+    out = {}
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        paths = export_variants(Path(args.model), Path(tmp), calibration, minmax=True)
+        for variant in args.variants.split(","):
+            emb = load_model(paths[variant]).embed_pixels(pixels.astype(np.float32), flip=False)
+            cos = (emb.astype(np.float64) * reference).sum(1)
+            out[variant] = {"cos_min": float(cos.min()), "cos_mean": float(cos.mean()), "images": len(pixels)}
+            print(f"{variant}: cosine to torch fp32 on {len(pixels)} LFW images min {cos.min():.4f} mean "
+                  f"{cos.mean():.4f}", flush=True)
     return out
 
 
@@ -256,6 +279,7 @@ def main() -> None:
     export.add_argument("--calibration", type=int, default=128)
     export.add_argument("--variants", default="int8,fp16,fp32")
     export.add_argument("--tmp", default="/work/cache")
+    export.add_argument("--images", type=int, default=0, help="cosines only, on the first N distinct images")
     args = parser.parse_args()
     run = {"lfw": run_lfw, "calibrate": run_calibrate, "identify": run_identify, "export": run_export}[args.command]
     print(json.dumps(run(args)))
