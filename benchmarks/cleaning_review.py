@@ -41,8 +41,8 @@ RUNS = {
     "ms1m": {"overlap_lfw": "overlap_lfw_ms1m", "overlap_cfp": "overlap_cfp_ms1m", "duplicates": "duplicates_ms1m",
              "outliers": "outliers_ms1m"},
     "ms1m-threshold": {"outliers": "outliers_thr_ms1m"},
-    "ms1m-lfw3": {"overlap_lfw": "overlap_lfw3_ms1m"},
     "ms1m-all": {"duplicates": "duplicates_all_ms1m", "outliers": "outliers_all_ms1m"},
+    "ms1m-all-threshold": {"outliers": "outliers_thr_all_ms1m"},
 }
 
 

@@ -97,12 +97,12 @@ def score(cases: Iterable[Case], task: str, flagged: Iterable[str], list_name: s
     cases = [c for c in cases if c.task == task]
     verdict = {c.key: c.verdict for c in cases if c.matchable}
     flags = list(dict.fromkeys(case_key(task, f) for f in flagged))
-    hits = [verdict[f] for f in flags if f in verdict]
-    hits += [c.verdict for c in cases if not c.matchable and list_name is not None and list_name in c.in_lists]
+    unnamed = [c.verdict for c in cases if not c.matchable and list_name is not None and list_name in c.in_lists]
+    hits = [verdict[f] for f in flags if f in verdict] + unnamed
     real, false, border = (hits.count(v) for v in VERDICTS)
     real_total = sum(1 for v in verdict.values() if v == "real")
     nan = float("nan")
-    return Score(len(flags) + len(hits) - sum(f in verdict for f in flags), len(hits), real, false, border, real_total,
+    return Score(len(flags) + len(unnamed), len(hits), real, false, border, real_total,
                  real / (real + false) if real + false else nan, real / real_total if real_total else nan,
                  tuple(f for f in flags if f not in verdict))
 
