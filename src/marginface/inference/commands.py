@@ -252,7 +252,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 def _add_info(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", help="print a model's card (contract, training, thresholds)")
     parser.add_argument("model", metavar="MODEL", help="model file: .safetensors (e.g. runs/x/best.safetensors), "
-                        "a checkpoint folder, .pth (insightface) or .onnx")
+                        "a checkpoint folder, an MXNet prefix or -0000.params, .pth (arcface_torch, CASIA) or .onnx")
     parser.add_argument("--json", action="store_true", help="print the card as one JSON object")
     parser.set_defaults(func=_run_info)
 
