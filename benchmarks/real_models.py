@@ -5,13 +5,18 @@ Usage:
         --bin /work/cache/i29/lfw.bin --cache /work/cache/i29/y1.lfw.npz
     python benchmarks/real_models.py calibrate --bin /work/cache/i29/lfw.bin --cache /work/cache/i29/y1.lfw.npz
     python benchmarks/real_models.py identify --bin /work/cache/i29/lfw.bin --cache /work/cache/i29/y1.lfw.npz \\
-        --pairs ../shared/data/lfw/pairs.txt
+        --pairs ../shared/data/lfw/pairs.txt [--distractors celeba.npz cfp.npz=list_name.txt --exclude-ids FILE]
 
 calibrate: the threshold at FAR 1e-3 chosen on 9 folds (:func:`marginface.inference.calibrate.calibrate_scores`,
 the function ``marginface calibrate`` uses) and TAR/FAR measured on the 10th, for all 10 rotations, on the
 cached embeddings (flip on, the card's default). identify: the distinct images of the .bin named by pairs.txt;
 every identity with >= 2 of them enrols its first image (by file name) and probes with the others; the identities
-with one image join the gallery as distractors in a second run; rank-1 / rank-5 by exact search.
+with one image join the gallery as distractors in a second run; rank-1 / rank-5 by exact search. With
+``--distractors`` (``marginface clean embed`` .npz files of the same model and flip setting), a third run adds
+one image per distractor identity (its first by name, as the LFW gallery enrols) after dropping the identities
+named in ``--exclude-ids`` and those whose name (``PATH=NAMES.txt``: line i names identity i, CFP's
+``list_name.txt``) is an LFW person's (``--lfw-dir``'s folders and the pairs' people; spelling variants too,
+:func:`name_matches`).
 
 export: the model exported to ONNX fp32 / fp16 / INT8 (static, QDQ, percentile ranges calibrated on
 ``--calibration`` aligned CelebA faces) with benchmarks/inference.py's ``export_variants``; every distinct LFW
@@ -142,6 +147,97 @@ def _rows_issame(path: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array([distinct.setdefault(data, len(distinct)) for data in encoded]), np.asarray(issame)
 
 
+def _name_key(name: str) -> str:
+    """'George_W_Bush' / 'George W Bush' / 'george-w bush' -> 'george w bush' (names compared across datasets)."""
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+def name_matches(name: str, keys: list[str], similarity: float) -> bool:
+    """Whether ``name`` is one of ``keys`` (from :func:`_name_key`) allowing for spelling: exact, or every word of
+    one is a word of the other (>= 2 words: 'George Bush' ~ 'George W Bush', 'Catherine Zeta' ~ 'Catherine Zeta
+    Jones'), or a difflib ratio >= ``similarity`` ('Jennifer Anniston' ~ 'Jennifer Aniston'; 1.0: exact only).
+
+    CFP spells some LFW people differently; an exact-name rule left 8 of them in the gallery as "strangers" and
+    they took rank-1 from their own LFW images.
+    """
+    import difflib
+
+    key = _name_key(name)
+    if key in keys:
+        return True
+    if similarity >= 1.0:
+        return False
+    words = set(key.split())
+    for other in keys:
+        small, big = sorted((words, set(other.split())), key=len)
+        if len(small) >= 2 and small <= big:
+            return True
+    return bool(difflib.get_close_matches(key, keys, n=1, cutoff=similarity))
+
+
+def read_id_list(path: str) -> set[str]:
+    """Identity ids, one per line (first token; '#' comments and blank lines skipped), e.g.
+    configs/celeba299_exclude_test_overlap.txt."""
+    ids = set()
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            ids.add(line.split()[0])
+    return ids
+
+
+def load_distractors(specs: list[str], exclude_ids: set[str] = frozenset(), avoid_names: set[str] = frozenset(),
+                     similarity: float = 0.85) -> tuple[np.ndarray, list[dict]]:
+    """One unit embedding per distractor identity from ``marginface clean embed`` .npz files.
+
+    Each spec is ``PATH`` or ``PATH=NAMES``: the .npz holds ``names`` ('identity/file.jpg', (N,)) and
+    ``embeddings`` (N, D); every identity contributes its first image by name (a distractor is an enrolled
+    person, enrolled like the LFW gallery: one image). Identities in ``exclude_ids`` are dropped, and with a
+    NAMES file (line i names identity ``int(id) == i``, 1-based: CFP's Data/list_name.txt) so are those whose
+    name matches one of ``avoid_names`` (:func:`name_matches` at ``similarity``). Returns ((K, D) float32 rows,
+    a summary per file: identities, excluded_ids, lfw_name_matches (the names), kept).
+    """
+    avoid = sorted({_name_key(n) for n in avoid_names})
+    rows, summary = [], []
+    for spec in specs:
+        path, _, names_file = spec.partition("=")
+        with np.load(path, allow_pickle=False) as data:
+            if "names" not in data.files or "embeddings" not in data.files:
+                raise ValueError(f"{path} has {data.files}; expected 'names' and 'embeddings' "
+                                 "(the .npz `marginface clean embed` writes)")
+            names, emb = data["names"], np.asarray(data["embeddings"], np.float64)
+        if emb.ndim != 2 or len(names) != len(emb):
+            raise ValueError(f"{path}: {len(names)} names for embeddings of shape {emb.shape}")
+        first: dict[str, int] = {}
+        for i in sorted(range(len(names)), key=lambda i: str(names[i])):
+            first.setdefault(str(names[i]).split("/")[0], i)
+        labels = _identity_names(names_file, first) if names_file else {}
+        excluded = sorted(set(first) & set(exclude_ids))
+        matches = sorted(k for k, name in labels.items() if k not in excluded and name_matches(name, avoid, similarity))
+        keep = [i for k, i in first.items() if k not in excluded and k not in matches]
+        if not np.isfinite(emb[keep]).all():
+            raise ValueError(f"{path} holds NaN/inf embeddings; re-embed it")
+        rows.append(_unit(emb[keep]) if keep else np.zeros((0, emb.shape[1])))
+        summary.append({"file": spec, "identities": len(first), "excluded_ids": len(excluded),
+                        "lfw_name_matches": len(matches), "matched_names": [labels[k] for k in matches],
+                        "kept": len(keep)})
+    if len({r.shape[1] for r in rows}) > 1:
+        raise ValueError(f"--distractors differ in embedding size ({[r.shape[1] for r in rows]}): use one model")
+    return np.concatenate(rows).astype(np.float32), summary
+
+
+def _identity_names(path: str, identities: dict[str, int]) -> dict[str, str]:
+    """identity id ('001') -> its name, line int(id) of ``path`` (1-based)."""
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    out = {}
+    for k in identities:
+        if not k.isdigit() or not 1 <= int(k) <= len(lines):
+            raise ValueError(f"identity {k!r} has no line in {path} ({len(lines)} lines): a NAMES file maps "
+                             "numeric identities 1..N to names (CFP's Data/list_name.txt)")
+        out[k] = lines[int(k) - 1]
+    return out
+
+
 def run_identify(args: argparse.Namespace) -> dict:
     from marginface.evaluation.identification import build_index, identify
     from marginface.evaluation.pairs import read_pairs
@@ -163,7 +259,20 @@ def run_identify(args: argparse.Namespace) -> dict:
     probe_rows = [row for p in several for _, row in sorted(people[p])[1:]]
     probe_labels = np.array([i for i, p in enumerate(several) for _ in sorted(people[p])[1:]])
     out = {"identities": len(several), "probes": len(probe_rows), "single_image_people": len(single)}
-    for label, distractors in (("gallery only", None), ("+ one-image people", emb[single])):
+    runs = [("gallery only", None), ("+ one-image people", emb[single])]
+    if args.distractors:
+        avoid = set(people) | ({p.name for p in Path(args.lfw_dir).iterdir() if p.is_dir()} if args.lfw_dir else set())
+        exclude = read_id_list(args.exclude_ids) if args.exclude_ids else set()
+        extra, summary = load_distractors(args.distractors, exclude, avoid, args.name_similarity)
+        if extra.shape[1] != emb.shape[1]:
+            raise ValueError(f"--distractors are {extra.shape[1]}-d but {args.cache} is {emb.shape[1]}-d: embed "
+                             "them with the same model")
+        out["distractor_files"] = summary
+        for item in summary:
+            print(f"{item['file']}: {item['identities']} identities, {item['kept']} kept "
+                  f"({item['excluded_ids']} by --exclude-ids, {item['lfw_name_matches']} named as LFW people)")
+        runs.append(("+ one-image people + distractors", np.concatenate([emb[single], extra])))
+    for label, distractors in runs:
         index = build_index(emb[gallery_rows], np.arange(len(several)), distractors)
         result = identify(index, emb[probe_rows], probe_labels, max_rank=5)
         out[label] = {"rank1": float(result.cmc[0]), "rank5": float(result.cmc[4]),
@@ -271,6 +380,14 @@ def main() -> None:
     ident.add_argument("--bin", default="/work/cache/lfw.bin")
     ident.add_argument("--cache", required=True)
     ident.add_argument("--pairs", required=True)
+    ident.add_argument("--distractors", nargs="+", metavar="NPZ[=NAMES]",
+                       help="`marginface clean embed` .npz files (same model, same flip) whose identities join the "
+                            "gallery, one image each; =NAMES: a list_name.txt naming identity i on line i")
+    ident.add_argument("--exclude-ids", help="identity ids to leave out of --distractors (one per line, # comments)")
+    ident.add_argument("--lfw-dir", help="LFW's person folders: a --distractors identity named like one is dropped "
+                                         "(the pairs' people always are)")
+    ident.add_argument("--name-similarity", type=float, default=0.85,
+                       help="difflib ratio at which a distractor's name counts as an LFW person's (1: exact only)")
     export = sub.add_parser("export")
     export.add_argument("--model", required=True, help="a torch-loadable model (e.g. the converted .safetensors)")
     export.add_argument("--bin", default="/work/cache/lfw.bin")
