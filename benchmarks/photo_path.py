@@ -94,7 +94,10 @@ def _ours(spec: dict):  # noqa: ANN202 (returns a per-chunk callable)
     library_threads = spec.get("library_threads", False)
     if not library_threads:
         torch.set_num_threads(1)
-    rec = FaceRecognizer.load(spec["model"], batch_size=spec["batch"], **spec.get("options", {}))
+    # threads=1: one per process, as the rows promise (the recognizer's own default, inference/threads.py, would
+    # follow the load average); threads=0 leaves torch's choice alone: the contention case
+    rec = FaceRecognizer.load(spec["model"], batch_size=spec["batch"], threads=0 if library_threads else 1,
+                              **spec.get("options", {}))
     if rec.model.kind == "onnx" and not library_threads:  # onnxruntime's default: a thread per core; set one
         rec.model.runner = OnnxRunner(spec["model"], threads=1)
     clock = StageClock()
@@ -229,7 +232,7 @@ def embed_worker(spec: dict) -> None:
     from marginface.inference.model import OnnxRunner
 
     torch.set_num_threads(1)
-    rec = FaceRecognizer.load(spec["model"], batch_size=BATCH, **spec.get("options", {}))
+    rec = FaceRecognizer.load(spec["model"], batch_size=BATCH, threads=1, **spec.get("options", {}))
     if rec.model.kind == "onnx":
         rec.model.runner = OnnxRunner(spec["model"], threads=1)
     fallback = ARCFACE_TEMPLATE_112 * _LFW_FALLBACK_SCALE + _LFW_FALLBACK_OFFSET
@@ -551,7 +554,7 @@ def main() -> None:
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="flip TTA for ours (default: the model card's)")
     parser.add_argument("--library-threads", action="store_true", help="add a row: ours (torch, batch 1) in one "
-                        "process with the thread counts torch picks by itself (what FaceRecognizer.load gets)")
+                        "process with the thread counts torch picks by itself (FaceRecognizer threads=0)")
     parser.add_argument("--large", type=int, default=0, help=f"instead: the first N photos upscaled to "
                         f"{LARGE_SIDE}x{LARGE_SIDE} JPEGs (camera-sized decode and search cost)")
     parser.add_argument("--busy", action="store_true", help="keep every CPU busy with a spinning process meanwhile")
