@@ -86,7 +86,7 @@ def test_export_argument_errors(setup, tmp_path, capsys):
 
 
 def test_identify_marks_one_match_and_escapes_names():
-    from marginface.inference.commands import _best_match, _flag, _printable
+    from marginface.cli.inference import _best_match, _flag, _printable
     from marginface.inference.gallery import Match
 
     matches = [Match("ann", 0.9), Match("bob", 0.8), Match("cy", 0.1)]
@@ -159,7 +159,7 @@ def test_paths_of_the_wrong_kind_are_named(setup, tmp_path, capsys):
 
 
 def test_scores_print_enough_digits_to_tell_them_from_the_threshold(setup, capsys):
-    from marginface.inference.commands import score_versus_threshold
+    from marginface.cli.inference import score_versus_threshold
 
     assert score_versus_threshold(0.73451234, 0.612) == "cosine 0.734512 >= threshold 0.612000"
     # a collapsed model: 4 decimals printed "cosine 1.0000 < threshold 1.0000"

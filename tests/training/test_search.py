@@ -279,7 +279,7 @@ def test_from_scratch_reports_the_test_accuracy_of_each_final_model(tmp_path):
 def test_test_bin_takes_one_path_and_leaves_the_overrides_alone():
     import argparse
 
-    from marginface.training.search_command import add_search
+    from marginface.cli.search import add_search
 
     parser = argparse.ArgumentParser()
     add_search(parser.add_subparsers())

@@ -7,5 +7,5 @@
 - ``runs``: theta distributions of a run's checkpoints over a data set; the series the callback logged.
 - ``toy``: SphereFace-style 2-D / 3-D toy features.
 - ``draw``: PNG (matplotlib Agg) and CSV writers; ``report``: the demo's one-page HTML report.
-``marginface plot KIND`` (``analysis/command.py``) drives them. See docs/analysis.md.
+``marginface plot KIND`` (``marginface/cli/analysis.py``) drives them. See docs/analysis.md.
 """

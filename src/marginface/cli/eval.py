@@ -1,20 +1,64 @@
-"""``marginface eval --ijb DIR`` and ``--json``: the IJB protocols and the one-table summary, added to ``eval``.
+"""``marginface eval``: 10-fold verification on .bin / pairs.txt sets, precomputed embeddings, and (``--ijb``,
+``--json``) the IJB protocols and the one-table summary (library: ``marginface.evaluation``).
 
-Kept apart from the ``eval`` parser in ``cli.py`` so that command's own routes (``--bins``, ``--pairs``/``--images``,
-``--embeddings``) stay as they are: :func:`add_table_options` adds the options and wraps the command's function;
-without ``--ijb`` or ``--json`` the original function runs unchanged.
+Without ``--ijb`` or ``--json`` the command prints the verification table (and the ROC plot if asked); with either,
+:func:`run_table` evaluates everything and prints the standard one-row table (or its JSON).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 
-def add_table_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--ijb``, ``--json`` and the IJB pooling switches to the ``eval`` parser; wrap its ``func``."""
+def add_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="10-fold verification accuracy, TAR@FAR and a ROC plot on .bin / pairs.txt sets",
+        description="Evaluate a checkpoint on .bin sets and/or a pairs.txt + image folder, or evaluate "
+        "precomputed embeddings (--embeddings, from any model) on a pairs.txt. See docs/evaluation.md.",
+    )
+    parser.add_argument("--checkpoint", help="safetensors backbone weights (keys unprefixed or 'backbone.')")
+    parser.add_argument("--backbone", help="backbone registry name, e.g. iresnet50 (default: from the checkpoint's "
+                        "model card)")
+    parser.add_argument("--embedding-size", type=int, default=None,
+                        help="the checkpoint's embedding size (default: from its model card, else 512)")
+    parser.add_argument("--bins", nargs="+", default=[], metavar="BIN", help="insightface .bin sets")
+    parser.add_argument("--pairs", help="LFW-format pairs.txt (its 10 folds are used)")
+    parser.add_argument("--images", help="aligned 112x112 faces for --pairs: <root>/<Name>/<Name>_NNNN.jpg "
+                        "(marginface align writes them); raw photos are refused")
+    parser.add_argument("--aligned", action="store_true",
+                        help="assert that --images holds aligned 112x112 faces (checked; they are always detected)")
+    parser.add_argument("--center-crop", action="store_true",
+                        help="evaluate raw photos of --images as centre crops: a rough stand-in, not comparable")
+    parser.add_argument("--embeddings", help=".npz (names, embeddings) or .safetensors (one tensor per image)")
+    parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine",
+                        help="pair score for --embeddings (euclidean = negative distance)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    parser.add_argument("--no-flip", action="store_true", help="disable flip test-time augmentation")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument("--workers", type=int, default=0, help="image decoding processes for --images")
+    parser.add_argument("--roc", metavar="FILE", help="draw the ROC plot into FILE (e.g. runs/x/roc.png); none is "
+                        "drawn unless asked, so eval writes nothing into the current folder")
+    _add_table_options(parser)
+    parser.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """The verification table (+ ROC plot); with ``--ijb`` or ``--json``: :func:`run_table`."""
+    if args.ijb or args.json:
+        return run_table(args)
+    from marginface.evaluation import verification
+
+    results = evaluate_sets(args)
+    print(verification.format_table(results))
+    if args.roc:
+        print(f"ROC plot: {verification.plot_roc(results, args.roc)}")
+    return 0
+
+
+def _add_table_options(parser: argparse.ArgumentParser) -> None:
+    """``--ijb``, ``--json`` and the IJB pooling switches."""
     parser.add_argument("--ijb", nargs="+", default=[], metavar="DIR",
                         help="IJB release folder(s): DIR/meta + DIR/loose_crop (IJBB or IJBC), or a folder holding "
                         "IJBB/ and IJBC/; runs 1:1 (TAR@FAR) and, if the 1:N files are there, 1:N")
@@ -23,16 +67,6 @@ def add_table_options(parser: argparse.ArgumentParser) -> None:
                         help="IJB: L2-normalise image embeddings before pooling (default: keep their norms)")
     parser.add_argument("--ijb-no-detector-score", action="store_true",
                         help="IJB: do not weight image embeddings by the detector score")
-    parser.set_defaults(func=_wrap(parser.get_default("func")))
-
-
-def _wrap(original: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        if not args.ijb and not args.json:
-            return original(args)
-        return run_table(args)
-
-    return run
 
 
 def _verification_sets(args: argparse.Namespace) -> list:

@@ -1,4 +1,4 @@
-"""Low-quality copies of a verification set: ``marginface prepare degrade``.
+"""Low-quality copies of a verification set (``marginface prepare degrade``, in ``marginface/cli/data.py``).
 
 A claim of the normalisation papers (L2-constrained softmax, Ranjan et al. 2017; NormFace) is that normalising the
 features helps most on low-quality faces. To check it on the sets we have, every image of a ``.bin`` is degraded
@@ -10,7 +10,6 @@ so accuracies on the copy and on the original compare like for like.
 
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -45,24 +44,3 @@ def degrade_bin(src: str | Path, dst: str | Path, size: int, quality: int) -> in
                 for image in tqdm(images, desc=f"degrading {Path(src).name}", unit="img")]
     write_verification_bin(dst, degraded, issame)
     return len(issame)
-
-
-def add_prepare_degrade(kinds: argparse._SubParsersAction) -> None:
-    """Register ``prepare degrade`` on the ``prepare`` sub-command's sub-parsers."""
-    parser = kinds.add_parser(
-        "degrade", help="verification .bin -> a low-quality copy (fewer pixels, strong JPEG), the same pairs",
-        description="Downscale every face to SIZE x SIZE (area average), scale it back to its size (bicubic) "
-        "and re-encode it as JPEG at QUALITY: the low-quality version of a set, for checking how a model "
-        "copes with poor images.",
-    )
-    parser.add_argument("--bin", required=True, dest="src", help="the verification .bin to degrade")
-    parser.add_argument("--out", required=True, help="output .bin, e.g. lfw_16px_q30.bin")
-    parser.add_argument("--size", type=int, default=16, help="pixels of detail left per side (default 16)")
-    parser.add_argument("--quality", type=int, default=30, help="JPEG quality of the copy (default 30)")
-    parser.set_defaults(func=run_prepare_degrade)
-
-
-def run_prepare_degrade(args: argparse.Namespace) -> int:
-    pairs = degrade_bin(args.src, args.out, args.size, args.quality)
-    print(f"wrote {args.out}: {pairs} pairs, faces at {args.size}x{args.size} pixels, JPEG quality {args.quality}")
-    return 0

@@ -7,7 +7,8 @@
 - :mod:`~marginface.inference.calibrate`: thresholds at a target FAR, written into the card.
 - :mod:`~marginface.inference.gallery`: ``Gallery`` (templates, faiss search, atomic folder format).
 - :mod:`~marginface.inference.export`: ONNX fp32 / fp16 / INT8 export.
-- :mod:`~marginface.inference.commands`: the ``verify/enroll/identify/export/calibrate/info`` commands.
+
+The ``verify/enroll/identify/export/calibrate/info/convert`` commands are in ``marginface/cli/inference.py``.
 
 Names are imported lazily (PEP 562), so ``marginface --help`` does not import torch.
 """

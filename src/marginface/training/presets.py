@@ -1,4 +1,5 @@
-"""The YAML presets under ``configs/`` and ``marginface configs`` (also ``marginface train --list``).
+"""The YAML presets under ``configs/``: found, described, resolved (listed by ``marginface configs``, in
+``marginface/cli/train.py``).
 
 A preset is ``configs/<dataset>_<backbone>_<loss>.yaml``; its first comment line says what it is for. Presets are
 found in ``./configs`` (the working directory, e.g. a checkout) and beside the source tree.
@@ -6,8 +7,6 @@ found in ``./configs`` (the working directory, e.g. a checkout) and beside the s
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 
@@ -63,26 +62,3 @@ def resolve_config(name_or_path: str) -> Path:
         return found[name_or_path]
     raise FileNotFoundError(f"config {name_or_path} is neither a file nor a preset name; presets:\n"
                             + preset_listing())
-
-
-def no_config_message() -> str:
-    """What ``marginface train`` says when it is given nothing to train."""
-    return ("no config given: choose a preset with --config NAME_OR_FILE (marginface configs lists them):\n"
-            + preset_listing()
-            + "\nor train the built-in defaults explicitly with key=value overrides (e.g. steps=100 device=cpu)")
-
-
-def add_configs(subparsers: argparse._SubParsersAction) -> None:
-    """``marginface configs``: list the presets, one line each."""
-    parser = subparsers.add_parser("configs", help="list the training presets (configs/*.yaml), one line each",
-                                   description="List the YAML presets marginface train --config accepts.")
-    parser.add_argument("--json", action="store_true", help="print {name: {path, description}} as JSON")
-    parser.set_defaults(func=run_configs)
-
-
-def run_configs(args: argparse.Namespace) -> int:
-    if getattr(args, "json", False):
-        print(json.dumps({n: {"path": str(p), "description": describe(p)} for n, p in presets().items()}, indent=1))
-    else:
-        print(preset_listing())
-    return 0
