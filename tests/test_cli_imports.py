@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import marginface
 
 HEAVY = ("torch", "numpy")
@@ -83,8 +85,7 @@ def test_python_dash_m_and_the_console_script_reach_main() -> None:
     assert done.stdout.startswith("usage: marginface configs")
     pyproject = src.parent / "pyproject.toml"
     if pyproject.is_file():  # a checkout (an installed wheel has no pyproject.toml)
-        import tomllib
-
+        tomllib = pytest.importorskip("tomllib")  # Python 3.11+
         scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
         assert scripts["marginface"] == "marginface.cli:main"
         from marginface.cli import main

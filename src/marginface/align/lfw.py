@@ -60,7 +60,7 @@ def _read_aligned(path: Path, image_size: int) -> bytes:
     image = read_rgb(path)
     if image.shape[:2] != (image_size, image_size):
         raise ValueError(f"{path} is {image.shape[1]}x{image.shape[0]}, not an aligned "
-                         f"{image_size}x{image_size} face: drop --aligned to detect and align it")
+                         f"{image_size}x{image_size} face: drop `aligned` to detect and align it")
     return path.read_bytes()
 
 

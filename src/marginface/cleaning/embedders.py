@@ -163,7 +163,7 @@ def model_embedder(path: str | Path, *, backbone: str | None = None, embedding_s
         with Image.open(p) as im:
             if im.size != (size, size):
                 raise ValueError(f"{p} is {im.size[0]}x{im.size[1]}, the model takes aligned {size}x{size} faces "
-                                 "(run marginface align first, or embed raw photos with --model dlib)")
+                                 "(run marginface align first, or embed raw photos with `model=dlib`)")
             return np.asarray(im.convert("RGB"))
 
     def embed(paths: Sequence[Path]) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import pickle
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -136,6 +137,56 @@ def _error_line(err: BaseException) -> str:
     return text
 
 
+# A library message names a function argument as `name` or `name=value` (backquoted, in the caller's terms);
+# _in_cli_terms puts the command's own option in its place.
+_ARGUMENT = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=([^`]*))?`")
+
+
+def _leaf_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command that ran (``prepare cfp``: the ``cfp`` parser), followed by the words typed."""
+    while True:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subparsers or getattr(args, subparsers[0].dest, None) is None:
+            return parser
+        parser = subparsers[0].choices[getattr(args, subparsers[0].dest)]
+
+
+def _option_spelling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, argparse.Action]:
+    """``{argument name: the option that sets it}`` of one command: each option's ``dest`` (``center_crop``:
+    ``--center-crop``), plus the names a command maps itself (``set_defaults(argument_flags={"out": "--onnx"})``:
+    the library argument ``out`` is this command's ``--onnx``)."""
+    actions = {a.dest: a for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help")}
+    by_flag = {flag: a for a in parser._actions for flag in a.option_strings}
+    for name, flag in (getattr(args, "argument_flags", None) or {}).items():
+        if flag in by_flag:
+            actions[name] = by_flag[flag]
+    return actions
+
+
+def _in_cli_terms(err: BaseException, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Rewrite a library error's message in the command's terms, in place (so that ``--debug``'s traceback says
+    the same): ```center_crop``` -> ``--center-crop``, ```images=DIR``` -> ``--images DIR``,
+    ```skip_bad=True``` -> ``--skip-bad``, ```write=False``` with ``argument_flags={"write": "--no-write"}`` ->
+    ``--no-write``; a positional argument -> its metavar. The one place where flags enter library messages; a
+    name that is no option of this command stays as the library wrote it."""
+    if len(err.args) != 1 or not isinstance(err.args[0], str) or "`" not in err.args[0]:
+        return
+    actions = _option_spelling(parser, args)
+
+    def spell(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        action = actions.get(name)
+        if action is None:
+            return match.group(0)
+        if not action.option_strings:  # a positional: MODEL, SRC ...
+            return str(action.metavar or action.dest.upper())
+        flag = next((f for f in action.option_strings if f.startswith("--")), action.option_strings[0])
+        takes_value = action.nargs != 0
+        return f"{flag} {value}" if value is not None and takes_value else flag
+
+    err.args = (_ARGUMENT.sub(spell, err.args[0]),)
+
+
 def _close_progress_bars() -> None:
     """End the line of any progress bar an error left open, so the error message starts a line of its own
     (``enrol:  40%|####  | 2/5 marginface enroll: no face found ...`` otherwise)."""
@@ -149,13 +200,16 @@ def _close_progress_bars() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user error prints ``marginface <command>: <message>`` and returns 2 (``--debug``:
     the traceback), Ctrl-C prints one line and returns 130."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     # "prepare cfp", "clean outliers": the words the user typed, for the error prefix
     command = " ".join(str(w) for w in (args.command, getattr(args, "prepare_kind", None),
                                         getattr(args, "clean_kind", None)) if w)
     try:
         return int(args.func(args) or 0)
     except Exception as err:
+        if _is_user_error(err):
+            _in_cli_terms(err, _leaf_parser(parser, args), args)
         if args.debug or not _is_user_error(err):
             raise
         _close_progress_bars()

@@ -202,7 +202,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--int8-method", default="percentile", choices=["percentile", "minmax", "entropy"],
                         help="how INT8 activation ranges are set from the calibration faces")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.set_defaults(func=_run_export)
+    parser.set_defaults(func=_run_export, argument_flags={"out": "--onnx"})  # export_onnx(model, out, ...)
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -229,7 +229,7 @@ def _add_calibrate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda:0")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     _threads_option(parser)
-    parser.set_defaults(func=_run_calibrate)
+    parser.set_defaults(func=_run_calibrate, argument_flags={"write": "--no-write"})  # calibrate_model(write=)
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:

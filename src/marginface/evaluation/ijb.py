@@ -167,7 +167,7 @@ def read_ijb(root: str | Path, *, one_to_one: bool = True, one_to_n: bool = True
     root = Path(root)
     meta = root / "meta"
     if not meta.is_dir():
-        raise FileNotFoundError(f"{meta} does not exist: --ijb takes an IJB release folder holding meta/ and "
+        raise FileNotFoundError(f"{meta} does not exist: give an IJB release folder, one holding meta/ and "
                                 "loose_crop/ (e.g. IJB_release/IJBC)")
     p = _prefix(meta)
     names, values = _name_table(meta / f"{p}_name_5pts_score.txt", 11)

@@ -50,7 +50,7 @@ def image_name(person: str, index: str, line_no: int, path: Path) -> str:
         raise ValueError(f"{path}:{line_no}: image number {index!r} is not a positive integer")
     if person in (".", "..") or "/" in person or "\\" in person or "\0" in person:
         raise ValueError(f"{path}:{line_no}: person name {person!r} is not a plain folder name (a pairs file names "
-                         "images inside --images; '..' or a path separator would reach outside it)")
+                         "images inside its image folder; '..' or a path separator would reach outside it)")
     return f"{person}/{person}_{int(index):04d}.jpg"
 
 

@@ -247,11 +247,11 @@ def check_image_folder(files: Sequence[Path], root: str | Path, aligned: bool = 
         return
     (first, (w, h)), count = wrong[0], f"{len(wrong)} of {len(files)} images"
     if aligned:
-        raise ValueError(f"--aligned: {count} under {root} are not {size}x{size} aligned faces (e.g. {first} is "
+        raise ValueError(f"`aligned`: {count} under {root} are not {size}x{size} aligned faces (e.g. {first} is "
                          f"{w}x{h}); align the folder first (marginface align) and pass the aligned folder")
     raise ValueError(
         f"{root} holds raw photos, not aligned {size}x{size} faces ({count}, e.g. {first} is {w}x{h}). Align them "
-        f"first: marginface align {root} ALIGNED --fallback median, then --images ALIGNED (or --center-crop for a "
+        f"first: marginface align {root} ALIGNED --fallback median, then `images=ALIGNED` (or `center_crop` for a "
         "rough stand-in whose numbers are not comparable with aligned evaluation)"
     )
 
@@ -419,20 +419,20 @@ def evaluate_cli_sets(
 ) -> list[VerificationResult]:
     """What ``marginface eval`` runs: either an embeddings file on ``pairs``, or a checkpoint on ``bins``
     and/or ``pairs`` + ``images``. Every set is checked (labels, folds, files, image sizes) before the model is
-    loaded. Raises ValueError naming the missing/conflicting options."""
+    loaded. Raises ValueError naming the missing/conflicting arguments (as `name`: the CLI puts its flags there)."""
     if embeddings:
         if checkpoint or bins or not pairs or images:
-            raise ValueError("--embeddings needs --pairs and takes no --checkpoint/--bins/--images "
+            raise ValueError("`embeddings` needs `pairs` and takes no `checkpoint`/`bins`/`images` "
                              "(the embeddings already come from a model)")
         return [evaluate_embeddings_file(embeddings, pairs, metric=metric)]
     if not checkpoint:
-        raise ValueError("give --checkpoint (or --embeddings FILE --pairs pairs.txt)")
+        raise ValueError("give `checkpoint` (or `embeddings=FILE` `pairs=pairs.txt`)")
     if bool(pairs) != bool(images):
-        raise ValueError("--pairs and --images go together (pairs.txt and its image root)")
+        raise ValueError("`pairs` and `images` go together (pairs.txt and its image root)")
     if not bins and not pairs:
-        raise ValueError("nothing to evaluate: give --bins and/or --pairs with --images")
+        raise ValueError("nothing to evaluate: give `bins` and/or `pairs` with `images`")
     if aligned and center_crop:
-        raise ValueError("--aligned and --center-crop exclude each other: aligned faces are used as they are")
+        raise ValueError("`aligned` and `center_crop` exclude each other: aligned faces are used as they are")
     from marginface.data.bins import read_verification_bin
     from marginface.evaluation.embed import load_backbone
 

@@ -89,11 +89,11 @@ def check_measurable(far: float, issame: np.ndarray, data: str = "") -> tuple[in
         raise UserError(f"calibration needs both genuine and impostor pairs; got {genuine} genuine and "
                         f"{impostors} impostor pairs from {data or 'the data'}")
     if not 0 < far <= 1:
-        raise UserError(f"--far must be in (0, 1], got {far}")
+        raise UserError(f"`far` must be in (0, 1], got {far}")
     if far * impostors < 1 - 1e-9:
         raise UserError(f"FAR {far:g} cannot be measured on {impostors} impostor pairs (the smallest measurable "
                         f"FAR is 1/{impostors} = {1 / impostors:.3g}): use at least {int(np.ceil(1 / far))} "
-                        "impostor pairs (a bigger folder or pairs file) or a larger --far")
+                        "impostor pairs (a bigger folder or pairs file) or a larger `far`")
     return impostors, genuine
 
 
@@ -159,8 +159,8 @@ def pairs_file_pairs(recognizer: Any, pairs: str | os.PathLike, images: str | os
     labels (:func:`check_measurable`) before any image is decoded or embedded."""
     path = Path(pairs)
     if path.is_dir():
-        raise IsADirectoryError(f"--pairs {path} is a folder, expected a .bin or pairs.txt file (labelled photos "
-                                "DIR/<identity>/<images> go to --folder)")
+        raise IsADirectoryError(f"`pairs` {path} is a folder, expected a .bin or pairs.txt file (labelled photos "
+                                "DIR/<identity>/<images> go to `folder`)")
     if not path.is_file():
         raise FileNotFoundError(f"pairs file {path} does not exist")
     if path.suffix.lower() == ".bin":
@@ -174,7 +174,7 @@ def pairs_file_pairs(recognizer: Any, pairs: str | os.PathLike, images: str | os
         return (np.sum(emb[0::2] * emb[1::2], axis=1), np.asarray(issame, bool),
                 f"{path} ({len(issame)} pairs, {distinct} distinct images)")
     if images is None:
-        raise UserError(f"{path} is a pairs.txt: also give the image folder it refers to (--images DIR)")
+        raise UserError(f"{path} is a pairs.txt: also give the image folder it refers to (`images=DIR`)")
     from marginface.evaluation.pairs import read_pairs, resolve_images
 
     parsed = read_pairs(path)
@@ -223,11 +223,11 @@ def calibrate_model(model: str | os.PathLike, far: float, *, pairs: str | None =
     from marginface.inference.recognizer import FaceRecognizer
 
     if (pairs is None) == (folder is None):
-        raise UserError("give exactly one source of pairs: --pairs FILE (.bin or pairs.txt + --images) or --folder DIR")
+        raise UserError("give exactly one source of pairs: `pairs=FILE` (.bin or pairs.txt + `images`) or `folder=DIR`")
     suffix = Path(model).suffix.lower()
     if write and suffix not in (".safetensors", ".onnx") and not Path(model).is_dir():
         raise UserError(f"{model}: a card can only be written into .safetensors or .onnx files; export it "
-                        "(marginface export) or pass --no-write to only print the threshold")
+                        "(marginface export) or pass `write=False` to only print the threshold")
     recognizer = FaceRecognizer.load(model, device=device, threads=threads)
     if folder is not None:
         scores, issame, data = folder_pairs(recognizer, folder, max_images, far=far)

@@ -72,14 +72,14 @@ def export_onnx(model: str | os.PathLike, out: str | os.PathLike, *, fp16: bool 
     from marginface.inference.model import load_model
 
     if fp16 and int8:
-        raise UserError("choose one of --fp16 and --int8")
+        raise UserError("choose one of `fp16` and `int8`")
     if int8_method not in INT8_METHODS:
         raise UserError(f"unknown INT8 calibration method {int8_method!r}; use one of {', '.join(INT8_METHODS)}")
     if int8 and calibration_images is None:
-        raise UserError("--int8 needs --calibration-images DIR: aligned faces (e.g. the output of marginface align)")
+        raise UserError("`int8` needs `calibration_images=DIR`: aligned faces (e.g. the output of marginface align)")
     out = Path(out)
     if out.is_dir():  # checked before the minutes of export, which would end in "[Errno 21] Is a directory"
-        raise IsADirectoryError(f"--onnx {out} is a folder, expected an .onnx file path (e.g. {out / 'model.onnx'})")
+        raise IsADirectoryError(f"`out` {out} is a folder, expected an .onnx file path (e.g. {out / 'model.onnx'})")
     loaded = load_model(model)
     if loaded.kind != "torch":
         raise UserError(f"{model} is already an ONNX model; export from its .safetensors/.pth file")
@@ -221,7 +221,7 @@ def aligned_face_files(folder: str | os.PathLike, count: int, seed: int = 0) -> 
         raise FileNotFoundError(f"calibration image folder {root} does not exist")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
-        raise UserError(f"no images under {root}: --calibration-images needs aligned faces (marginface align)")
+        raise UserError(f"no images under {root}: `calibration_images` needs aligned faces (marginface align)")
     if len(files) > count:
         files = [files[i] for i in np.sort(np.random.default_rng(seed).choice(len(files), count, replace=False))]
     return files
