@@ -237,7 +237,7 @@ class FaceRecognizer:
         if threshold is None:
             raise UserError(f"the model {self.model.path} has no calibrated threshold: run "
                             f"marginface calibrate {self.model.path} --pairs ... --far 1e-3 first, "
-                            "or pass a threshold (verify --threshold T)")
+                            "or pass a threshold (verify `threshold=T`)")
         # clipped: two float32 unit vectors can have a float64 dot a few ulps above 1
         score = float(np.clip(np.dot(vectors[0].astype(np.float64), vectors[1].astype(np.float64)), -1, 1))
         return Verification(score, score >= threshold, float(threshold), infos)
