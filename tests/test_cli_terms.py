@@ -78,3 +78,12 @@ def test_every_argument_flags_entry_names_an_option_of_its_command() -> None:
             assert flag in flags, f"{parser.prog}: argument_flags {name} -> {flag}, no such option"
             mapped += 1
     assert mapped == 2
+
+
+def test_checkpoint_split_names_its_shards_option(tmp_path, capsys) -> None:
+    from marginface.training.reshard import rewrite
+
+    with pytest.raises(UserError, match="^`shards` must be >= 1, got 0$"):
+        rewrite(tmp_path / "run", tmp_path / "out", 0)
+    assert main(["checkpoint", "split", str(tmp_path / "run"), str(tmp_path / "out"), "--shards", "0"]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == "marginface checkpoint: --shards must be >= 1, got 0"

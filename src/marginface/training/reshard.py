@@ -186,7 +186,7 @@ def rewrite(run_dir: str | Path, output: str | Path, shards: int, step: int | No
     ``output`` must not exist; ``config.json`` and ``history.jsonl`` are copied along. Returns the step read."""
     run_dir, output = Path(run_dir), Path(output)
     if shards < 1:
-        raise UserError(f"--shards must be >= 1, got {shards}")
+        raise UserError(f"`shards` must be >= 1, got {shards}")
     if output.exists():
         raise UserError(f"{output} exists; choose a new folder (nothing is overwritten)")
     saved = SavedStep(run_dir, step) if step is not None else SavedStep.newest(run_dir)
