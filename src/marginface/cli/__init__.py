@@ -9,7 +9,8 @@ standard library and each other at the top: the library (torch, numpy) is import
 ``import marginface.cli`` and ``marginface --help`` stay fast (``tests/test_cli_imports.py`` holds it). Command
 functions do not catch errors: they raise ``marginface.errors.UserError`` (or ValueError / FileNotFoundError) with
 a message that names the thing and the fix, and ``main`` -- the one place that handles them -- prints it in one
-line and returns 2.
+line and returns 2. Library messages name arguments in library terms (`center_crop`); ``main`` puts the command's
+own flag (``--center-crop``) in their place (``_in_cli_terms``), so no library module needs to know the flags.
 """
 
 from __future__ import annotations
@@ -165,9 +166,9 @@ def _option_spelling(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 def _in_cli_terms(err: BaseException, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Rewrite a library error's message in the command's terms, in place (so that ``--debug``'s traceback says
-    the same): ```center_crop``` -> ``--center-crop``, ```images=DIR``` -> ``--images DIR``,
-    ```skip_bad=True``` -> ``--skip-bad``, ```write=False``` with ``argument_flags={"write": "--no-write"}`` ->
-    ``--no-write``; a positional argument -> its metavar. The one place where flags enter library messages; a
+    the same): `center_crop` -> ``--center-crop``, `images=DIR` -> ``--images DIR``, `skip_bad=True` ->
+    ``--skip-bad``, `write=False` with ``argument_flags={"write": "--no-write"}`` -> ``--no-write``; a positional
+    argument -> its metavar. The one place where flags enter library messages; a
     name that is no option of this command stays as the library wrote it."""
     if len(err.args) != 1 or not isinstance(err.args[0], str) or "`" not in err.args[0]:
         return
