@@ -5,4 +5,5 @@ import sys
 
 from marginface.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # runpy runs this file as __main__; a tool importing every module must not run a command
+    sys.exit(main())
