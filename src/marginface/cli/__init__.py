@@ -16,6 +16,7 @@ own flag (``--center-crop``) in their place (``_in_cli_terms``), so no library m
 from __future__ import annotations
 
 import argparse
+import os
 import errno
 import pickle
 import re
@@ -208,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         getattr(args, "clean_kind", None)) if w)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # `marginface configs | head`: the reader closed the pipe. Quiet, like a Unix tool killed by SIGPIPE; stdout
+        # goes to /dev/null so the interpreter's final flush cannot raise the same error again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as err:
         if _is_user_error(err):
             _in_cli_terms(err, _leaf_parser(parser, args), args)
