@@ -16,8 +16,8 @@ own flag (``--center-crop``) in their place (``_in_cli_terms``), so no library m
 from __future__ import annotations
 
 import argparse
-import os
 import errno
+import os
 import pickle
 import re
 import sys
