@@ -24,7 +24,7 @@ _EXPORTS = {
     "CARD_KEY": "card", "InputContract": "card", "ModelCard": "card", "tensors_sha256": "card",
     "training_card": "card",
     "LoadedModel": "loaded",
-    "load_model": "load", "read_card": "load", "write_card": "load", "convert_model": "load",
+    "load_model": "load", "read_card": "load", "write_card": "load", "convert_model": "load", "read_tensors": "load",
     "EvalInputAdapter": "backbone", "load_backbone": "backbone",
 }
 

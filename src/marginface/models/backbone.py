@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from marginface.models.card import InputContract, ModelCard
-from marginface.models.load import load_model, read_card
+from marginface.models.card import InputContract, ModelCard, backbone_tensors
+from marginface.models.load import load_model, read_card, read_tensors
 from marginface.models.loaded import LoadedModel
 
 
@@ -47,21 +47,18 @@ def load_backbone_weights(model: nn.Module, checkpoint: str | Path) -> nn.Module
     The file may hold the backbone's state dict unprefixed, or a whole training state where the backbone's
     tensors are under ``backbone.`` (the other tensors — head, optimiser — are then ignored).
     """
-    from safetensors.torch import load_file
-
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint {path} must be a .safetensors file (pickled checkpoints are not loaded)")
-    state = load_file(str(path))
-    prefixed = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    state = backbone_tensors(read_tensors(path))
     try:
-        model.load_state_dict(prefixed or state, strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as err:  # torch's message lists every key (kilobytes): summarise it instead
         from marginface.errors import UserError
 
-        raise UserError(mismatch_summary(model, prefixed or state, path)) from err
+        raise UserError(mismatch_summary(model, state, path)) from err
     return model
 
 

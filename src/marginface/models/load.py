@@ -98,6 +98,14 @@ def read_card(path: str | os.PathLike) -> ModelCard | None:
     return ModelCard.from_json(metadata[CARD_KEY], str(path)) if CARD_KEY in metadata else None
 
 
+def read_tensors(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a marginface safetensors file whose names start with ``prefix``, with it removed, on the CPU
+    (``prefix="loss."``: the loss state a training saved beside the backbone, e.g. class centres ``(C, D)``)."""
+    from safetensors.torch import load_file
+
+    return {k[len(prefix):]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
+
+
 def _safetensors_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 

@@ -152,12 +152,12 @@ def init_from_model(config: TrainConfig, backbone: nn.Module, loss: nn.Module) -
 
 
 def _init_loss(config: TrainConfig, path: Path, card: Any, loss: nn.Module) -> None:
-    from safetensors.torch import load_file
+    from marginface.models.load import read_tensors
 
     if card.loss.get("name") != config.loss.name:
         raise ConfigError(f"config field model.init_loss: {path} was trained with loss {card.loss.get('name')!r} "
                           f"but this run's loss.name is {config.loss.name!r}; its centres belong to that loss")
-    state = {k[5:]: v for k, v in load_file(str(path)).items() if k.startswith("loss.")}
+    state = read_tensors(path, "loss.")
     ours = loss.state_dict()
     if not state:
         raise ConfigError(f"config field model.init_loss: {path} holds no loss tensors (a sharded run's "
