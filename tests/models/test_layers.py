@@ -37,3 +37,14 @@ def test_the_checker_sees_a_forbidden_import(tmp_path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from marginface.training.config import config_from_dict\n")
     assert _marginface_imports(bad) == {"training"}
+
+
+def test_import_models_loads_no_torch() -> None:
+    """``marginface.models`` names its modules lazily, so a CLI that only parses arguments stays light."""
+    import subprocess
+    import sys
+
+    code = "import sys, marginface.models; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={"PYTHONPATH": str(SRC.parent), "PATH": ""})
+    assert result.stdout.strip() == "False"
