@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from marginface.evaluation import report, verification
-from marginface.evaluation.embed import load_backbone
+from marginface.models.backbone import load_backbone
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ def main_(args: argparse.Namespace) -> None:
                   str(args.embedding_size), "--roc", "", "--batch-size", "64"]
     assert run(["prepare", "lfw-bin", "--lfw", args.lfw112, "--pairs", str(pairs), "--out", str(tmp / "lfw_sub.bin"),
                 "--aligned"])[0] == 0
-    from marginface.evaluation.embed import load_backbone
+    from marginface.models.backbone import load_backbone
 
     names = read_pairs(pairs).unique_names()
     emb = embed_files(load_backbone(args.backbone, checkpoint, args.embedding_size),

@@ -231,8 +231,8 @@ def make_probes(templates: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarra
 
 
 def run_gallery(args: argparse.Namespace) -> dict:
-    from marginface.inference.card import ModelCard
     from marginface.inference.gallery import Gallery
+    from marginface.models.card import ModelCard
 
     card = ModelCard(backbone="synthetic", embedding_size=args.dim, weights_sha256="0" * 64)
     out: dict = {"n": args.n, "dim": args.dim}

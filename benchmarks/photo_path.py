@@ -89,7 +89,7 @@ def _ours(spec: dict):  # noqa: ANN202 (returns a per-chunk callable)
 
     import marginface.inference.recognizer as recognizer_module
     from marginface.inference import FaceRecognizer
-    from marginface.inference.model import OnnxRunner
+    from marginface.models.onnx_format import OnnxRunner
 
     library_threads = spec.get("library_threads", False)
     if not library_threads:
@@ -229,7 +229,7 @@ def embed_worker(spec: dict) -> None:
     from marginface.errors import NoFaceError
     from marginface.inference import FaceRecognizer
     from marginface.inference.images import to_rgb_array
-    from marginface.inference.model import OnnxRunner
+    from marginface.models.onnx_format import OnnxRunner
 
     torch.set_num_threads(1)
     rec = FaceRecognizer.load(spec["model"], batch_size=BATCH, threads=1, **spec.get("options", {}))

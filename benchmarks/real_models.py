@@ -61,7 +61,7 @@ def embed_raw(model_path: str, pixels: np.ndarray, cache: Path, batch: int = 64,
               mirror: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Raw outputs of every image and of its mirror (skipped without ``mirror``: an empty (0, D) array),
     (M, D) each; resumable through ``cache`` (.npz)."""
-    from marginface.inference.model import load_model
+    from marginface.models.load import load_model
 
     model = load_model(model_path)
     done = np.load(cache) if cache.is_file() else None
@@ -287,7 +287,7 @@ def run_export(args: argparse.Namespace) -> dict:
     import tempfile
 
     from marginface.evaluation.verification import evaluate_interleaved
-    from marginface.inference.model import load_model
+    from marginface.models.load import load_model
 
     sys.path.insert(0, str(Path(__file__).parent))
     from inference import _aligned_faces_seeded, export_variants, ms_per_image
@@ -327,7 +327,7 @@ def _export_cosines(args: argparse.Namespace, pixels: np.ndarray) -> dict:
     import tempfile
 
     from inference import _aligned_faces_seeded, export_variants
-    from marginface.inference.model import load_model
+    from marginface.models.load import load_model
 
     calibration = _aligned_faces_seeded(args.celeba, args.calibration, seed=2)
     reference = _unit(np.load(args.cache)["raw"][: len(pixels)])

@@ -215,7 +215,7 @@ def _memory_error() -> Exception:
 ])
 def test_refusals_are_one_line_and_exit_2(monkeypatch, capsys, make, expected) -> None:
     error = make()
-    import marginface.inference.model as model
+    import marginface.models.load as model
 
     def refuse(*args, **kwargs):
         raise error
@@ -228,7 +228,7 @@ def test_refusals_are_one_line_and_exit_2(monkeypatch, capsys, make, expected) -
 
 
 def test_programming_errors_still_raise(monkeypatch) -> None:
-    import marginface.inference.model as model
+    import marginface.models.load as model
 
     def bug(*args, **kwargs):
         raise TypeError("a bug, not a refusal")

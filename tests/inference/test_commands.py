@@ -7,7 +7,7 @@ from PIL import Image
 
 from marginface.cli import main
 from marginface.inference import read_card
-from marginface.inference.model import _SUPPORTED
+from marginface.models.loaded import SUPPORTED as _SUPPORTED
 from tests.inference.helpers import save_tiny
 
 

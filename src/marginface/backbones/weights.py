@@ -48,7 +48,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"backbone weights file {str(path)!r} does not exist")
-    _load_strict(model, load_file(str(path), device="cpu"), source=str(path))
+    load_strict(model, load_file(str(path), device="cpu"), source=str(path))
     return model
 
 
@@ -67,9 +67,9 @@ def load_insightface(model: nn.Module, source: str | os.PathLike | Mapping[str, 
 
     if not isinstance(model, IResNet) or model.head.output != "E":
         raise ValueError("insightface IResNet weights load into an IR-ResNet built with output='E' only")
-    state = _read_insightface(source)
+    state = read_insightface(source)
     fix_gamma = isinstance(model.head.bn, FixedGammaBatchNorm1d)
-    _load_strict(model, insightface_to_marginface(state, fix_gamma=fix_gamma), source=_describe(source))
+    load_strict(model, insightface_to_marginface(state, fix_gamma=fix_gamma), source=_describe(source))
     return model
 
 
@@ -101,7 +101,14 @@ def _rename(key: str) -> str:
     return key
 
 
-def _read_insightface(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+def read_insightface(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """The tensors of an insightface ``.pth`` (``torch.load(weights_only=True)``) or of a given state dict, with
+    the ``state_dict_backbone`` entry of insightface's training checkpoints unwrapped (names unchanged).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file is not a mapping of names to tensors.
+    """
     if isinstance(source, Mapping):
         state = source
     else:
@@ -119,8 +126,14 @@ def _describe(source: object) -> str:
     return "the given state dict" if isinstance(source, Mapping) else repr(str(source))
 
 
-def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(state)`` after checking keys and shapes, with every difference listed."""
+def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state)`` after checking keys and shapes, with every difference listed.
+
+    A missing ``num_batches_tracked`` (checkpoints from before torch 0.4.1) is filled from the model.
+
+    Raises:
+        ValueError: keys or shapes differ; the message names ``source`` and lists them (20 of each at most).
+    """
     expected = model.state_dict()
     state = dict(state)
     for key in set(expected) - set(state):

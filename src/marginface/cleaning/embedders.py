@@ -134,7 +134,8 @@ def embed_folder(root: str | Path, embedder: Embedder, pattern: str = "*/*", max
 def checkpoint_embedder(checkpoint: str | Path, backbone: str = "mobilefacenet", embedding_size: int = 128, *,
                         batch_size: int = 128, flip: bool = True, workers: int = 0) -> Embedder:
     """An :data:`Embedder` from a marginface safetensors checkpoint, for *aligned* 112x112 images (flip TTA)."""
-    from marginface.evaluation.embed import embed_files, load_backbone
+    from marginface.evaluation.embed import embed_files
+    from marginface.models.backbone import load_backbone
 
     model = load_backbone(backbone, checkpoint, embedding_size)
 
@@ -146,7 +147,7 @@ def checkpoint_embedder(checkpoint: str | Path, backbone: str = "mobilefacenet",
 
 def model_embedder(path: str | Path, *, backbone: str | None = None, embedding_size: int | None = None,
                    config: str | Path | None = None, batch_size: int = 128) -> Embedder:
-    """An :data:`Embedder` from any model :func:`marginface.inference.load_model` reads (a marginface
+    """An :data:`Embedder` from any model :func:`marginface.models.load_model` reads (a marginface
     safetensors file with its card, an insightface ``.pth``, ``.onnx``, an MXNet model-zoo prefix such as
     ``models/insightface_mobilefacenet_y1/model`` or its ``-0000.params``), for *aligned* faces of the model's
     input size; flip TTA as the model card says. ``backbone`` / ``embedding_size`` / ``config``: for files
@@ -154,7 +155,7 @@ def model_embedder(path: str | Path, *, backbone: str | None = None, embedding_s
     from PIL import Image
     from tqdm import tqdm
 
-    from marginface.inference.model import load_model
+    from marginface.models.load import load_model
 
     model = load_model(path, backbone=backbone, embedding_size=embedding_size, config=config)
     size = model.card.input.size

@@ -92,7 +92,7 @@ def _ijb_results(args: argparse.Namespace) -> list:
     if not args.checkpoint:
         raise ValueError("--ijb needs --checkpoint (the model that embeds the IJB crops)")
     from marginface.evaluation import ijb
-    from marginface.evaluation.embed import load_backbone
+    from marginface.models.backbone import load_backbone
 
     folders = [f for d in args.ijb for f in ijb.release_folders(d)]  # fails before loading anything heavy
     options = ijb.PoolingOptions(flip=not args.no_flip, normalize_images=args.ijb_normalize_images,

@@ -258,7 +258,7 @@ def _add_info(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from marginface.inference.model import load_model
+    from marginface.models.load import load_model
 
     card = load_model(args.model).card
     if args.json:
@@ -282,7 +282,7 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from marginface.inference.model import convert_model
+    from marginface.models.load import convert_model
 
     card = convert_model(args.src, args.out)
     if args.json:

@@ -2,7 +2,8 @@
 
 * :mod:`~marginface.evaluation.metrics` — pure numpy functions: k-fold accuracy, ROC, AUC, EER, TAR@FAR, CMC.
 * :mod:`~marginface.evaluation.pairs` — LFW ``pairs.txt`` with its folds.
-* :mod:`~marginface.evaluation.embed` — batched extraction with flip TTA, image and checkpoint loading.
+* :mod:`~marginface.evaluation.embed` — batched extraction with flip TTA and image loading (model files are
+  read by :mod:`marginface.models`).
 * :mod:`~marginface.evaluation.verification` — ``.bin`` sets, pairs + folder, external embeddings files.
 * :mod:`~marginface.evaluation.identification` — gallery + distractors on faiss, MegaFace-style report.
 

@@ -1,4 +1,6 @@
-"""Batched embedding extraction (with flip test-time augmentation), image loading and checkpoint loading.
+"""Batched embedding extraction (with flip test-time augmentation) and image loading.
+
+Model files are read by :mod:`marginface.models` (:func:`marginface.models.load_backbone` for eval's contract).
 
 Flip TTA follows insightface's ``verification.py``: the model embeds the image and its horizontal mirror, the two
 *raw* (un-normalised) embeddings are summed, and the sum is L2-normalised. Summing raw embeddings lets the view
@@ -15,6 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+# moved to marginface.models.backbone; kept for one release
+from marginface.models.backbone import load_backbone, load_backbone_weights, mismatch_summary  # noqa: F401
 
 if TYPE_CHECKING:  # PIL is a core dependency, but imported where used to keep `import marginface` light
     from PIL.Image import Image
@@ -151,108 +156,3 @@ def embed_files(
     loader = torch.utils.data.DataLoader(_Files(files, preprocess, size), batch_size=batch_size,
                                          num_workers=workers, shuffle=False)
     return embed_batches(model, loader, flip=flip, device=device, total=len(files))
-
-
-def load_backbone_weights(model: nn.Module, checkpoint: str | Path) -> nn.Module:
-    """Load a safetensors checkpoint into ``model`` (strict) and return it.
-
-    The file may hold the backbone's state dict unprefixed, or a whole training state where the backbone's
-    tensors are under ``backbone.`` (the other tensors — head, optimiser — are then ignored).
-    """
-    from safetensors.torch import load_file
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix != ".safetensors":
-        raise ValueError(f"checkpoint {path} must be a .safetensors file (pickled checkpoints are not loaded)")
-    state = load_file(str(path))
-    prefixed = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    try:
-        model.load_state_dict(prefixed or state, strict=True)
-    except RuntimeError as err:  # torch's message lists every key (kilobytes): summarise it instead
-        from marginface.errors import UserError
-
-        raise UserError(mismatch_summary(model, prefixed or state, path)) from err
-    return model
-
-
-def _card(path: Path):
-    """The model card of a safetensors file (:func:`marginface.inference.model.read_card`), None when it has none
-    or one that does not parse."""
-    from marginface.inference.model import read_card
-
-    try:
-        return read_card(path)
-    except ValueError:
-        return None
-
-
-def _card_hint(path: Path) -> str:
-    """``' (its model card says: --backbone X --embedding-size D)'`` when the file carries a card."""
-    card = _card(path)
-    if card is None:
-        return ""
-    return f" (its model card says: --backbone {card.backbone} --embedding-size {card.embedding_size})"
-
-
-def mismatch_summary(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> str:
-    """Two lines on why ``state`` does not load into ``model``: counts of missing / unexpected keys and the first
-    shape mismatch, then the fix in CLI terms (torch's own message lists every key)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [(k, tuple(expected[k].shape), tuple(state[k].shape)) for k in expected
-              if k in state and expected[k].shape != state[k].shape]
-    facts = []
-    if missing or unexpected:
-        facts.append(f"{len(missing)} of the backbone's {len(expected)} tensors missing, {len(unexpected)} "
-                     f"unexpected (e.g. {(missing or unexpected)[0]})")
-    if shapes:
-        key, want, got = shapes[0]
-        facts.append(f"{len(shapes)} with another shape (e.g. {key}: checkpoint {got}, backbone {want})")
-    size = getattr(model, "embedding_size", None)
-    fix = ("another backbone: pass the --backbone it was trained with" if missing or unexpected else
-           f"another embedding size than --embedding-size {size}: pass the checkpoint's")
-    return f"checkpoint {path} does not fit this backbone: {'; '.join(facts)}.\nIt holds {fix}{_card_hint(path)}"
-
-
-def load_backbone(name: str | None, checkpoint: str | Path, embedding_size: int | None = None) -> nn.Module:
-    """Build the backbone and load ``checkpoint`` into it.
-
-    ``name`` / ``embedding_size`` None or equal to the card's: the model the checkpoint's card describes, built by
-    :func:`marginface.inference.load_model` (kwargs, strict load, weights hash checked). A file without a card needs
-    ``name`` (the embedding size defaults to 512). Values other than the card's win over it (a wrong one fails with
-    the card's values in the message)."""
-    from marginface import backbones
-    from marginface.errors import UserError
-    from marginface.inference.card import InputContract
-
-    path = Path(checkpoint)
-    if path.suffix != ".safetensors" and name is None:
-        # a foreign model (MXNet zoo, arcface_torch .pth, ONNX): load_model reads it and its contract
-        from marginface.inference.model import EvalInputAdapter, load_model
-
-        return EvalInputAdapter(load_model(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    card = _card(path) if path.suffix == ".safetensors" else None
-    if card is None:
-        if name is None:
-            raise UserError(f"checkpoint {path} has no model card: pass --backbone (and --embedding-size, default 512)")
-        return load_backbone_weights(backbones.create(name, embedding_size=embedding_size or 512), checkpoint)
-    same_model = name in (None, card.backbone) and embedding_size in (None, card.embedding_size)
-    if card.input != InputContract(flip_tta=card.input.flip_tta):
-        # eval feeds RGB 112x112 in [-1, 1]; another contract is applied by the adapter, never ignored
-        if not same_model:
-            raise UserError(f"checkpoint {path}'s model card asks for another input ({card.input}) than eval feeds "
-                            "(112x112 RGB, (x - 127.5) / 127.5); leave --backbone/--embedding-size out to use it")
-        from marginface.inference.model import EvalInputAdapter, load_model
-
-        return EvalInputAdapter(load_model(path))
-    if same_model:
-        from marginface.inference.model import load_model
-
-        return load_model(path).runner
-    model = backbones.create(name or card.backbone, embedding_size=embedding_size or card.embedding_size)
-    return load_backbone_weights(model, checkpoint)

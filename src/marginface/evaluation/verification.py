@@ -434,7 +434,7 @@ def evaluate_cli_sets(
     if aligned and center_crop:
         raise ValueError("`aligned` and `center_crop` exclude each other: aligned faces are used as they are")
     from marginface.data.bins import read_verification_bin
-    from marginface.evaluation.embed import load_backbone
+    from marginface.models.backbone import load_backbone
 
     for b in bins:  # labels first: a one-class set is refused before anything is embedded
         resolve_folds(read_verification_bin(b)[1], None, Path(b).stem)

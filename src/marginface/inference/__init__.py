@@ -1,7 +1,7 @@
 """Use a trained model: model cards, ``load_model``, ``FaceRecognizer``, ``Gallery``, calibration and export.
 
-- :mod:`~marginface.inference.card`: the model card stored in safetensors / ONNX metadata.
-- :mod:`~marginface.inference.model`: ``load_model`` for our safetensors, insightface ``.pth`` and ONNX files.
+- :mod:`marginface.models`: the model card and ``load_model`` for every format (re-exported here; the old
+  modules ``inference.card``, ``inference.model`` and ``inference.mxnet_format`` stay one release).
 - :mod:`~marginface.inference.images`: input conversion (EXIF, grey / RGBA / 16-bit / CMYK).
 - :mod:`~marginface.inference.recognizer`: ``FaceRecognizer`` (embed, verify, identify).
 - :mod:`~marginface.inference.calibrate`: thresholds at a target FAR, written into the card.
@@ -18,9 +18,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+#: name -> module (relative to marginface.inference, or absolute)
 _EXPORTS = {
-    "CARD_KEY": "card", "InputContract": "card", "ModelCard": "card", "tensors_sha256": "card",
-    "LoadedModel": "model", "load_model": "model", "read_card": "model", "write_card": "model",
+    "CARD_KEY": "marginface.models.card", "InputContract": "marginface.models.card",
+    "ModelCard": "marginface.models.card", "tensors_sha256": "marginface.models.card",
+    "LoadedModel": "marginface.models.loaded", "load_model": "marginface.models.load",
+    "read_card": "marginface.models.load", "write_card": "marginface.models.load",
     "FaceRecognizer": "recognizer", "FaceInfo": "recognizer", "Verification": "recognizer",
     "Gallery": "gallery", "Match": "gallery",
     "Calibration": "calibrate", "calibrate_model": "calibrate", "calibrate_scores": "calibrate",
@@ -32,5 +35,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"marginface.inference.{_EXPORTS[name]}"), name)
+        module = _EXPORTS[name]
+        return getattr(importlib.import_module(module if "." in module else f"marginface.inference.{module}"), name)
     raise AttributeError(f"module 'marginface.inference' has no attribute {name!r}")

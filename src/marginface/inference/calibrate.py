@@ -219,8 +219,8 @@ def calibrate_model(model: str | os.PathLike, far: float, *, pairs: str | None =
                     max_images: int = 4000, threads: int | None = None) -> Calibration:
     """Calibrate the model at ``model`` on ``pairs`` (.bin or pairs.txt + ``images``) or a labelled ``folder``;
     with ``write``, store the result in its card (atomic rewrite of the file)."""
-    from marginface.inference.model import write_card
     from marginface.inference.recognizer import FaceRecognizer
+    from marginface.models.load import write_card
 
     if (pairs is None) == (folder is None):
         raise UserError("give exactly one source of pairs: `pairs=FILE` (.bin or pairs.txt + `images`) or `folder=DIR`")

@@ -2,7 +2,7 @@
 
 The graph is the backbone alone: input ``input`` (B, 3, S, S) float32 **normalised per the card** (channel
 order, ``(x - mean) / std``), output ``embedding`` (B, D) float32 raw (not normalised), batch dynamic.
-:func:`~marginface.inference.model.load_model` reads the card and applies the contract, so an export is used
+:func:`~marginface.models.load_model` reads the card and applies the contract, so an export is used
 exactly like the original.
 
 - Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript; the default since torch 2.9) —
@@ -69,7 +69,7 @@ def export_onnx(model: str | os.PathLike, out: str | os.PathLike, *, fp16: bool 
         UserError: both ``fp16`` and ``int8``; ``int8`` without calibration images; a model that is already
             ONNX; calibration images that are not aligned faces.
     """
-    from marginface.inference.model import load_model
+    from marginface.models.load import load_model
 
     if fp16 and int8:
         raise UserError("choose one of `fp16` and `int8`")
@@ -184,7 +184,7 @@ def _write_with_card(src: Path, out: Path, card: Any, precision: str, source: st
 
     import onnx
 
-    from marginface.inference.model import ONNX_HASH_KEY, onnx_weights_sha256, set_onnx_metadata
+    from marginface.models.onnx_format import ONNX_HASH_KEY, onnx_weights_sha256, set_onnx_metadata
 
     exported = copy.deepcopy(card)
     exported.precision, exported.source = precision, f"marginface export of {source}"
@@ -201,7 +201,7 @@ def _write_with_card(src: Path, out: Path, card: Any, precision: str, source: st
 
 
 def _check_parity(loaded: Any, path: Path, faces: np.ndarray, report: ExportReport) -> None:
-    from marginface.inference.model import load_model
+    from marginface.models.load import load_model
 
     exported = load_model(path)
     a = loaded.embed_pixels(faces, flip=False).astype(np.float64)

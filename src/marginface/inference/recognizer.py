@@ -26,8 +26,9 @@ import torch
 
 from marginface.errors import NoFaceError, UserError
 from marginface.inference.images import describe, read_photo, to_rgb_array
-from marginface.inference.model import LoadedModel, load_model
 from marginface.inference.threads import default_threads
+from marginface.models.load import load_model
+from marginface.models.loaded import LoadedModel
 
 if TYPE_CHECKING:
     from marginface.inference.gallery import Gallery, Match
@@ -82,7 +83,7 @@ class FaceRecognizer:
     """A loaded model plus the detect-and-align front end. See the module docstring for the input rules.
 
     Args:
-        model: a :class:`~marginface.inference.model.LoadedModel`.
+        model: a :class:`~marginface.models.LoadedModel`.
         detector: detector registry name (:func:`marginface.align.detectors.create_detector`).
         policy: face kept when a photo holds several: ``centre`` (default, as ``marginface align``),
             ``largest`` or ``score``.
@@ -119,7 +120,7 @@ class FaceRecognizer:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
              **kwargs: Any) -> FaceRecognizer:
-        """Load the model at ``path`` (:func:`~marginface.inference.model.load_model`); ``kwargs`` go to
+        """Load the model at ``path`` (:func:`~marginface.models.load_model`); ``kwargs`` go to
         the constructor (``detector``, ``policy``, ``min_face``, ``batch_size``, ``max_side``). ``threads``: see
         the class (an ONNX model's onnxruntime session gets them too)."""
         threads = default_threads() if threads is None else int(threads)

@@ -201,23 +201,56 @@ def backbone_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return prefixed or dict(tensors)
 
 
+#: defaults of the run-config fields a card reads, for a ``config.json`` written before a field existed. They are
+#: :class:`~marginface.training.config.TrainConfig`'s (a test pins them); models/ reads the run's config as the
+#: plain mapping training wrote (``dataclasses.asdict``) and never imports training.
+RUN_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"backbone": "iresnet50", "embedding_size": 512, "output": "E", "dropout": 0.0, "params": {}},
+    "loss": {"name": "arcface", "params": {}, "head": "dense"},
+    "data": {"source": "synthetic", "path": None},
+}
+
+
+def run_config_sections(config: Any) -> dict[str, dict[str, Any]]:
+    """The ``model``, ``loss`` and ``data`` sections a card reads, from a run config given as the caller has it: a
+    mapping (a ``config.json`` document) or a dataclass instance (the trainer's ``TrainConfig``); missing fields
+    take :data:`RUN_CONFIG_DEFAULTS`.
+
+    Raises:
+        ValueError: ``config`` is neither, or a section is not a mapping.
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    if not isinstance(config, Mapping):
+        raise ValueError(f"a run config must be a mapping or a config dataclass, got {type(config).__name__}")
+    sections = {}
+    for name, defaults in RUN_CONFIG_DEFAULTS.items():
+        values = config.get(name) or {}
+        if not isinstance(values, Mapping):
+            raise ValueError(f"run config section {name} must be a mapping, got {values!r}")
+        sections[name] = {**defaults, **values}
+    return sections
+
+
 def training_card(config: Any, num_identities: int, num_images: int, validation: Mapping[str, Any],
                   backbone_state: Mapping[str, torch.Tensor]) -> ModelCard:
     """The card of a model trained by :class:`~marginface.training.trainer.Trainer` with ``config``.
 
     Args:
-        config: the run's ``TrainConfig``.
+        config: the run's config: its ``TrainConfig`` or the mapping of its ``config.json``
+            (:func:`run_config_sections`).
         num_identities, num_images: the training set's size.
         validation: the validation results of these weights (``{}`` when none ran).
         backbone_state: the backbone's state dict (hashed into ``weights_sha256``).
     """
-    model, data = config.model, config.data
-    kwargs = {"output": model.output, "dropout": model.dropout, **model.params}
+    sections = run_config_sections(config)
+    model, loss, data = sections["model"], sections["loss"], sections["data"]
+    kwargs = {"output": model["output"], "dropout": float(model["dropout"]), **model["params"]}
     return ModelCard(
-        backbone=model.backbone, embedding_size=model.embedding_size, backbone_kwargs=kwargs,
+        backbone=model["backbone"], embedding_size=model["embedding_size"], backbone_kwargs=kwargs,
         weights_sha256=tensors_sha256(backbone_state),
-        loss={"name": config.loss.name, "params": dict(config.loss.params), "head": config.loss.head},
-        training_data={"kind": data.source, "path": data.path, "identities": int(num_identities),
+        loss={"name": loss["name"], "params": dict(loss["params"]), "head": loss["head"]},
+        training_data={"kind": data["source"], "path": data["path"], "identities": int(num_identities),
                        "images": int(num_images)},
         validation={k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in validation.items()},
         source="marginface-train",
@@ -225,13 +258,20 @@ def training_card(config: Any, num_identities: int, num_images: int, validation:
 
 
 def card_from_run_config(path: str, backbone_state: Mapping[str, torch.Tensor]) -> ModelCard:
-    """A card for a legacy file from its run's ``config.json`` (training data sizes and validation unknown)."""
+    """A card for a legacy file from its run's ``config.json`` (training data sizes and validation unknown).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: ``path`` is not a JSON run config.
+    """
     from pathlib import Path
 
-    from marginface.training.config import config_from_dict
-
-    config = config_from_dict(json.loads(Path(path).read_text()))
-    card = training_card(config, 0, 0, {}, backbone_state)
-    card.training_data = {"kind": config.data.source, "path": config.data.path}
+    try:
+        values = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the run config {path} is not JSON ({err}); give the run's config.json") from err
+    card = training_card(values, 0, 0, {}, backbone_state)
+    data = run_config_sections(values)["data"]
+    card.training_data = {"kind": data["source"], "path": data["path"]}
     card.source = f"run config {path}"
     return card

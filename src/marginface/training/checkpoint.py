@@ -96,7 +96,7 @@ def save_checkpoint(run_dir: Path, step: int, backbone: nn.Module, loss: nn.Modu
                     training_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``run_dir/checkpoints/step_<step>`` atomically and point ``latest`` at it. Returns the folder.
 
-    ``metadata`` goes into ``model.safetensors``' header (the model card, see ``marginface.inference.card``);
+    ``metadata`` goes into ``model.safetensors``' header (the model card, see ``marginface.models.card``);
     ``training_tensors`` (e.g. the head's sampler state, ``head.*``) into ``optimizer.safetensors``.
     """
     opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())

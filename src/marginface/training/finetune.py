@@ -5,7 +5,7 @@
 - ``loss.triplet_weight: lambda > 0`` with a margin loss: ``margin softmax + lambda * triplet`` (triplet parameters
   in ``loss.triplet_params``); the margin loss keeps its centres and its head (dense, chunked or partial_fc).
 - ``model.init_from: path``: the backbone weights of a trained model, read through
-  :func:`marginface.inference.load_model` (its card is checked against ``model``; an MXNet zoo prefix works
+  :func:`marginface.models.load_model` (its card is checked against ``model``; an MXNet zoo prefix works
   too); ``model.init_loss`` also loads its class centres (continuing a softmax training). A resume from the
   run's own checkpoint overrides both. The trainer feeds ``(x - 127.5) / 127.5`` RGB; a model whose card says
   otherwise (insightface's MXNet MobileFaceNet: ``(x - 127.5) / 128``, normalised inside its graph) gets its
@@ -98,7 +98,7 @@ def _model_file(path: Path) -> Path:
 
 def _is_model_path(path: Path) -> bool:
     """A model file, a checkpoint folder or an MXNet zoo model (``prefix``, ``prefix-0000.params``)."""
-    from marginface.inference.mxnet_format import mxnet_files
+    from marginface.models.mxnet_format import mxnet_files
 
     if _model_file(path).is_file():
         return True
@@ -116,7 +116,7 @@ def init_from_model(config: TrainConfig, backbone: nn.Module, loss: nn.Module) -
     Draws no random numbers (the model is built under ``torch.random.fork_rng``), so a run's initialisation of
     everything else is the same with or without ``init_from``.
     """
-    from marginface.inference import load_model
+    from marginface.models.load import load_model
 
     path = Path(config.model.init_from)
     if not _is_model_path(path):
@@ -152,12 +152,12 @@ def init_from_model(config: TrainConfig, backbone: nn.Module, loss: nn.Module) -
 
 
 def _init_loss(config: TrainConfig, path: Path, card: Any, loss: nn.Module) -> None:
-    from safetensors.torch import load_file
+    from marginface.models.load import read_tensors
 
     if card.loss.get("name") != config.loss.name:
         raise ConfigError(f"config field model.init_loss: {path} was trained with loss {card.loss.get('name')!r} "
                           f"but this run's loss.name is {config.loss.name!r}; its centres belong to that loss")
-    state = {k[5:]: v for k, v in load_file(str(path)).items() if k.startswith("loss.")}
+    state = read_tensors(path, "loss.")
     ours = loss.state_dict()
     if not state:
         raise ConfigError(f"config field model.init_loss: {path} holds no loss tensors (a sharded run's "

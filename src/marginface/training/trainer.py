@@ -377,7 +377,7 @@ class Trainer:
 
     def _card(self, validation: dict[str, Any], thresholds: dict[str, Any] | None = None) -> dict[str, str]:
         """The model card (safetensors metadata) of the current backbone weights."""
-        from marginface.inference.card import training_card
+        from marginface.models.card import training_card
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
         card = training_card(self.config, self.dataset.num_classes, len(self.dataset), validation, state)
