@@ -9,7 +9,8 @@ A run folder ``<run>/`` holds
   keeps shard k's folders in ``rank<k>/checkpoints/step_<N>/`` (:mod:`marginface.runs.steps`);
 - ``log.csv`` (``step,key,value``; :mod:`marginface.runs.log`) and ``tensorboard/``;
 - ``best.safetensors`` (the best validated weights with their model card) and ``best.json`` (its scores);
-- figures and records written into it: ``loss_curve.png``, the analysis's ``theta_<source>.png/.csv``, an AM-LFS
+- figures and records written into it: ``loss_curve.png``, the analysis's ``theta_<source>.png/.csv`` and
+  ``target_logit_training.png``, the demo's figures and report (``training/demo.py``), an AM-LFS
   search's ``search.json``, ``search_state.safetensors``, ``search_log.csv`` (older searches: ``log.csv``),
   ``retrain.json``.
 
@@ -36,6 +37,7 @@ TENSORBOARD = "tensorboard"
 BEST = "best.safetensors"
 BEST_SCORES = "best.json"
 LOSS_CURVE = "loss_curve.png"
+TARGET_LOGIT_TRAINING = "target_logit_training.png"
 CHECKPOINTS = "checkpoints"
 #: the pointer file runs written before :mod:`marginface.runs` kept in ``checkpoints/`` (never read)
 LATEST = "latest"
@@ -130,6 +132,11 @@ class RunDir:
     def theta_figure(self, source: str) -> Path:
         """Where ``marginface plot theta`` draws a run's angle histograms by default (``theta_<source>.png``)."""
         return self.path / f"theta_{source}.png"
+
+    @property
+    def target_logit_training(self) -> Path:
+        """Where ``marginface plot target-logit-training`` draws by default (beside the first run's log)."""
+        return self.path / TARGET_LOGIT_TRAINING
 
     # ------------------------------------------------------------------ checkpoints
     def rank_dir(self, rank: int) -> Path:
