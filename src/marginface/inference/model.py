@@ -43,6 +43,7 @@ from marginface.inference.card import (
     tensors_sha256,
 )
 from marginface.paths import respect_umask
+from marginface.runs.layout import RunDir, model_file, run_of
 
 #: ONNX metadata key holding the hash of the graph's initializers (checked against the graph on load).
 ONNX_HASH_KEY = "marginface.onnx_sha256"
@@ -191,11 +192,9 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", backbone: str | 
         ValueError: not a model file; a legacy file given no description; a card that disagrees with the
             weights (shapes or hash).
     """
-    path = Path(path)
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        path = path / "model.safetensors"
+    path = model_file(path)  # a checkpoint folder: its model.safetensors
     if path.is_dir():
-        best = path / "best.safetensors"
+        best = RunDir(path).best
         hint = f"; this looks like a run folder: its model is {best}" if best.is_file() else ""
         raise IsADirectoryError(f"{path} is a folder, expected a model file ({_SUPPORTED}){hint}")
     if path.name.endswith((".params", "-symbol.json")) or path.with_name(path.name + "-symbol.json").is_file():
@@ -253,8 +252,9 @@ def _load_safetensors(path: Path, device: str, backbone: str | None, embedding_s
 
 
 def _no_card_message(path: Path) -> str:
-    beside = path.parent / "config.json"
-    hint = (f" The run's config.json is beside it: load_model({str(path)!r}, config={str(beside)!r})."
+    beside = run_of(path).config  # beside best.safetensors; above a checkpoint's model.safetensors
+    where = "beside it" if beside.parent == path.parent else "in its run folder"
+    hint = (f" The run's config.json is {where}: load_model({str(path)!r}, config={str(beside)!r})."
             if beside.is_file() else "")
     return (f"{path} has no model card (written before marginface stored one); say what it is: "
             f"load_model(path, backbone='iresnet50', embedding_size=512[, output='E']) or "

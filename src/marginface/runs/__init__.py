@@ -14,20 +14,22 @@ It imports the packages below it only (errors, paths, heads' shard rule, backbon
 inference, analysis and the experiments read and write run folders through it.
 """
 
-from marginface.runs.checkpoints import load_model_tensors, model_tensors, write_checkpoint
+from typing import Any
+
 from marginface.runs.layout import RunDir, shard_folder, step_name
 from marginface.runs.log import read_log
-from marginface.runs.steps import SavedStep, ShardFiles, rewrite
 
-__all__ = [
-    "RunDir",
-    "SavedStep",
-    "ShardFiles",
-    "load_model_tensors",
-    "model_tensors",
-    "read_log",
-    "rewrite",
-    "shard_folder",
-    "step_name",
-    "write_checkpoint",
-]
+#: names served from the submodules that import torch, loaded on first use (so that ``RunDir`` costs no torch:
+#: the CLI and ``load_model``'s path handling use it)
+_LAZY = {"load_model_tensors": "checkpoints", "model_tensors": "checkpoints", "write_checkpoint": "checkpoints",
+         "SavedStep": "steps", "ShardFiles": "steps", "rewrite": "steps", "load_run_model": "model"}
+
+__all__ = ["RunDir", "read_log", "shard_folder", "step_name", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'marginface.runs' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"marginface.runs.{_LAZY[name]}"), name)

@@ -12,7 +12,7 @@ A run folder ``<run>/`` holds
 - figures and records written into it: ``loss_curve.png``, the analysis's ``theta_<source>.png/.csv`` and
   ``target_logit_training.png``, the demo's figures and report (``training/demo.py``), an AM-LFS
   search's ``search.json``, ``search_state.safetensors``, ``search_log.csv`` (older searches: ``log.csv``),
-  ``retrain.json``.
+  ``search.png``, ``retrain.json`` and the comparison's runs ``retrain/<loss>_seed<k>/``.
 
 Which checkpoint is the newest is found by listing ``checkpoints/`` (:meth:`RunDir.newest`), never from a pointer
 file: with sharded centres rank 0 finishes its save before the other ranks do, so only the listing, checked for
@@ -47,6 +47,7 @@ MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = CHECKPOINT_FILES
 SEARCH_SETTINGS = "search.json"
 SEARCH_STATE = "search_state.safetensors"
 SEARCH_LOG = "search_log.csv"
+SEARCH_FIGURE = "search.png"
 RETRAIN = "retrain.json"
 STEP_FOLDER = re.compile(r"step_(\d{8})")
 
@@ -64,6 +65,23 @@ def shard_folder(run_dir: str | Path, shard: int) -> Path:
 def is_complete(folder: Path) -> bool:
     """Whether a checkpoint folder holds its three files (a renamed-into-place folder always does)."""
     return all((folder / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def model_file(path: str | Path) -> Path:
+    """``path/model.safetensors`` when ``path`` is a checkpoint folder (a folder holding one), else ``path``."""
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() and (path / MODEL_FILE).is_file() else path
+
+
+def run_of(model_path: str | Path) -> RunDir:
+    """The run folder a model file of a run lies in: ``best.safetensors``'s folder, or the run above
+    ``[rank<k>/]checkpoints/step_<N>/model.safetensors``; for any other file, its folder."""
+    folder = Path(model_path).parent
+    if STEP_FOLDER.fullmatch(folder.name) and folder.parent.name == CHECKPOINTS:
+        folder = folder.parent.parent
+        if re.fullmatch(r"rank\d+", folder.name):
+            folder = folder.parent
+    return RunDir(folder)
 
 
 class RunDir:
@@ -126,8 +144,17 @@ class RunDir:
         return self.log if not own.is_file() and self.search_state.is_file() and self.log.is_file() else own
 
     @property
+    def search_figure(self) -> Path:
+        return self.path / SEARCH_FIGURE
+
+    @property
     def retrain(self) -> Path:
+        """The from-scratch comparison's results (``marginface search --compare-seeds``)."""
         return self.path / RETRAIN
+
+    def retrain_run(self, name: str, seed: int) -> Path:
+        """The run folder of the from-scratch comparison's run of loss ``name`` with seed ``seed``."""
+        return self.path / "retrain" / f"{name}_seed{seed}"
 
     def theta_figure(self, source: str) -> Path:
         """Where ``marginface plot theta`` draws a run's angle histograms by default (``theta_<source>.png``)."""

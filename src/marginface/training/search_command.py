@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from marginface.runs.layout import RunDir
+
 
 def add_search(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -16,7 +18,7 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
         description="Each round samples B losses from N(mu, sigma^2), trains B copies of the model in turn (under "
         "torchrun: B / R per rank, one sample per rank when R = B), rewards "
         "each with held-out verification accuracy, updates mu by REINFORCE and keeps the best copy. Writes "
-        "log.csv (samples, rewards, distribution per round), search_state.safetensors (resumable) and "
+        "search_log.csv (samples, rewards, distribution per round), search_state.safetensors (resumable) and "
         "search.png to the config's output_dir.")
     parser.add_argument("--config", required=True,
                         help="YAML search preset, e.g. configs/search/synthetic_tiny28_amlfs.yaml")
@@ -62,7 +64,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         print(f"{state.round}/{config.search.rounds} rounds; rewards of the last round: "
               f"{[round(r, 4) for r in result['rewards_last_round']]}")
         print(f"mean transform now: {result['mean']}")
-        print(f"log: {config.train.output_dir}/log.csv" + (f", figure: {figure}" if figure else ""))
+        print(f"log: {RunDir(config.train.output_dir).search_log}" + (f", figure: {figure}" if figure else ""))
         for name, kinds in result.get("from_scratch", {}).get("results", {}).items():
             for kind, res in kinds.items():
                 print(f"from scratch, {name}, {kind}: {res['mean']:.4f} +- {res['std']:.4f} "
@@ -93,7 +95,7 @@ def plot_search(run_dir: str | Path) -> Path | None:
     _plot_rewards(axes[2], data)
     fig.suptitle(f"AM-LFS search: {run_dir.name}")
     fig.tight_layout()
-    out = run_dir / "search.png"
+    out = RunDir(run_dir).search_figure
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
