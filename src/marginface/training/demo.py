@@ -18,7 +18,7 @@ import numpy as np
 
 from marginface.data.synthetic import SyntheticFaces
 from marginface.errors import UserError
-from marginface.runs.layout import RunDir
+from marginface.runs.layout import LOSS_CURVE, TARGET_LOGIT_TRAINING, RunDir
 from marginface.training.config import TrainConfig, config_from_dict
 from marginface.training.trainer import Trainer
 
@@ -187,10 +187,10 @@ def write_demo_figures(trainer: Trainer, before, after, seconds: float):
                     f"{cfg.optim.schedule} schedule, {cfg.precision}",
         "wall time (setup, training, validation)": f"{seconds:.0f} s",
     }
-    figures = [("training loss (and final held-out accuracy)", "loss_curve.png"),
+    figures = [("training loss (and final held-out accuracy)", LOSS_CURVE),
                ("ROC on the held-out pairs, before and after training", "roc.png"),
                ("θ_y and nearest non-target angle of the training batches, start / middle / end", "theta.png"),
-               ("mean target logit and θ_y during training", "target_logit_training.png"),
+               ("mean target logit and θ_y during training", TARGET_LOGIT_TRAINING),
                ("the target logit of the demo's loss against θ (scale removed), softmax for reference",
                 "target_logit.png")]
     return write_report(run, "marginface demo", facts, figures)
@@ -207,6 +207,6 @@ def _draw(trainer: Trainer, before, after) -> None:
     plot_roc([replace(before, name="before training"), replace(after, name=f"after {trainer.step} steps")],
              run / "roc.png")
     theta_figure(run, run / "theta.png", source="log")
-    training_figure([run], run / "target_logit_training.png")
+    training_figure([run], RunDir(run).target_logit_training)
     spec = LossSpec(trainer.config.loss.name, dict(trainer.config.loss.params))
     target_logit_figure([LossSpec("softmax"), spec], run / "target_logit.png", 0.0, 180.0)
