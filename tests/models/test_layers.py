@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "marginface"
-ALLOWED_BELOW_MODELS = {"models", "backbones", "data", "errors", "registry", "paths", "files"}
+# runs (the run folder's layout) sits below models: load_model accepts a run or checkpoint folder
+ALLOWED_BELOW_MODELS = {"models", "backbones", "data", "errors", "registry", "paths", "files", "runs"}
 
 
 def _marginface_imports(path: Path) -> set[str]:

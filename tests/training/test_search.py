@@ -115,7 +115,7 @@ def test_resume_mid_search_equals_the_straight_search(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    log = (tmp_path / "straight" / "log.csv").read_text().splitlines()
+    log = (tmp_path / "straight" / "search_log.csv").read_text().splitlines()
     assert log[0].startswith("round,row,reward") and len(log) == 1 + 2 * (2 + 1)
 
 
@@ -193,7 +193,7 @@ def test_one_sample_per_torchrun_rank_equals_the_one_process_search(tmp_path):
     with safe_open(str(tmp_path / "ranks" / STATE_FILE), framework="pt") as handle:
         ranks_history = json.loads(handle.metadata()["history"])
     assert [rec["best"] for rec in ranks_history] == [rec["best"] for rec in one.history] and one.round == 2
-    assert (tmp_path / "ranks" / "log.csv").read_text() == (tmp_path / "one" / "log.csv").read_text()
+    assert (tmp_path / "ranks" / "search_log.csv").read_text() == (tmp_path / "one" / "search_log.csv").read_text()
 
 
 def test_search_config_errors_name_the_fix(tmp_path):

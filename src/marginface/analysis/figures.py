@@ -9,6 +9,7 @@ import numpy as np
 
 from marginface.analysis import angles, draw, runs
 from marginface.analysis.curves import LossSpec, target_logit_curve
+from marginface.runs.layout import RunDir
 
 
 def target_logit_figure(specs: Sequence[LossSpec], out: str | Path, theta_min: float = 20.0,
@@ -30,12 +31,11 @@ def theta_figure(run: str | Path, out: str | Path, source: str = "checkpoints", 
     ``images`` training images each) or from what the trainer logged (``analysis.theta_every``)."""
     edges = angles.bin_edges()
     if source == "log":
-        from marginface.training.trainer import read_log
-
-        log_path = Path(run) / "log.csv"
+        log_path = RunDir(run).log
         if not log_path.is_file():
             raise FileNotFoundError(f"{log_path} is missing: is {run} a marginface run folder?")
-        per_step = {name: angles.histogram_from_log(read_log(run), name) for name in ("theta_y", "theta_nn")}
+        logged = RunDir(run).read_log()
+        per_step = {name: angles.histogram_from_log(logged, name) for name in ("theta_y", "theta_nn")}
         if not per_step["theta_y"]:
             raise ValueError(f"{log_path} has no theta histograms: train with analysis.theta_every=N")
         chosen = runs.pick_steps(list(per_step["theta_y"]), steps)
@@ -66,13 +66,11 @@ def theta_figure(run: str | Path, out: str | Path, source: str = "checkpoints", 
 
 def training_figure(run_dirs: Sequence[str | Path], out: str | Path) -> list[Path]:
     """Mean target logit and theta_y over the steps of one or several runs (from their log.csv)."""
-    from marginface.training.trainer import read_log
-
     series = {}
     for run in run_dirs:
-        if not (Path(run) / "log.csv").is_file():
-            raise FileNotFoundError(f"{run}/log.csv is missing: is {run} a marginface run folder?")
-        series[Path(run).name] = read_log(run)
+        if not RunDir(run).log.is_file():
+            raise FileNotFoundError(f"{RunDir(run).log} is missing: is {run} a marginface run folder?")
+        series[Path(run).name] = RunDir(run).read_log()
         if "theta_y_mean" not in series[Path(run).name]:
             raise ValueError(f"run {run}: log.csv has no theta_y_mean; train with analysis.theta_every=N")
     keys = ("theta_y_mean", "theta_y_p10", "theta_y_p50", "theta_y_p90", "theta_nn_mean", "target_logit_mean")

@@ -176,16 +176,18 @@ def run_significance(args: argparse.Namespace) -> int:
 
 def run_theta(args: argparse.Namespace) -> int:
     from marginface.analysis.figures import theta_figure
+    from marginface.runs import RunDir
 
-    out = args.out or str(Path(args.run) / f"theta_{args.source}.png")
+    out = args.out or str(RunDir(args.run).theta_figure(args.source))
     written, numbers = theta_figure(args.run, out, args.source, args.steps, args.images)
     return _report(args, written, numbers)
 
 
 def run_training(args: argparse.Namespace) -> int:
     from marginface.analysis.figures import training_figure
+    from marginface.runs import RunDir
 
-    out = args.out or str(Path(args.run[0]) / "target_logit_training.png")
+    out = args.out or str(RunDir(args.run[0]).target_logit_training)
     return _report(args, training_figure(args.run, out))
 
 

@@ -35,13 +35,13 @@ def add_checkpoint(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_checkpoint_command(args: argparse.Namespace) -> int:
-    from marginface.training.reshard import rewrite, step_folder
+    from marginface.runs import RunDir, rewrite
 
     shards = args.shards if args.action == "split" else 1
     saved = rewrite(args.run, args.output, shards, args.step)
     result = {"run": args.run, "step": saved.step, "classes": saved.num_classes, "from_shards": saved.shards,
               "to_shards": shards, "output": args.output,
-              "folders": [str(step_folder(args.output, k, saved.step)) for k in range(shards)]}
+              "folders": [str(RunDir(args.output).step_dir(saved.step, k)) for k in range(shards)]}
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -15,7 +15,7 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
         description="Each round samples B losses from N(mu, sigma^2), trains B copies of the model in turn (under "
         "torchrun: B / R per rank, one sample per rank when R = B), rewards "
         "each with held-out verification accuracy, updates mu by REINFORCE and keeps the best copy. Writes "
-        "log.csv (samples, rewards, distribution per round), search_state.safetensors (resumable) and "
+        "search_log.csv (samples, rewards, distribution per round), search_state.safetensors (resumable) and "
         "search.png to the config's output_dir.")
     parser.add_argument("--config", required=True,
                         help="YAML search preset, e.g. configs/search/synthetic_tiny28_amlfs.yaml")
@@ -34,6 +34,7 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    from marginface.runs.layout import RunDir
     from marginface.training.search import compare_from_scratch, load_search_config, run_search, unpack
     from marginface.training.trainer import clear_run
 
@@ -63,7 +64,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         print(f"{state.round}/{config.search.rounds} rounds; rewards of the last round: "
               f"{[round(r, 4) for r in result['rewards_last_round']]}")
         print(f"mean transform now: {result['mean']}")
-        print(f"log: {config.train.output_dir}/log.csv" + (f", figure: {figure}" if figure else ""))
+        print(f"log: {RunDir(config.train.output_dir).search_log}" + (f", figure: {figure}" if figure else ""))
         for name, kinds in result.get("from_scratch", {}).get("results", {}).items():
             for kind, res in kinds.items():
                 print(f"from scratch, {name}, {kind}: {res['mean']:.4f} +- {res['std']:.4f} "

@@ -43,6 +43,7 @@ from marginface.models.loaded import SUPPORTED, LoadedModel
 from marginface.models.onnx_format import ONNX_HASH_KEY, load_onnx, onnx_weights_sha256, read_onnx, set_onnx_metadata
 from marginface.models.pth_format import load_pth
 from marginface.paths import respect_umask
+from marginface.runs.layout import RunDir, model_file, run_of
 
 #: safetensors metadata key holding the MXNet graph (nnvm JSON) of a converted ``mxnet_graph`` model.
 MXNET_SYMBOL_KEY = "marginface.mxnet_symbol"
@@ -67,11 +68,9 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", backbone: str | 
         ValueError: not a model file; a legacy file given no description; a card that disagrees with the
             weights (shapes or hash).
     """
-    path = Path(path)
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        path = path / "model.safetensors"
+    path = model_file(path)  # a checkpoint folder: its model.safetensors
     if path.is_dir():
-        best = path / "best.safetensors"
+        best = RunDir(path).best
         hint = f"; this looks like a run folder: its model is {best}" if best.is_file() else ""
         raise IsADirectoryError(f"{path} is a folder, expected a model file ({SUPPORTED}){hint}")
     if path.name.endswith((".params", "-symbol.json")) or path.with_name(path.name + "-symbol.json").is_file():
@@ -137,8 +136,9 @@ def _load_safetensors(path: Path, device: str, backbone: str | None, embedding_s
 
 
 def _no_card_message(path: Path) -> str:
-    beside = path.parent / "config.json"
-    hint = (f" The run's config.json is beside it: load_model({str(path)!r}, config={str(beside)!r})."
+    beside = run_of(path).config  # beside best.safetensors; above a checkpoint's model.safetensors
+    where = "beside it" if beside.parent == path.parent else "in its run folder"
+    hint = (f" The run's config.json is {where}: load_model({str(path)!r}, config={str(beside)!r})."
             if beside.is_file() else "")
     return (f"{path} has no model card (written before marginface stored one); say what it is: "
             f"load_model(path, backbone='iresnet50', embedding_size=512[, output='E']) or "

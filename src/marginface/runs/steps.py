@@ -1,4 +1,4 @@
-"""Read a run's checkpoint whatever number of processes held its class centres, and rewrite it for another.
+"""Read a run's saved step whatever number of processes held its class centres, cut for any other number.
 
 A step of a run is saved as one checkpoint folder per shard of its class centres (``training/placement.py``):
 ``<run>/checkpoints/step_<N>`` for shard 0 (or for a replicated run's only copy) and
@@ -14,15 +14,15 @@ per-class parameters). :class:`SavedStep` reads such a step and gives the files 
 - per-process state — the RNGs and the head's sampler (Partial FC's generator) — comes from the saved shard with
   the same index when there is one, else from shard 0 (a new rank's sampler then starts from rank 0's state).
 
-The trainer resumes through it (so a sharded run continues on R' != R processes, or in one process with a dense
-or chunked head, and back) and ``marginface checkpoint merge|split`` rewrite a step for a user who needs the
-full centre matrix or another layout. Nothing is unpickled.
+The trainer resumes through it (``training/reshard.py``: so a sharded run continues on R' != R processes, or in
+one process with a dense or chunked head, and back), ``marginface checkpoint merge|split`` rewrite a step for a
+user who needs the full centre matrix or another layout, and the analysis reads a step's whole model from it.
+Nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,19 +32,20 @@ import torch
 from safetensors import safe_open
 
 from marginface.errors import UserError
-from marginface.heads import shard_range
-from marginface.training import checkpoint as ckpt
-from marginface.training.placement import head_state, shard_folder
+from marginface.heads.sharded import shard_range
+from marginface.runs.checkpoints import write_checkpoint
+from marginface.runs.layout import CHECKPOINT_FILES, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, RunDir
+from marginface.runs.layout import is_complete as _complete
 
-FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
-STEP_FOLDER = re.compile(r"step_(\d{8})$")
+FILES = CHECKPOINT_FILES
 #: optimizer.safetensors keys of per-process state (not indexed by class, not shared by the ranks)
 PER_PROCESS_PREFIXES = ("rng.", "head.")
 
 
 @dataclass(frozen=True)
 class ShardFiles:
-    """The three files of one shard of a step, as tensors and state (what :func:`ckpt.write_checkpoint` takes)."""
+    """The three files of one shard of a step, as tensors and state (what ``runs.checkpoints.write_checkpoint``
+    takes)."""
 
     model: dict[str, torch.Tensor]
     training: dict[str, torch.Tensor]
@@ -53,11 +54,8 @@ class ShardFiles:
 
 
 def step_folder(run_dir: str | Path, shard: int, step: int) -> Path:
-    return shard_folder(run_dir, shard) / "checkpoints" / f"step_{step:08d}"
-
-
-def _complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in FILES)
+    """``checkpoints/step_<N>`` of shard ``shard`` of a run (:meth:`RunDir.step_dir`)."""
+    return RunDir(run_dir).step_dir(step, shard)
 
 
 def saved_layout(state: dict[str, Any]) -> tuple[int | None, int]:
@@ -78,7 +76,7 @@ class SavedStep:
         first = step_folder(run_dir, 0, step)
         if not _complete(first):
             raise UserError(f"{first} is not a complete checkpoint (it needs {', '.join(FILES)})")
-        self.state = json.loads((first / "state.json").read_text())
+        self.state = json.loads((first / STATE_FILE).read_text())
         self.num_classes, self.shards = saved_layout(self.state)
         self.folders = [step_folder(run_dir, k, step) for k in range(self.shards)]
         missing = [str(f) for f in self.folders if not _complete(f)]
@@ -91,15 +89,7 @@ class SavedStep:
     @staticmethod
     def newest(run_dir: str | Path) -> SavedStep | None:
         """The newest step all of whose shards were written (a kill may land between two ranks' saves)."""
-        root = Path(run_dir) / "checkpoints"
-        steps = sorted((int(m.group(1)) for p in root.glob("step_*") if (m := STEP_FOLDER.search(p.name))),
-                       reverse=True) if root.is_dir() else []
-        for step in steps:
-            try:
-                return SavedStep(run_dir, step)
-            except UserError:
-                continue
-        return None
+        return RunDir(run_dir).newest()
 
     # ------------------------------------------------------------------ reading a shard of any layout
     def bounds(self, shard: int, num_classes: int) -> tuple[int, int]:
@@ -124,18 +114,18 @@ class SavedStep:
         start, end = shard_range(classes, shards, shard)
         own = shard if shard < self.shards else 0  # per-process state: the same rank's, else rank 0's
         per_class_slots = tuple(f"state.{i}." for i in ids.values())
-        model = self._cut("model.safetensors", start, end, classes, lambda key: key.startswith("loss."))
-        training = self._cut("optimizer.safetensors", start, end, classes,
+        model = self._cut(MODEL_FILE, start, end, classes, lambda key: key.startswith("loss."))
+        training = self._cut(OPTIMIZER_FILE, start, end, classes,
                              lambda key: key.startswith(per_class_slots),
                              per_process=lambda key: key.startswith(PER_PROCESS_PREFIXES), own=own)
-        own_state = json.loads((self.folders[own] / "state.json").read_text())
+        own_state = json.loads((self.folders[own] / STATE_FILE).read_text())
         state = {k: v for k, v in self.state.items() if k not in ("shard", "head_rng")}
         state["rng"] = own_state["rng"]
         if "head_rng" in own_state:  # written before heads kept their sampler in state_dict
             state["head_rng"] = own_state["head_rng"]
         state["classes"] = {"num_classes": classes, "shards": shards, "shard": shard, "start": start, "end": end,
                             "optimizer_ids": dict(ids)}
-        with safe_open(str(self.folders[0] / "model.safetensors"), "pt") as handle:
+        with safe_open(str(self.folders[0] / MODEL_FILE), "pt") as handle:
             metadata = handle.metadata() or {}
         return ShardFiles(model, training, state, metadata)
 
@@ -162,24 +152,6 @@ class SavedStep:
         return out
 
 
-def load_for_process(saved: SavedStep, shards: int, shard: int, num_classes: int, backbone: torch.nn.Module,
-                     loss: torch.nn.Module, head: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     optimizer_ids: dict[str, int]) -> dict[str, Any]:
-    """Restore this process's backbone, loss rows, head sampler, optimizer and RNGs from ``saved`` (any layout);
-    returns the state (``state.json`` of the re-cut shard)."""
-    files = saved.files_for(shards, shard, num_classes, optimizer_ids)
-    ckpt.load_model_tensors(files.model, backbone, loss)
-    optimizer.load_state_dict(ckpt.unflatten_optimizer(files.training, files.state["optimizer"]))
-    ckpt.set_rng_state(files.training, files.state["rng"])
-    head_tensors = {k[5:]: v for k, v in files.training.items() if k.startswith("head.")}
-    own = head_state(head).keys()
-    if head_tensors.keys() & own:
-        head.load_state_dict({k: v for k, v in head_tensors.items() if k in own}, strict=False)
-    elif "head_rng" in files.state and getattr(head, "generator", None) is not None:  # older checkpoints
-        head.generator.set_state(torch.tensor(files.state["head_rng"], dtype=torch.uint8))
-    return files.state
-
-
 def rewrite(run_dir: str | Path, output: str | Path, shards: int, step: int | None = None) -> SavedStep:
     """Write step ``step`` (default: the newest complete one) of ``run_dir`` as a run folder ``output`` whose class
     centres are split into ``shards`` (1: the full matrix in ``output/checkpoints/step_<N>/model.safetensors``).
@@ -194,14 +166,14 @@ def rewrite(run_dir: str | Path, output: str | Path, shards: int, step: int | No
         raise UserError(f"{run_dir} holds no complete checkpoint (looked for checkpoints/step_*/ with {FILES[0]})")
     if saved.num_classes is not None and saved.num_classes < shards:
         raise UserError(f"cannot split {saved.num_classes} classes into {shards} shards")
-    tmp = output.with_name(output.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = RunDir(output.with_name(output.name + ".tmp"))
+    shutil.rmtree(tmp.path, ignore_errors=True)
     for shard in range(shards):
         files = saved.files_for(shards, shard)
-        ckpt.write_checkpoint(shard_folder(tmp, shard), saved.step, files.model, files.training, files.state,
-                              files.metadata)
-    for name in ("config.json", "history.jsonl"):
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, tmp / name)
-    tmp.rename(output)
+        write_checkpoint(tmp.rank_dir(shard), saved.step, files.model, files.training, files.state, files.metadata)
+    source = RunDir(run_dir)
+    for src, dst in ((source.config, tmp.config), (source.history, tmp.history)):
+        if src.is_file():
+            shutil.copy2(src, dst)
+    tmp.path.rename(output)
     return saved

@@ -1,13 +1,13 @@
 """Checkpoints that resume exactly and are never half-written.
 
-A checkpoint is a folder ``<run>/checkpoints/step_<N>/`` holding
+A checkpoint is a folder of the run (``<run>/checkpoints/step_<N>/``, see ``marginface.runs``) holding
 - ``model.safetensors``: the backbone (keys ``backbone.*``) and the loss with its class centres and running
   state (keys ``loss.*``) — the file evaluation and export read;
 - ``optimizer.safetensors``: every tensor of the optimizer state (momentum buffers) and the RNG states;
 - ``state.json``: step, optimizer hyper-parameters, scheduler, grad-scaler and data-order state, Python/NumPy RNG.
-It is written into ``step_<N>.tmp`` and renamed into place (an atomic rename on POSIX), and ``latest`` (a text
-file naming the newest folder) is replaced atomically afterwards: a kill at any moment leaves either the old or
-the new checkpoint, never a torn one. Nothing is unpickled on load.
+This module turns the trainer's state into those tensors and back; ``marginface.runs.checkpoints`` writes the
+folder (into ``step_<N>.tmp``, fsynced, renamed into place: a kill at any moment leaves either the old or the
+new checkpoint, never a torn one) and ``marginface.runs.RunDir`` finds them. Nothing is unpickled on load.
 
 **Every RNG a run draws from** is saved and restored: torch's global generator (dropout, initialisation), CUDA's
 when initialised, Python's ``random`` and NumPy's global state, and the head's sampler generator (``head.*``). The
@@ -19,25 +19,22 @@ draw nothing — get the same base seed in a resumed run). Test: ``tests/trainin
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from marginface.paths import respect_umask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``: a crash leaves the old file or the new."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from marginface.runs.checkpoints import (  # noqa: F401  (moved to marginface.runs.checkpoints; kept for one release)
+    _fsync_dir,
+    atomic_write_text,
+    load_model_tensors,
+    model_tensors,
+    write_checkpoint,
+)
+from marginface.runs.layout import RunDir
 
 
 def flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -82,19 +79,12 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def model_tensors(backbone: nn.Module, loss: nn.Module | None) -> dict[str, torch.Tensor]:
-    """The weights of a run under ``backbone.*`` and ``loss.*`` (buffers included), contiguous, on the CPU."""
-    out = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    if loss is not None:
-        out.update({f"loss.{k}": v for k, v in loss.state_dict().items()})
-    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
-
-
 def save_checkpoint(run_dir: Path, step: int, backbone: nn.Module, loss: nn.Module | None,
                     optimizer: torch.optim.Optimizer, extra_state: dict[str, Any],
                     metadata: dict[str, str] | None = None,
                     training_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``run_dir/checkpoints/step_<step>`` atomically and point ``latest`` at it. Returns the folder.
+    """Write ``run_dir/checkpoints/step_<step>`` atomically (``runs.checkpoints.write_checkpoint``). Returns the
+    folder.
 
     ``metadata`` goes into ``model.safetensors``' header (the model card, see ``marginface.models.card``);
     ``training_tensors`` (e.g. the head's sampler state, ``head.*``) into ``optimizer.safetensors``.
@@ -106,45 +96,6 @@ def save_checkpoint(run_dir: Path, step: int, backbone: nn.Module, loss: nn.Modu
                             {**opt_tensors, **rng_tensors, **(training_tensors or {})}, state, metadata)
 
 
-def write_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tensor],
-                     training: dict[str, torch.Tensor], state: dict[str, Any],
-                     metadata: dict[str, str] | None = None) -> Path:
-    """The checkpoint folder's three files from tensors and state, atomically (see the module doc)."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(model, str(tmp / "model.safetensors"), metadata=metadata)
-    save_file(training, str(tmp / "optimizer.safetensors"))
-    for name in ("model.safetensors", "optimizer.safetensors"):
-        respect_umask(tmp / name)
-    (tmp / "state.json").write_text(json.dumps(state))
-    _fsync_dir(tmp)
-    if final.exists():  # a re-run of the same step after a resume: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write_text(root / "latest", final.name)
-    return final
-
-
-def _fsync_dir(path: Path) -> None:
-    for file in path.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-
-
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
-    pointer = Path(run_dir) / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    folder = pointer.parent / pointer.read_text().strip()
-    return folder if (folder / "state.json").is_file() else None
-
-
-def load_model_tensors(weights: dict[str, torch.Tensor], backbone: nn.Module, loss: nn.Module | None) -> None:
-    """Load ``backbone.*`` / ``loss.*`` tensors (what :func:`model_tensors` gives) into the modules, strictly."""
-    backbone.load_state_dict({k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")})
-    if loss is not None:
-        loss.load_state_dict({k[len("loss."):]: v for k, v in weights.items() if k.startswith("loss.")})
+    """The newest complete checkpoint folder of a run (shard 0's), or None (``RunDir.newest_folder``)."""
+    return RunDir(run_dir).newest_folder()

@@ -9,11 +9,11 @@ run, and a run with workers, read exactly the same images in the same order with
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from marginface.data.sources import open_training_data
 from marginface.training.config import DataConfig
 
 
@@ -67,24 +67,8 @@ class FlipByIndex(Dataset):
 
 
 def build_dataset(config: DataConfig) -> Dataset:
-    """The training dataset named by ``config``; it has ``num_classes``."""
-    if config.source == "synthetic":
-        from marginface.data.synthetic import SyntheticFaces
-
-        return SyntheticFaces(config.synthetic_identities, config.synthetic_images_per_identity, config.synthetic_seed)
-    path = Path(config.path)
-    if config.source == "folder":
-        if not path.is_dir():
-            raise FileNotFoundError(f"data.path {path} is not a folder (expected root/<identity>/<image>)")
-        from marginface.cleaning.lists import read_lines
-        from marginface.data.folder import FolderDataset
-
-        exclude = read_lines(config.exclude_identities, "data.exclude_identities") \
-            if config.exclude_identities else None
-        keep = read_lines(config.image_list, "data.image_list") if config.image_list else None
-        return FolderDataset(path, exclude_identities=exclude, image_list=keep)
-    from marginface.data.recordio import RecordIODataset
-
-    if not (path.exists() or path.with_suffix(".rec").exists()):
-        raise FileNotFoundError(f"data.path {path}: no such .rec file (expected train.rec beside train.idx)")
-    return RecordIODataset(path)
+    """The training dataset named by ``config``; it has ``num_classes`` (``marginface.data.sources``)."""
+    return open_training_data(config.source, config.path, synthetic_identities=config.synthetic_identities,
+                              synthetic_images_per_identity=config.synthetic_images_per_identity,
+                              synthetic_seed=config.synthetic_seed, exclude_identities=config.exclude_identities,
+                              image_list=config.image_list)

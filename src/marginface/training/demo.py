@@ -10,7 +10,6 @@ target logit during training (``target_logit_training.png``), the target-logit c
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from marginface.data.synthetic import SyntheticFaces
 from marginface.errors import UserError
+from marginface.runs.layout import LOSS_CURVE, TARGET_LOGIT_TRAINING, RunDir
 from marginface.training.config import TrainConfig, config_from_dict
 from marginface.training.trainer import Trainer
 
@@ -99,19 +99,17 @@ DONE_FILE = "report.html"
 def demo_state(output_dir: str | Path) -> str:
     """``"new"`` (nothing to continue), ``"interrupted"`` (a checkpoint and the before-training embeddings, no
     report: the demo resumes) or ``"complete"`` (the report was written: the demo starts afresh)."""
-    from marginface.training.reshard import SavedStep
-
     run = Path(output_dir)
     if (run / DONE_FILE).is_file():
         return "complete"
-    if (run / BEFORE_FILE).is_file() and SavedStep.newest(run) is not None:
+    if (run / BEFORE_FILE).is_file() and RunDir(run).newest() is not None:
         return "interrupted"
     return "new"
 
 
 def _check_same_steps(output_dir: str | Path, config: TrainConfig) -> None:
     """An interrupted demo resumes only with its own number of steps (the cosine schedule depends on it)."""
-    saved = json.loads((Path(output_dir) / "config.json").read_text()).get("steps")
+    saved = RunDir(output_dir).read_config().get("steps")
     if saved != config.steps:
         raise UserError(f"{output_dir} holds an interrupted demo of {saved} steps; this one asks for "
                         f"{config.steps}: run marginface demo --steps {saved} to resume it, or add --fresh to "
@@ -189,10 +187,10 @@ def write_demo_figures(trainer: Trainer, before, after, seconds: float):
                     f"{cfg.optim.schedule} schedule, {cfg.precision}",
         "wall time (setup, training, validation)": f"{seconds:.0f} s",
     }
-    figures = [("training loss (and final held-out accuracy)", "loss_curve.png"),
+    figures = [("training loss (and final held-out accuracy)", LOSS_CURVE),
                ("ROC on the held-out pairs, before and after training", "roc.png"),
                ("θ_y and nearest non-target angle of the training batches, start / middle / end", "theta.png"),
-               ("mean target logit and θ_y during training", "target_logit_training.png"),
+               ("mean target logit and θ_y during training", TARGET_LOGIT_TRAINING),
                ("the target logit of the demo's loss against θ (scale removed), softmax for reference",
                 "target_logit.png")]
     return write_report(run, "marginface demo", facts, figures)
@@ -209,6 +207,6 @@ def _draw(trainer: Trainer, before, after) -> None:
     plot_roc([replace(before, name="before training"), replace(after, name=f"after {trainer.step} steps")],
              run / "roc.png")
     theta_figure(run, run / "theta.png", source="log")
-    training_figure([run], run / "target_logit_training.png")
+    training_figure([run], RunDir(run).target_logit_training)
     spec = LossSpec(trainer.config.loss.name, dict(trainer.config.loss.params))
     target_logit_figure([LossSpec("softmax"), spec], run / "target_logit.png", 0.0, 180.0)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from marginface.runs.layout import model_file
 from marginface.training.config import ConfigError, TrainConfig
 
 
@@ -93,7 +94,7 @@ def loss_stats(head: nn.Module) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------ model.init_from
 def _model_file(path: Path) -> Path:
-    return path / "model.safetensors" if path.is_dir() else path
+    return model_file(path)
 
 
 def _is_model_path(path: Path) -> bool:

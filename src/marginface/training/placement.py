@@ -20,6 +20,7 @@ from torch import nn
 
 from marginface import losses
 from marginface.heads import create_head, shard_range
+from marginface.runs.layout import shard_folder  # noqa: F401  (moved to marginface.runs.layout; kept for one release)
 from marginface.training.config import TrainConfig
 from marginface.training.distributed import DistInfo
 
@@ -103,11 +104,6 @@ class ClassPlacement:
         """What ``best.safetensors`` keeps of the loss: all of it, or nothing when this process holds a shard
         (``marginface checkpoint merge`` assembles the full centres from a step's checkpoints)."""
         return None if self.sharded else loss
-
-
-def shard_folder(run_dir: str | Path, shard: int) -> Path:
-    """The folder whose ``checkpoints/`` hold shard ``shard``'s files: the run folder for shard 0, else ``rank<s>``."""
-    return Path(run_dir) if shard == 0 else Path(run_dir) / f"rank{shard}"
 
 
 def per_class_names(tensors: dict[str, torch.Tensor], classes: int) -> list[str]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from marginface.errors import UserError
+from marginface.runs.layout import HISTORY, RunDir  # noqa: F401  (HISTORY: moved to runs.layout; one release)
 
 #: Keys (flattened ``section.field``) whose change the saved state survives: the optimisation schedule. (Not
 #: momentum / weight decay: the optimizer's saved param groups restore them, so a change would not take effect.)
@@ -47,7 +48,6 @@ PLACEMENT_KEYS = frozenset({"loss.sharded", "loss.chunk_size", "loss.fused_updat
 SAME_MATHS_HEADS = frozenset({"dense", "chunked"})
 #: Facts (what a run found, not what it was told) that may change on resume; the others are breaking.
 SETTING_FACTS = frozenset({"world_size"})
-HISTORY = "history.jsonl"
 ABSENT = "<absent>"  # a key one of the two configurations does not have
 
 
@@ -107,11 +107,7 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[Change]:
 
 def last_start(run_dir: str | Path) -> dict[str, Any]:
     """The newest line of the run's history (empty when there is none)."""
-    path = Path(run_dir) / HISTORY
-    if not path.is_file():
-        return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {}
+    return RunDir(run_dir).last_start()
 
 
 def _facts_changes(run_dir: Path, facts: dict[str, int]) -> list[Change]:
@@ -137,11 +133,10 @@ def check_resume(
         has_checkpoint: whether there is anything to resume. Without a checkpoint the run starts anew: every
             change is accepted, and returned so that the banner and the history show what replaced config.json.
     """
-    run_dir = Path(run_dir)
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
+    run = RunDir(run_dir)
+    if not run.config.is_file():
         return []
-    changes = config_changes(json.loads(saved_path.read_text()), config)
+    changes = config_changes(run.read_config(), config)
     if not has_checkpoint:
         return changes
     changes += _facts_changes(run_dir, facts)
@@ -156,7 +151,7 @@ def check_resume(
         raise ResumeError("\n".join([f"{run_dir}: the schedule differs from the saved run's:",
                                      *[c.line() for c in schedule],
                                      "to continue with it, add --allow-schedule-change (recorded in "
-                                     f"{run_dir / HISTORY}); or {ways_out}"]))
+                                     f"{run.history}); or {ways_out}"]))
     return changes
 
 
@@ -164,11 +159,11 @@ def record_start(
     run_dir: str | Path, config: dict[str, Any], step: int, facts: dict[str, int], changes: list[Change]
 ) -> None:
     """Write ``config.json`` (atomically) and append this start to ``history.jsonl`` (main process only)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "config.json.tmp"
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    tmp = run.config.with_name(run.config.name + ".tmp")
     tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, run_dir / "config.json")
+    os.replace(tmp, run.config)
     entry = {
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "event": "resume" if step else "start",
@@ -176,5 +171,5 @@ def record_start(
         "facts": facts,
         "changes": [{"key": c.key, "old": c.old, "new": c.new, "kind": c.kind} for c in changes],
     }
-    with open(run_dir / HISTORY, "a", newline="\n") as handle:
+    with open(run.history, "a", newline="\n") as handle:
         handle.write(json.dumps(entry) + "\n")

@@ -47,11 +47,12 @@ import torch
 import yaml
 
 from marginface.paths import respect_umask
+from marginface.runs.layout import SEARCH_STATE, RunDir
 from marginface.training.checkpoint import atomic_write_text
 from marginface.training.config import ConfigError, TrainConfig, _build, apply_overrides, config_from_dict
 from marginface.training.distributed import DistInfo, init_from_env
 
-STATE_FILE = "search_state.safetensors"
+STATE_FILE = SEARCH_STATE  # moved to marginface.runs.layout; kept for one release
 PARTS = ("logit_slopes", "logit_intercepts", "prob_slopes", "prob_intercepts")
 
 
@@ -316,15 +317,16 @@ def save_state(run_dir: Path, trainer, state: SearchState) -> None:
     tensors["search.mean"] = state.mean.contiguous()
     tensors["search.generator"] = state.generator.get_state()
     meta = {"round": str(state.round), "optimizer": json.dumps(opt_meta), "history": json.dumps(state.history)}
-    tmp = run_dir / (STATE_FILE + ".tmp")
+    path = RunDir(run_dir).search_state
+    tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     respect_umask(tmp)  # safetensors writes 0600; the user's umask decides
-    os.replace(tmp, run_dir / STATE_FILE)
+    os.replace(tmp, path)
 
 
 def load_state(run_dir: Path, trainer, settings: SearchSettings) -> SearchState | None:
     """The saved search state (and the broadcast model, loaded into ``trainer``), or None when there is none."""
-    path = run_dir / STATE_FILE
+    path = RunDir(run_dir).search_state
     if not path.is_file():
         return None
     from safetensors import safe_open
@@ -350,7 +352,8 @@ def load_state(run_dir: Path, trainer, settings: SearchSettings) -> SearchState 
 
 
 def write_log(run_dir: Path, settings: SearchSettings, history: list[dict[str, Any]]) -> Path:
-    """``log.csv``: per round, one row per sample (parameters, reward) and one for the distribution's mean."""
+    """``search_log.csv`` (``log.csv`` in a search begun before it had its own name): per round, one row per sample
+    (parameters, reward) and one for the distribution's mean."""
     names = [f"{part}[{i}]" for part, n in parameter_layout(settings) for i in range(n)]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -361,8 +364,9 @@ def write_log(run_dir: Path, settings: SearchSettings, history: list[dict[str, A
                              int(i == rec["best"]), "", *[f"{v:.6g}" for v in theta]])
         writer.writerow([rec["round"], "mean_after", "", "", "", settings.sigma,
                          *[f"{v:.6g}" for v in rec["mean_after"]]])
-    atomic_write_text(run_dir / "log.csv", buffer.getvalue())
-    return run_dir / "log.csv"
+    path = RunDir(run_dir).search_log
+    atomic_write_text(path, buffer.getvalue())
+    return path
 
 
 def run_search(config: SearchConfig, max_rounds: int | None = None, progress: bool = True) -> SearchState:
@@ -375,13 +379,13 @@ def run_search(config: SearchConfig, max_rounds: int | None = None, progress: bo
     group = _join_workers(config)
     train_cfg = _search_train_config(config)
     if group.rank:  # ranks > 0 train their copies silently; their trainers' start records go to a folder of their own
-        train_cfg = dataclasses.replace(train_cfg, output_dir=str(run_dir / f"rank{group.rank}"))
+        train_cfg = dataclasses.replace(train_cfg, output_dir=str(RunDir(run_dir).rank_dir(group.rank)))
     with contextlib.redirect_stdout(io.StringIO()) if group.rank else contextlib.nullcontext():
         trainer = Trainer(train_cfg, dist_info=DistInfo()).setup()  # each process trains whole copies alone
     main = group.rank == 0
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "search.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2))
+        RunDir(run_dir).search_settings.write_text(json.dumps(dataclasses.asdict(settings), indent=2))
     state = load_state(run_dir, trainer, settings)
     if state is None:
         state = SearchState(0, identity_mean(settings), torch.Generator().manual_seed(settings.seed))
@@ -424,11 +428,11 @@ def read_search(run_dir: str | Path, points: int = 181) -> dict[str, Any]:
 
     from marginface.losses.amlfs import piecewise_linear
 
-    run_dir = Path(run_dir)
-    settings = SearchSettings(**json.loads((run_dir / "search.json").read_text()))
-    with safe_open(str(run_dir / STATE_FILE), framework="pt") as handle:
+    run = RunDir(run_dir)
+    settings = SearchSettings(**json.loads(run.search_settings.read_text()))
+    with safe_open(str(run.search_state), framework="pt") as handle:
         history = json.loads(handle.metadata()["history"])
-    scale = float(json.loads((run_dir / "config.json").read_text())["loss"]["params"].get("scale", 64.0))
+    scale = float(run.read_config()["loss"]["params"].get("scale", 64.0))
     means = [rec["mean_before"] for rec in history] + ([history[-1]["mean_after"]] if history else [])
     thetas = torch.linspace(0, math.pi, points, dtype=torch.float64)
     probs = torch.linspace(0, 1, points, dtype=torch.float64)
@@ -518,7 +522,7 @@ def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[i
         for name, params in candidates.items():
             loss = dataclasses.replace(config.train.loss, params={**config.train.loss.params, **params})
             cfg = dataclasses.replace(config.train, loss=loss, seed=seed, steps=steps,
-                                      output_dir=str(run_dir / "retrain" / f"{name}_seed{seed}"))
+                                      output_dir=str(RunDir(run_dir).retrain_run(name, seed)))
             trainer = Trainer(cfg, dist_info=DistInfo()).setup()  # one process, even under torchrun
             final = trainer.fit()["final"]
             runs[name]["validation"].append(sum(final.values()) / len(final))
@@ -539,5 +543,5 @@ def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[i
                for name, kinds in runs.items()}
     result = {"seeds": seeds, "steps": steps, "searched_params": candidates["searched"],
               "test_sets": [name for name, _, _ in tests], "results": results, "search_model": search_model}
-    atomic_write_text(run_dir / "retrain.json", json.dumps(result, indent=2))
+    atomic_write_text(RunDir(run_dir).retrain, json.dumps(result, indent=2))
     return result

@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from marginface.runs.layout import RunDir
+
 
 def plot_search(run_dir: str | Path) -> Path | None:
     """``search.png``: the mean target-logit curve per round against ArcFace/CosFace, tau, and the rewards."""
@@ -29,7 +31,7 @@ def plot_search(run_dir: str | Path) -> Path | None:
     _plot_rewards(axes[2], data)
     fig.suptitle(f"AM-LFS search: {run_dir.name}")
     fig.tight_layout()
-    out = run_dir / "search.png"
+    out = RunDir(run_dir).search_figure
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from marginface.runs.layout import RunDir
 from marginface.training import environment, study_stats
 from marginface.training.checkpoint import atomic_write_text
 
@@ -138,17 +139,12 @@ def train_command(spec: StudySpec, run: Run) -> list[str]:
 
 def final_checkpoint(run: Run) -> Path | None:
     """The final step's weights, if the run finished (its config.json says how many steps)."""
-    config = run.run_dir / "config.json"
-    if not config.is_file():
-        return None
-    steps = int(json.loads(config.read_text())["steps"])
-    path = run.run_dir / "checkpoints" / f"step_{steps:08d}" / "model.safetensors"
-    return path if (path.parent / "state.json").is_file() else None
+    return RunDir(run.run_dir).final_weights()
 
 
 def eval_device(run: Run) -> str:
     """The device the run trained on (its config.json), so that a GPU study also evaluates on the GPU."""
-    device = str(json.loads((run.run_dir / "config.json").read_text()).get("device", "cpu"))
+    device = str(RunDir(run.run_dir).read_config().get("device", "cpu"))
     if device == "auto":
         import torch
 

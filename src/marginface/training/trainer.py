@@ -10,7 +10,6 @@ state (buffers) is broadcast from rank 0 at every forward.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -29,6 +28,8 @@ from torch.utils.data import DataLoader
 from marginface import backbones
 from marginface.analysis.angles import attach_theta_recorder
 from marginface.paths import respect_umask
+from marginface.runs.layout import RunDir
+from marginface.runs.log import append_log, read_log, truncate_log
 from marginface.training import checkpoint as ckpt
 from marginface.training import finetune
 from marginface.training.config import TrainConfig, config_to_dict, resolve_epochs
@@ -367,13 +368,14 @@ class Trainer:
     def _write_best(self) -> None:
         from safetensors.torch import save_file
 
-        tmp = self.run_dir / "best.safetensors.tmp"
+        run = RunDir(self.run_dir)
+        tmp = run.best.with_name(run.best.name + ".tmp")
         # Sharded centres are spread over the ranks' checkpoints; best.safetensors then holds the backbone only.
         save_file(ckpt.model_tensors(self.backbone, self.placement.loss_for_best(self.loss)), str(tmp),
                   metadata=self._card(self.best, self._validation_thresholds()))
         respect_umask(tmp)
-        os.replace(tmp, self.run_dir / "best.safetensors")
-        (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=2))
+        os.replace(tmp, run.best)
+        run.best_scores.write_text(json.dumps(self.best, indent=2))
 
     def _card(self, validation: dict[str, Any], thresholds: dict[str, Any] | None = None) -> dict[str, str]:
         """The model card (safetensors metadata) of the current backbone weights."""
@@ -423,29 +425,24 @@ class _RunLogger:
     """
 
     def __init__(self, run_dir: Path, enabled: bool, resumed_at: int = 0) -> None:
-        self.enabled, self.path, self.tb = enabled, run_dir / "log.csv", None
+        self.enabled, self.path, self.tb = enabled, RunDir(run_dir).log, None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         if resumed_at and self.path.exists():
-            _truncate_log(self.path, resumed_at)
+            truncate_log(self.path, resumed_at)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_at + 1 if resumed_at else None)
+            self.tb = SummaryWriter(str(RunDir(run_dir).tensorboard),
+                                    purge_step=resumed_at + 1 if resumed_at else None)
         except ImportError:  # the logging extra is optional
             self.tb = None
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")  # csv's default is CRLF
-            if new:
-                writer.writerow(["step", "key", "value"])
-            for key, value in values.items():
-                writer.writerow([step, key, f"{value:.8g}"])
+        append_log(self.path, step, values)
         if self.tb is not None:
             for key, value in values.items():
                 self.tb.add_scalar(key, value, step)
@@ -455,26 +452,8 @@ class _RunLogger:
             self.tb.close()
 
 
-def _truncate_log(path: Path, last_step: int) -> None:
-    """Keep the header and the rows of steps <= ``last_step`` of a CSV log (atomic: temporary file + rename)."""
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= last_step]
-    if len(kept) == len(rows):
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
-    os.replace(tmp, path)
-
-
-def read_log(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """The run's CSV log as ``{key: [(step, value), ...]}``; a step logged twice (after a resume) keeps the last."""
-    series: dict[str, dict[int, float]] = {}
-    with open(Path(run_dir) / "log.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            series.setdefault(row["key"], {})[int(row["step"])] = float(row["value"])
-    return {k: sorted(v.items()) for k, v in series.items()}
+# moved to marginface.runs.log (the log's schema lives with the run folder); kept for one release
+_truncate_log = truncate_log
 
 
 def plot_loss_curve(run_dir: str | Path) -> Path | None:
@@ -488,13 +467,14 @@ def plot_loss_curve(run_dir: str | Path) -> Path | None:
     """
     from marginface.plotting import pyplot
 
-    if not (Path(run_dir) / "log.csv").is_file():
+    run = RunDir(run_dir)
+    if not run.log.is_file():
         return None
     try:
         plt = pyplot()
     except ImportError:  # the plot extra is optional here: no figure
         return None
-    series = read_log(run_dir)
+    series = read_log(run.path)
     fig, ax = plt.subplots(figsize=(6, 4))
     steps, values = zip(*series["loss"])
     ax.plot(steps, values, color="C0", label="training loss")
@@ -515,7 +495,7 @@ def plot_loss_curve(run_dir: str | Path) -> Path | None:
     handles = [h for axis in fig.axes for h in axis.get_legend_handles_labels()[0]]
     fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 2), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.92))  # the top 8% holds the legend
-    out = Path(run_dir) / "loss_curve.png"
+    out = run.loss_curve
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
