@@ -30,14 +30,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from marginface.paths import respect_umask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``: a crash leaves the old file or the new."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# atomic_write_text moved to marginface.files; importing it from here is kept for one release
+from marginface.files import atomic_write_text, fsync_dir, fsync_tree, respect_umask
 
 
 def flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -120,18 +114,13 @@ def write_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tens
     for name in ("model.safetensors", "optimizer.safetensors"):
         respect_umask(tmp / name)
     (tmp / "state.json").write_text(json.dumps(state))
-    _fsync_dir(tmp)
+    fsync_tree(tmp)
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
+    fsync_dir(root)
     atomic_write_text(root / "latest", final.name)
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    for file in path.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from marginface.errors import UserError
+from marginface.files import atomic_write_text
 
 #: Keys (flattened ``section.field``) whose change the saved state survives: the optimisation schedule. (Not
 #: momentum / weight decay: the optimizer's saved param groups restore them, so a change would not take effect.)
@@ -166,9 +166,7 @@ def record_start(
     """Write ``config.json`` (atomically) and append this start to ``history.jsonl`` (main process only)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, run_dir / "config.json")
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
     entry = {
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "event": "resume" if step else "start",

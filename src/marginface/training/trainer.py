@@ -11,6 +11,7 @@ state (buffers) is broadcast from rank 0 at every forward.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from marginface import backbones
 from marginface.analysis.angles import attach_theta_recorder
-from marginface.paths import respect_umask
+from marginface.files import atomic_write, atomic_write_text
 from marginface.training import checkpoint as ckpt
 from marginface.training import finetune
 from marginface.training.config import TrainConfig, config_to_dict, resolve_epochs
@@ -367,12 +368,10 @@ class Trainer:
     def _write_best(self) -> None:
         from safetensors.torch import save_file
 
-        tmp = self.run_dir / "best.safetensors.tmp"
         # Sharded centres are spread over the ranks' checkpoints; best.safetensors then holds the backbone only.
-        save_file(ckpt.model_tensors(self.backbone, self.placement.loss_for_best(self.loss)), str(tmp),
-                  metadata=self._card(self.best, self._validation_thresholds()))
-        respect_umask(tmp)
-        os.replace(tmp, self.run_dir / "best.safetensors")
+        tensors = ckpt.model_tensors(self.backbone, self.placement.loss_for_best(self.loss))
+        card = self._card(self.best, self._validation_thresholds())
+        atomic_write(self.run_dir / "best.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=card))
         (self.run_dir / "best.json").write_text(json.dumps(self.best, indent=2))
 
     def _card(self, validation: dict[str, Any], thresholds: dict[str, Any] | None = None) -> dict[str, str]:
@@ -462,10 +461,9 @@ def _truncate_log(path: Path, last_step: int) -> None:
     kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= last_step]
     if len(kept) == len(rows):
         return
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
-    os.replace(tmp, path)
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(kept)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def read_log(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
