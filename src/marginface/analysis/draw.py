@@ -7,12 +7,13 @@ matplotlib is an optional extra (``pip install 'marginface[plot]'``) and is impo
 from __future__ import annotations
 
 import csv
-import os
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from marginface.files import atomic_write, atomic_write_text
 from marginface.plotting import pyplot
 
 #: PNG resolution; the figures stay well under 200 KB at this size.
@@ -26,25 +27,22 @@ def save_figure(fig, path: str | Path) -> Path:
         pyplot().close(fig)
         raise ValueError(f"figures are written as PNG: give an output path ending in .png, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=DPI)
-    pyplot().close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
+    finally:
+        pyplot().close(fig)
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
     """A CSV file with a header row, written atomically; floats with 10 significant digits."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([f"{v:.10g}" if isinstance(v, float | np.floating) else v for v in row])
-    os.replace(tmp, path)
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([f"{v:.10g}" if isinstance(v, float | np.floating) else v for v in row])
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def draw_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *, xlabel: str,

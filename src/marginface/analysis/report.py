@@ -7,10 +7,11 @@ image), so the page opens from the run folder in any browser, offline.
 from __future__ import annotations
 
 import html
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from marginface.files import atomic_write_text
 
 # Figures are shown at their own pixel size (their text was drawn for it: ~10 pt at 100-120 dpi), shrunk only to
 # fit the page. The old fixed 520 px box halved the 1,000 px wide figures (theta, target logit during training)
@@ -38,10 +39,7 @@ def write_report(run_dir: str | Path, title: str, facts: Mapping[str, str],
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1><table>{rows}</table>"
             f"{figs}{note}</body></html>\n")
     out = run_dir / name
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic_write_text(out, page)
 
 
 def png_size(path: str | Path) -> tuple[int, int] | None:

@@ -23,18 +23,18 @@ _LIST_LIMIT = 20
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``model.state_dict()`` (parameters and BatchNorm buffers) to a safetensors file.
+    """Write ``model.state_dict()`` (parameters and BatchNorm buffers) to a safetensors file, atomically and with
+    the mode the umask asks for (:func:`marginface.files.atomic_write`).
 
     Tensors are copied to contiguous CPU memory first, because safetensors stores dense row-major data and a
     ``channels_last`` model's convolution weights are not contiguous.
     """
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata=dict(metadata or {}))
-    from marginface.paths import respect_umask
+    from marginface.files import atomic_write
 
-    respect_umask(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata or {})))
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -57,16 +57,15 @@ def load_npz(path: str | Path) -> LabelledEmbeddings:
 
 def save_npz(path: str | Path, data: LabelledEmbeddings) -> Path:
     """Write ``names``/``embeddings`` atomically in the format :func:`load_npz` reads."""
-    import os
+    from marginface.files import atomic_write
 
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.npz")
     extra = {"root": np.array(data.root, dtype=str)}
     if data.paths is not None:
         extra["paths"] = np.array(data.paths, dtype=str)
-    np.savez(tmp, names=np.array(data.names, dtype=str), embeddings=data.embeddings, **extra)
-    os.replace(tmp, path)
-    return path
+    # the temporary name ends in .npz, so np.savez writes to it as named (it appends .npz otherwise)
+    return atomic_write(path, lambda tmp: np.savez(tmp, names=np.array(data.names, dtype=str),
+                                                    embeddings=data.embeddings, **extra))
 
 
 def concat(parts: Sequence[LabelledEmbeddings]) -> LabelledEmbeddings:

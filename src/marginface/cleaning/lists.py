@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from marginface.data.lists import read_lines  # noqa: F401  (moved to marginface.data.lists; kept for one release)
+from marginface.files import atomic_write_text
 
 
 def write_lines(path: str | Path, lines: Iterable[str], header: str = "") -> Path:
-    """Write ``lines`` (after ``# header`` lines) to ``path`` atomically (temp file + os.replace)."""
+    """Write ``lines`` (after ``# header`` lines) to ``path`` atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     body = "".join(f"# {h}\n" for h in header.splitlines()) + "".join(f"{line}\n" for line in lines)
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, body)
     return path
 
 

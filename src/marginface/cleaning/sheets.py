@@ -7,10 +7,11 @@ PNGs by relative path, so the output folder can be moved or zipped as a whole.
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from marginface.files import atomic_write, atomic_write_text
 
 #: thumbnail side (px) and the caption strip below it
 THUMB, CAPTION = 112, 24
@@ -61,11 +62,7 @@ def draw_item(item: Item, out_png: str | Path, max_cells: int = 8) -> Path:
             for j, text in enumerate(caption.split("\n")[:2]):
                 draw.text((i * THUMB + 2, y + THUMB + 1 + 11 * j), text[:18], fill="black")
         y += THUMB + CAPTION
-    out_png = Path(out_png)
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    sheet.save(tmp)
-    os.replace(tmp, out_png)
-    return out_png
+    return atomic_write(Path(out_png), sheet.save)
 
 
 def write_sheet(out_dir: str | Path, title: str, items: Sequence[Item], summary: Sequence[str] = (),
@@ -91,9 +88,7 @@ def write_sheet(out_dir: str | Path, title: str, items: Sequence[Item], summary:
     if not items:
         parts.append("<p>nothing flagged</p>")
     page = out_dir / "index.html"
-    tmp = page.with_name("index.html.tmp")
-    tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    os.replace(tmp, page)
+    atomic_write_text(page, "\n".join(parts) + "\n")
     return page
 
 
@@ -121,9 +116,7 @@ def plot_distributions(panels: Sequence[dict], out_png: str | Path) -> Path:
         ax.set_xlabel("cosine distance 1 - cos")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    out_png = Path(out_png)
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    try:
+        return atomic_write(Path(out_png), lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)

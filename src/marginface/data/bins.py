@@ -13,7 +13,6 @@ refused before anything is called.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from marginface.files import atomic_write
 
 # (module, name) pairs a verification .bin may reference. Checked with pickletools on small_lfw.bin
 # (numpy.core.multiarray._reconstruct, numpy.ndarray, numpy.dtype); numpy >= 2 writes numpy._core...;
@@ -171,11 +172,12 @@ def write_verification_bin(path: str | Path, images: Sequence[bytes], issame: Se
         raise ValueError(f"need 2N images for N pairs, got {len(images)} images and issame of shape {flags.shape}")
     payload = ([_as_bytes(item, path, i) for i, item in enumerate(images)], [bool(flag) for flag in flags])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # a crash mid-write leaves the old file (or none), never half a set
-    with tmp.open("wb") as stream:
-        # protocol 4: bytes stay bytes (no _codecs detour), readable by Python >= 3.4 and insightface's loader
-        pickle.dump(payload, stream, protocol=4)
-    os.replace(tmp, path)
+    def dump(tmp: Path) -> None:
+        with tmp.open("wb") as stream:
+            # protocol 4: bytes stay bytes (no _codecs detour), readable by Python >= 3.4 and insightface's loader
+            pickle.dump(payload, stream, protocol=4)
+
+    atomic_write(path, dump)  # a crash mid-write leaves the old file (or none), never half a set
     return path
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from marginface.errors import UserError
+from marginface.files import atomic_write
 
 INT8_METHODS = ("percentile", "minmax", "entropy")
 
@@ -192,12 +193,7 @@ def _write_with_card(src: Path, out: Path, card: Any, precision: str, source: st
         exported.thresholds = {}  # a threshold calibrated at fp32 is not the fp16/int8 model's: recalibrate
     proto = onnx.load(str(src))
     set_onnx_metadata(proto, {**exported.metadata(), ONNX_HASH_KEY: onnx_weights_sha256(proto)})
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed save or rename leaves no partial file behind
+    atomic_write(out, lambda tmp: onnx.save(proto, str(tmp)))  # a failed save leaves no partial file behind
 
 
 def _check_parity(loaded: Any, path: Path, faces: np.ndarray, report: ExportReport) -> None:

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from marginface.errors import UserError
+from marginface.files import atomic_write_text, fsync_dir, fsync_tree
 from marginface.inference.locking import pid_alive, writer_lock
 
 #: above this many identities a search without ``exact=`` uses the IVF index (see docs/inference.md).
@@ -489,8 +490,8 @@ class Gallery:
             tmp.mkdir()
             self._write_version(tmp)
             os.replace(tmp, folder / version)
-            _fsync_dir(folder)
-            _write_atomic(folder / _CURRENT, version)
+            fsync_dir(folder)
+            atomic_write_text(folder / _CURRENT, version)
             _prune(folder, keep=(version, current or version))
         self.path, self._base = folder, version
         return folder
@@ -515,8 +516,6 @@ class Gallery:
     def _write_version(self, tmp: Path) -> None:
         with open(tmp / _VECTORS, "wb") as handle:
             np.save(handle, self.vectors, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
         db = sqlite3.connect(tmp / _DB)
         try:
             db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -532,9 +531,7 @@ class Gallery:
             db.commit()
         finally:
             db.close()
-        with open(tmp / _DB, "rb+") as handle:
-            os.fsync(handle.fileno())
-        _fsync_dir(tmp)
+        fsync_tree(tmp)  # vectors, database and the folder's entries reach the disk before the rename
 
     @classmethod
     def load(cls, path: str | os.PathLike, version: str | None = None) -> Gallery:
@@ -624,24 +621,6 @@ def _damaged_message(folder: Path, version: str, err: Exception) -> str:
     return f"gallery {folder / version} is damaged: {err}; {fix}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _prune(folder: Path, keep: Iterable[str]) -> None:
     """Delete versions not in ``keep`` and temporary folders of interrupted saves (never one whose process is
     still running: it may be a writer that does not take the lock, e.g. an older marginface)."""
@@ -720,7 +699,7 @@ def _check_gallery_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / _CURRENT).is_file():
         return
-    own = {_CURRENT, _CURRENT + ".tmp"}
+    own = {_CURRENT, _CURRENT + ".tmp"}  # CURRENT.tmp: the temporary name of earlier releases (now hidden)
     if any(not (p.name.startswith(".") or p.name in own or _is_version(p)) for p in folder.iterdir()):
         raise UserError(f"{folder} exists and is not a gallery folder (no {_CURRENT} file): choose a new or "
                         "empty folder")

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from marginface.files import atomic_write
 from marginface.models.card import (
     CARD_KEY,
     InputContract,
@@ -42,7 +43,6 @@ from marginface.models.card import (
 from marginface.models.loaded import SUPPORTED, LoadedModel
 from marginface.models.onnx_format import ONNX_HASH_KEY, load_onnx, onnx_weights_sha256, read_onnx, set_onnx_metadata
 from marginface.models.pth_format import load_pth
-from marginface.paths import respect_umask
 from marginface.runs.layout import RunDir, model_file, run_of
 
 #: safetensors metadata key holding the MXNet graph (nnvm JSON) of a converted ``mxnet_graph`` model.
@@ -233,9 +233,7 @@ def convert_model(src: str | os.PathLike, out: str | os.PathLike) -> ModelCard:
     metadata = loaded.card.metadata()
     if loaded.card.backbone == MXNET_GRAPH:
         metadata[MXNET_SYMBOL_KEY] = loaded.runner.symbol_json()
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return loaded.card
 
 
@@ -243,18 +241,16 @@ def convert_model(src: str | os.PathLike, out: str | os.PathLike) -> ModelCard:
 def write_card(path: str | os.PathLike, card: ModelCard) -> None:
     """Rewrite ``path`` (safetensors or ONNX) with ``card`` in its metadata, atomically (temp + rename)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     if path.suffix.lower() == ".onnx":
         import onnx
 
         model = read_onnx(path)
         set_onnx_metadata(model, {**card.metadata(), ONNX_HASH_KEY: onnx_weights_sha256(model)})
-        onnx.save(model, str(tmp))
+        atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))
     else:
         from safetensors.torch import load_file, save_file
 
         tensors = load_file(str(path))
         metadata = {**_safetensors_metadata(path), **card.metadata()}
-        save_file(tensors, str(tmp), metadata=metadata)
-        respect_umask(tmp)  # the rewritten file keeps the mode the user's umask gives (not safetensors' 0600)
-    os.replace(tmp, path)
+        # the rewritten file gets the mode the user's umask gives (not safetensors' 0600): atomic_write sees to it
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

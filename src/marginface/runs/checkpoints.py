@@ -20,15 +20,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from marginface.paths import respect_umask
+from marginface.files import atomic_write_text, fsync_dir, fsync_tree, respect_umask
 from marginface.runs.layout import CHECKPOINTS, LATEST, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, step_name
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``: a crash leaves the old file or the new."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def model_tensors(backbone: nn.Module, loss: nn.Module | None) -> dict[str, torch.Tensor]:
@@ -65,16 +58,11 @@ def write_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tens
     for name in (MODEL_FILE, OPTIMIZER_FILE):
         respect_umask(tmp / name)
     (tmp / STATE_FILE).write_text(json.dumps(state))
-    _fsync_dir(tmp)
+    fsync_tree(tmp)
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
+    fsync_dir(root)
     if (root / LATEST).is_file():  # an older run's pointer: keep it true for whoever still reads it
         atomic_write_text(root / LATEST, final.name)
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    for file in path.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())

@@ -10,10 +10,11 @@ that kept it as ``log.csv``, which :func:`read_log` recognises and refuses with 
 from __future__ import annotations
 
 import csv
-import os
+import io
 from collections.abc import Mapping
 from pathlib import Path
 
+from marginface.files import atomic_write_text
 from marginface.runs.layout import LOG
 
 HEADER = ("step", "key", "value")
@@ -37,10 +38,9 @@ def truncate_log(path: Path, last_step: int) -> None:
     kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= last_step]
     if len(kept) == len(rows):
         return
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
-    os.replace(tmp, path)
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(kept)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def read_log(path: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from marginface.runs.checkpoints import (  # noqa: F401  (moved to marginface.runs.checkpoints; kept for one release)
-    _fsync_dir,
     atomic_write_text,
     load_model_tensors,
     model_tensors,

@@ -170,8 +170,9 @@ def pk_batch_sampler(dataset: Any, config: Any, start_step: int, dist_info: Any)
     """The trainer's P x K sampler from a ``TrainConfig`` (P = batch_size / K); the main process prints its
     :meth:`~PKBatchSampler.summary` and writes the counts to ``<output_dir>/pk_sampler.json``."""
     import json
-    import os
     from pathlib import Path
+
+    from marginface.files import atomic_write_text
 
     k = config.data.pk_images_per_identity
     sampler = PKBatchSampler(dataset_labels(dataset), config.batch_size // k, k, config.seed, start_step,
@@ -181,6 +182,5 @@ def pk_batch_sampler(dataset: Any, config: Any, start_step: int, dist_info: Any)
         print(sampler.summary())
         out = Path(config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "pk_sampler.json.tmp").write_text(json.dumps(sampler.report, indent=1))
-        os.replace(out / "pk_sampler.json.tmp", out / "pk_sampler.json")
+        atomic_write_text(out / "pk_sampler.json", json.dumps(sampler.report, indent=1))
     return sampler

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from marginface.errors import UserError
+from marginface.files import atomic_write_text
 from marginface.runs.layout import HISTORY, RunDir  # noqa: F401  (HISTORY: moved to runs.layout; one release)
 
 #: Keys (flattened ``section.field``) whose change the saved state survives: the optimisation schedule. (Not
@@ -161,9 +161,7 @@ def record_start(
     """Write ``config.json`` (atomically) and append this start to ``history.jsonl`` (main process only)."""
     run = RunDir(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
-    tmp = run.config.with_name(run.config.name + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, run.config)
+    atomic_write_text(run.config, json.dumps(config, indent=2))
     entry = {
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "event": "resume" if step else "start",

@@ -46,9 +46,8 @@ from typing import Any
 import torch
 import yaml
 
-from marginface.paths import respect_umask
+from marginface.files import atomic_write, atomic_write_text
 from marginface.runs.layout import SEARCH_STATE, RunDir
-from marginface.training.checkpoint import atomic_write_text
 from marginface.training.config import ConfigError, TrainConfig, _build, apply_overrides, config_from_dict
 from marginface.training.distributed import DistInfo, init_from_env
 
@@ -317,11 +316,7 @@ def save_state(run_dir: Path, trainer, state: SearchState) -> None:
     tensors["search.mean"] = state.mean.contiguous()
     tensors["search.generator"] = state.generator.get_state()
     meta = {"round": str(state.round), "optimizer": json.dumps(opt_meta), "history": json.dumps(state.history)}
-    path = RunDir(run_dir).search_state
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    respect_umask(tmp)  # safetensors writes 0600; the user's umask decides
-    os.replace(tmp, path)
+    atomic_write(RunDir(run_dir).search_state, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_state(run_dir: Path, trainer, settings: SearchSettings) -> SearchState | None:

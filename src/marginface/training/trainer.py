@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from marginface import backbones
 from marginface.analysis.angles import attach_theta_recorder
-from marginface.paths import respect_umask
+from marginface.files import atomic_write, atomic_write_text
 from marginface.runs.layout import RunDir
 from marginface.runs.log import append_log, read_log, truncate_log
 from marginface.training import checkpoint as ckpt
@@ -369,13 +369,11 @@ class Trainer:
         from safetensors.torch import save_file
 
         run = RunDir(self.run_dir)
-        tmp = run.best.with_name(run.best.name + ".tmp")
         # Sharded centres are spread over the ranks' checkpoints; best.safetensors then holds the backbone only.
-        save_file(ckpt.model_tensors(self.backbone, self.placement.loss_for_best(self.loss)), str(tmp),
-                  metadata=self._card(self.best, self._validation_thresholds()))
-        respect_umask(tmp)
-        os.replace(tmp, run.best)
-        run.best_scores.write_text(json.dumps(self.best, indent=2))
+        tensors = ckpt.model_tensors(self.backbone, self.placement.loss_for_best(self.loss))
+        card = self._card(self.best, self._validation_thresholds())
+        atomic_write(run.best, lambda tmp: save_file(tensors, str(tmp), metadata=card))
+        atomic_write_text(run.best_scores, json.dumps(self.best, indent=2))
 
     def _card(self, validation: dict[str, Any], thresholds: dict[str, Any] | None = None) -> dict[str, str]:
         """The model card (safetensors metadata) of the current backbone weights."""
