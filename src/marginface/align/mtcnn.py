@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from marginface.align.detectors import Detections
+from marginface.align.detections import Detections
 
 #: (stage, returns) of the per-stage networks, images (B, H, W, 3) float32 RGB in [-1, 1]:
 #: pnet -> (reg (B, H', W', 4), prob (B, H', W')); rnet -> (reg (B, 4), prob (B,));

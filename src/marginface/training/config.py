@@ -8,6 +8,8 @@ overrides ``section.field=value`` (values parsed as YAML) are applied on top. Ev
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -164,7 +166,7 @@ class LossConfig:
         _require(self.triplet_weight >= 0, "loss.triplet_weight", f"must be >= 0, got {self.triplet_weight}")
         _require(not (self.name == "triplet" and self.triplet_weight), "loss.triplet_weight",
                  "is for a margin loss + triplet; with loss.name triplet put its parameters in loss.params")
-        if self.name != "triplet":  # no class centres; training/finetune.py checks the triplet parameters
+        if self.name != "triplet":  # no class centres; check_triplet_config checks the triplet parameters
             check_loss_params(self.name, self.params)
 
 
@@ -187,14 +189,31 @@ def check_loss_params(name: str, params: dict[str, Any], embedding_size: int | N
                           + (f" (did you mean {hint[0]!r}?)" if hint else "")
                           + f"; its parameters: {listed} (marginface losses --params lists every loss's)")
     if embedding_size is not None:
-        import torch
+        try:
+            key = json.dumps(params, sort_keys=True)
+        except (TypeError, ValueError):  # a value JSON cannot hold: check it without the memo
+            _check_loss_values.__wrapped__(name, embedding_size, params)
+        else:
+            _check_loss_values(name, embedding_size, key)
 
-        with torch.random.fork_rng(devices=[]):  # building it draws random centres: leave the run's seed alone
-            try:
-                # 8 classes: some losses need more than 2 (AdaCos's scale is sqrt(2) log(C - 1))
-                losses.create(name, embedding_size=embedding_size, num_classes=8, **params)
-            except (ValueError, TypeError) as err:
-                raise ConfigError(f"config field loss.params: {err}") from err
+
+@functools.lru_cache(maxsize=256)
+def _check_loss_values(name: str, embedding_size: int, params: str | dict[str, Any]) -> None:
+    """Check the values of a loss's parameters (``params``: a dict, or its JSON) with the loss's own constructor,
+    once per distinct setting: each loss's ``__init__`` is the one place its value rules live (45 checks in 17
+    losses), so they are not copied into a second validator; the memo keeps a config's re-construction
+    (``dataclasses.replace``, overrides, a study's arms) from building the loss again."""
+    import torch
+
+    from marginface import losses
+
+    values = json.loads(params) if isinstance(params, str) else params
+    with torch.random.fork_rng(devices=[]):  # building it draws random centres: leave the run's seed alone
+        try:
+            # 8 classes: some losses need more than 2 (AdaCos's scale is sqrt(2) log(C - 1))
+            losses.create(name, embedding_size=embedding_size, num_classes=8, **values)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"config field loss.params: {err}") from err
 
 
 @dataclass
@@ -357,9 +376,7 @@ class TrainConfig:
         if self.data.sampler == "pk":
             _require(self.batch_size % self.data.pk_images_per_identity == 0, "batch_size",
                      f"must be P x K: a multiple of data.pk_images_per_identity={self.data.pk_images_per_identity}")
-        if self.loss.name == "triplet" or self.loss.triplet_weight:  # training/finetune.py
-            from marginface.training.finetune import check_triplet_config
-
+        if uses_triplet(self):
             check_triplet_config(self)
         if self.model.init_centres == "class_means":
             _require(self.loss.name != "triplet", "model.init_centres",
@@ -370,6 +387,38 @@ class TrainConfig:
                      "needs data.source 'synthetic' (held-out synthetic identities)")
         if self.loss.name != "triplet":
             check_loss_params(self.loss.name, self.loss.params, self.model.embedding_size)
+
+
+# ----------------------------------------------------------------------------- triplet objectives
+def uses_triplet(config: TrainConfig) -> bool:
+    """Whether the run's objective contains a triplet loss."""
+    return config.loss.name == "triplet" or config.loss.triplet_weight > 0
+
+
+def triplet_params(config: TrainConfig) -> dict[str, Any]:
+    return dict(config.loss.params if config.loss.name == "triplet" else config.loss.triplet_params)
+
+
+def check_triplet_config(config: TrainConfig) -> None:
+    """Refuse the settings a triplet objective cannot honour; each error names the field and the fix."""
+    from marginface.metric import TripletLoss
+
+    field = "loss.params" if config.loss.name == "triplet" else "loss.triplet_params"
+    try:
+        TripletLoss(**triplet_params(config))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config field {field}: {err} (known: margin, distance, mining, semi_hard_fallback)") from err
+    checks = [
+        (config.data.sampler == "pk", "data.sampler", "must be 'pk' for a triplet loss: a random batch holds "
+         "almost no two images of one identity, so there is nothing to mine (set data.sampler=pk)"),
+        (config.grad_accum_steps == 1, "grad_accum_steps", "must be 1 with a triplet loss: micro-batches would "
+         "be mined separately, not as one batch"),
+        (not config.loss.sharded, "loss.sharded", "is not supported with a triplet loss"),
+        (not config.loss.fused_update, "loss.fused_update", "is not supported with a triplet loss"),
+    ]
+    for ok, name, message in checks:
+        if not ok:
+            raise ConfigError(f"config field {name}: {message}")
 
 
 # ----------------------------------------------------------------------------- loading

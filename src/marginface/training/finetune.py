@@ -29,38 +29,15 @@ import torch
 from torch import nn
 
 from marginface.runs.layout import model_file
-from marginface.training.config import ConfigError, TrainConfig
-
-
-def uses_triplet(config: TrainConfig) -> bool:
-    """Whether the run's objective contains a triplet loss."""
-    return config.loss.name == "triplet" or config.loss.triplet_weight > 0
-
-
-def triplet_params(config: TrainConfig) -> dict[str, Any]:
-    return dict(config.loss.params if config.loss.name == "triplet" else config.loss.triplet_params)
-
-
-def check_triplet_config(config: TrainConfig) -> None:
-    """Refuse the settings a triplet objective cannot honour; each error names the field and the fix."""
-    from marginface.metric import TripletLoss
-
-    field = "loss.params" if config.loss.name == "triplet" else "loss.triplet_params"
-    try:
-        TripletLoss(**triplet_params(config))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config field {field}: {err} (known: margin, distance, mining, semi_hard_fallback)") from err
-    checks = [
-        (config.data.sampler == "pk", "data.sampler", "must be 'pk' for a triplet loss: a random batch holds "
-         "almost no two images of one identity, so there is nothing to mine (set data.sampler=pk)"),
-        (config.grad_accum_steps == 1, "grad_accum_steps", "must be 1 with a triplet loss: micro-batches would "
-         "be mined separately, not as one batch"),
-        (not config.loss.sharded, "loss.sharded", "is not supported with a triplet loss"),
-        (not config.loss.fused_update, "loss.fused_update", "is not supported with a triplet loss"),
-    ]
-    for ok, name, message in checks:
-        if not ok:
-            raise ConfigError(f"config field {name}: {message}")
+# check_triplet_config and uses_triplet moved to training/config.py (which calls them: no import cycle); importing
+# them from here is kept for one release
+from marginface.training.config import (  # noqa: F401
+    ConfigError,
+    TrainConfig,
+    check_triplet_config,
+    triplet_params,
+    uses_triplet,
+)
 
 
 def triplet_objective(config: TrainConfig, dist_info: Any, placement: Any) -> tuple[nn.Module, nn.Module]:
