@@ -23,6 +23,18 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message names the field (``section.field``)."""
 
 
+# How a resume treats a change of a field (``training/run_checks.py`` reads it through :func:`resume_kinds`); a field
+# without it is breaking: the saved run cannot continue under the new value.
+#: the optimisation schedule: allowed with ``--allow-schedule-change``, recorded. (Not momentum / weight decay: the
+#: optimizer's saved param groups restore them, so a change would not take effect.)
+SCHEDULE = {"resume": "schedule"}
+#: how the run is watched or executed, not what it learns: allowed, recorded (on a section: all its fields).
+SETTING = {"resume": "setting"}
+#: where the class centres live and how their logits are computed (``training/reshard.py`` re-cuts the saved
+#: centres): allowed, recorded.
+PLACEMENT = {"resume": "placement"}
+
+
 def _require(condition: bool, name: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config field {name}: {message}")
@@ -45,7 +57,7 @@ class DataConfig:
     """Seed of the synthetic population."""
     flip: bool = True
     """Random horizontal flip, p=0.5: the ArcFace paper's only augmentation."""
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata=SETTING)
     """DataLoader worker processes (0: load in the training process)."""
     exclude_identities: str | None = None
     """Plain file of identity folder names to leave out (``marginface clean overlap``); source 'folder'."""
@@ -89,7 +101,7 @@ class ModelConfig:
     """Dropout before the embedding FC (output option E)."""
     output: str = "E"
     """Embedding-layer option A-E (E = BN-Dropout-FC-BN, the ArcFace paper's choice)."""
-    checkpointing: bool = False
+    checkpointing: bool = field(default=False, metadata=SETTING)
     """Activation checkpointing: less training memory, about one extra forward of compute."""
     params: dict[str, Any] = field(default_factory=dict)
     """Model-specific keyword arguments of ``backbones.create``, e.g. {drop_path: 0.05, mask_ratio: 0.0} (ViTs),
@@ -134,15 +146,15 @@ class LossConfig:
     """The loss's parameters by full name, e.g. {scale: 64, margin: 0.5}; defaults are the papers'."""
     head: str = "dense"
     """'dense' (B x C logits), 'chunked' (never materialises B x C) or 'partial_fc' (sampled centres)."""
-    chunk_size: int | None = None
+    chunk_size: int | None = field(default=None, metadata=PLACEMENT)
     """Classes per chunk for the chunked / partial_fc heads; null: sized from the batch (4 MiB temporaries on the
     CPU, 8192 classes on accelerators; docs/heads.md)."""
     sample_rate: float = 1.0
     """Fraction of class centres sampled per step by the partial_fc head, in (0, 1]."""
-    sharded: bool = False
+    sharded: bool = field(default=False, metadata=PLACEMENT)
     """Under torchrun: split the class centres over the ranks (chunked or partial_fc head; each rank holds
     C / world_size rows, embeddings are all-gathered). Each rank checkpoints its own shard."""
-    fused_update: bool = False
+    fused_update: bool = field(default=False, metadata=PLACEMENT)
     """Chunked head only: apply the centres' SGD update inside backward, chunk by chunk, so their (C, D) gradient
     never exists (grad_accum_steps 1, no fp16; under torchrun only with loss.sharded)."""
     triplet_weight: float = 0.0
@@ -227,7 +239,7 @@ class OptimConfig:
 
     name: str = "sgd"
     """'sgd' (SparseRowSGD: torch's SGD, sparse Partial FC rows) or 'adamw' (torch.optim.AdamW)."""
-    lr: float = 0.1
+    lr: float = field(default=0.1, metadata=SCHEDULE)
     """Initial learning rate (for the paper's batch of 512; scale linearly for other batch sizes)."""
     momentum: float = 0.9
     """SGD momentum (optim.name 'sgd')."""
@@ -247,11 +259,11 @@ class OptimConfig:
     """Exponent of the 'poly' schedule."""
     min_lr: float = 0.0
     """Learning rate the 'cosine' and 'poly' schedules decay to at the end of training."""
-    milestones: list[int] = field(default_factory=list)
+    milestones: list[int] = field(default_factory=list, metadata=SCHEDULE)
     """Steps (epochs when ``epochs`` > 0) at which the learning rate is multiplied by ``gamma``."""
-    gamma: float = 0.1
+    gamma: float = field(default=0.1, metadata=SCHEDULE)
     """Decay factor at each milestone."""
-    warmup_steps: int = 0
+    warmup_steps: int = field(default=0, metadata=SCHEDULE)
     """Linear warm-up from 0 over this many steps (0: none)."""
 
     def __post_init__(self) -> None:
@@ -317,37 +329,37 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig, metadata=SETTING)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     batch_size: int = 512
     """Global batch size (split evenly over processes under torchrun)."""
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = field(default=1, metadata=SETTING)
     """Split each process's share of the batch into this many micro-batches and accumulate their gradients
     (same gradient, less activation memory). Running loss state advances once per micro-batch forward."""
-    steps: int = 1000
+    steps: int = field(default=1000, metadata=SCHEDULE)
     """Optimizer steps to train (ignored when ``epochs`` is set). 0 with ``model.init_from``: no training, the
     starting model is checkpointed as step 0 (the "as is" arm of a fine-tuning study)."""
-    epochs: float = 0.0
+    epochs: float = field(default=0.0, metadata=SCHEDULE)
     """When > 0: train this many passes over the data instead of ``steps`` (steps = ceil(epochs x images /
     batch_size), fixed when the data is known), and ``optim.milestones`` (fractions allowed) and
     ``optim.warmup_steps`` count epochs rather than steps."""
-    precision: str = "fp32"
+    precision: str = field(default="fp32", metadata=SCHEDULE)
     """'fp32', 'bf16' (autocast) or 'fp16' (autocast + GradScaler). The head always computes in float32."""
-    grad_clip: float = 0.0
+    grad_clip: float = field(default=0.0, metadata=SCHEDULE)
     """Clip the global gradient norm to this value (0: no clipping)."""
     seed: int = 0
     """Seed of initialisation, data order and augmentation."""
-    deterministic: bool = False
+    deterministic: bool = field(default=False, metadata=SETTING)
     """torch.use_deterministic_algorithms: bit-reproducible runs and exact resume, slower."""
-    output_dir: str = "runs/default"
+    output_dir: str = field(default="runs/default", metadata=SETTING)
     """Run folder: checkpoints, logs, figures."""
-    log_every: int = 10
+    log_every: int = field(default=10, metadata=SETTING)
     """Write a log row every this many steps."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = field(default=500, metadata=SETTING)
     """Checkpoint every this many steps (and always at the end)."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata=SETTING)
     """'auto' (cuda when available), 'cpu' or 'cuda'."""
-    channels_last: bool = False
+    channels_last: bool = field(default=False, metadata=SETTING)
     """Memory format of the backbone's input (faster convolutions with bf16 on GPUs)."""
 
     def __post_init__(self) -> None:
@@ -422,6 +434,23 @@ def check_triplet_config(config: TrainConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
+def resume_kinds(cls: type | None = None, prefix: str = "") -> dict[str, str]:
+    """``{flattened key: "schedule" | "setting" | "placement"}`` of the fields of ``cls`` (default
+    :class:`TrainConfig`) that declare how a resume treats their change (``field(metadata=SCHEDULE)`` ...); a
+    section declared as a whole is one key ending in ``.`` (e.g. ``"validation."``)."""
+    cls = cls or TrainConfig
+    hints = get_type_hints(cls)
+    out: dict[str, str] = {}
+    for item in dataclasses.fields(cls):
+        kind, hint = item.metadata.get("resume"), hints[item.name]
+        section = dataclasses.is_dataclass(hint)
+        if kind:
+            out[f"{prefix}{item.name}{'.' if section else ''}"] = kind
+        elif section:
+            out.update(resume_kinds(hint, f"{prefix}{item.name}."))
+    return out
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     """Instantiate dataclass ``cls`` from a mapping, recursing into nested sections; unknown keys are errors."""
     if not isinstance(values, dict):

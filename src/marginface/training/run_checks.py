@@ -31,19 +31,17 @@ from typing import Any
 from marginface.errors import UserError
 from marginface.files import atomic_write_text
 from marginface.runs.layout import HISTORY, RunDir  # noqa: F401  (HISTORY: moved to runs.layout; one release)
+from marginface.training.config import resume_kinds
 
-#: Keys (flattened ``section.field``) whose change the saved state survives: the optimisation schedule. (Not
-#: momentum / weight decay: the optimizer's saved param groups restore them, so a change would not take effect.)
-SCHEDULE_KEYS = frozenset({
-    "optim.lr", "optim.milestones", "optim.gamma", "optim.warmup_steps", "steps", "epochs", "grad_clip", "precision",
-})
+#: How a change of each key (flattened ``section.field``, or a ``section.`` prefix) is treated, declared on the
+#: fields themselves (``field(metadata=SCHEDULE)`` ... in ``training/config.py``); an undeclared key is breaking.
+_KINDS = resume_kinds()
+#: Keys whose change the saved state survives: the optimisation schedule.
+SCHEDULE_KEYS = frozenset(k for k, kind in _KINDS.items() if kind == "schedule")
 #: Keys (or ``section.`` prefixes) that change how the run is watched or executed, not what it learns.
-RUN_SETTING_KEYS = frozenset({
-    "log_every", "checkpoint_every", "validation.", "device", "data.num_workers", "output_dir",
-    "model.checkpointing", "channels_last", "deterministic", "grad_accum_steps",
-})
+RUN_SETTING_KEYS = frozenset(k for k, kind in _KINDS.items() if kind == "setting")
 #: Keys that say where the class centres live and how their logits are computed, not what is learned.
-PLACEMENT_KEYS = frozenset({"loss.sharded", "loss.chunk_size", "loss.fused_update"})
+PLACEMENT_KEYS = frozenset(k for k, kind in _KINDS.items() if kind == "placement")
 #: Head kinds computing the same loss (a change between them is a placement change).
 SAME_MATHS_HEADS = frozenset({"dense", "chunked"})
 #: Facts (what a run found, not what it was told) that may change on resume; the others are breaking.
