@@ -1,8 +1,11 @@
-"""Plain list files (one entry a line, ``#`` comments) that the training data sources read."""
+"""Plain list files (one entry a line, ``#`` comments) that training and ``prepare rec`` read; atomic writes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from marginface.files import atomic_write_text
 
 
 def read_lines(path: str | Path, what: str = "list") -> list[str]:
@@ -12,3 +15,27 @@ def read_lines(path: str | Path, what: str = "list") -> list[str]:
         raise FileNotFoundError(f"{what} {path} does not exist (one entry a line, '#' for comments)")
     lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
     return [line for line in lines if line]
+
+
+def write_lines(path: str | Path, lines: Iterable[str], header: str = "") -> Path:
+    """Write ``lines`` (after ``# header`` lines) to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = "".join(f"# {h}\n" for h in header.splitlines()) + "".join(f"{line}\n" for line in lines)
+    atomic_write_text(path, body)
+    return path
+
+
+def read_merge_map(path: str | Path) -> dict[str, str]:
+    """A label-merge map: ``source_identity<TAB>target_identity`` lines -> ``{source: target}``."""
+    merge = {}
+    for line in read_lines(path, "label-merge map"):
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise ValueError(f"label-merge map {path}: line {line!r} must be 'source<TAB>target'")
+        merge[parts[0]] = parts[1]
+    return merge
+
+
+def write_merge_map(path: str | Path, merge: Mapping[str, str], header: str = "") -> Path:
+    return write_lines(path, (f"{a}\t{b}" for a, b in sorted(merge.items())), header)

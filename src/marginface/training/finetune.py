@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from marginface.runs.layout import model_file
+
 # check_triplet_config and uses_triplet moved to training/config.py (which calls them: no import cycle); importing
 # them from here is kept for one release
 from marginface.training.config import (  # noqa: F401
