@@ -1,7 +1,7 @@
 """marginface.evaluation: the field's evaluation protocols (see docs/evaluation.md).
 
 * :mod:`~marginface.evaluation.metrics` — pure numpy functions: k-fold accuracy, ROC, AUC, EER, TAR@FAR, CMC.
-* :mod:`~marginface.evaluation.pairs` — LFW ``pairs.txt`` with its folds.
+* :mod:`~marginface.data.pairs` — LFW ``pairs.txt`` with its folds (moved to data/, read by align/ too).
 * :mod:`~marginface.evaluation.embed` — batched extraction with flip TTA, image and checkpoint loading.
 * :mod:`~marginface.evaluation.verification` — ``.bin`` sets, pairs + folder, external embeddings files.
 * :mod:`~marginface.evaluation.identification` — gallery + distractors on faiss, MegaFace-style report.

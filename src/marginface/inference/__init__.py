@@ -2,7 +2,7 @@
 
 - :mod:`~marginface.inference.card`: the model card stored in safetensors / ONNX metadata.
 - :mod:`~marginface.inference.model`: ``load_model`` for our safetensors, insightface ``.pth`` and ONNX files.
-- :mod:`~marginface.inference.images`: input conversion (EXIF, grey / RGBA / 16-bit / CMYK).
+- :mod:`~marginface.data.images`: input conversion (EXIF, grey / RGBA / 16-bit / CMYK).
 - :mod:`~marginface.inference.recognizer`: ``FaceRecognizer`` (embed, verify, identify).
 - :mod:`~marginface.inference.calibrate`: thresholds at a target FAR, written into the card.
 - :mod:`~marginface.inference.gallery`: ``Gallery`` (templates, faiss search, atomic folder format).

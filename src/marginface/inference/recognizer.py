@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from marginface.data.images import describe, read_photo, to_rgb_array
 from marginface.errors import NoFaceError, UserError
-from marginface.inference.images import describe, read_photo, to_rgb_array
 from marginface.inference.model import LoadedModel, load_model
 from marginface.inference.threads import default_threads
 
