@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from marginface.cleaning.lists import read_lines, write_lines
 from marginface.cleaning.reviewed import TASKS, flags_from_run, known_flags, read_cases, score, score_table
+from marginface.data.lists import read_lines, write_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWED = ROOT / "docs" / "results" / "cleaning_reviewed_cases.tsv"

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from marginface.evaluation.pairs import read_pairs, resolve_images
+from marginface.data.pairs import read_pairs, resolve_images
 from marginface.paths import shared_data_dir
 
 # deep-funneled LFW images are 250x250 with the face roughly centred: this box is the fallback when neither

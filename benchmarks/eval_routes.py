@@ -24,8 +24,8 @@ from safetensors.torch import save_file
 
 from marginface import backbones
 from marginface.cli import main
+from marginface.data.pairs import read_pairs
 from marginface.evaluation.embed import embed_files
-from marginface.evaluation.pairs import read_pairs
 
 
 def subset_pairs(src: Path, dst: Path, per_fold: int) -> None:

@@ -39,8 +39,8 @@ def peak_rss_gb() -> float:
 
 
 def _aligned_faces_seeded(folder: str, count: int, seed: int) -> np.ndarray:
+    from marginface.data.images import to_rgb_array
     from marginface.inference.export import aligned_face_files
-    from marginface.inference.images import to_rgb_array
 
     files = aligned_face_files(folder, count, seed)
     return np.stack([to_rgb_array(f).transpose(2, 0, 1) for f in files]).astype(np.float32)

@@ -226,9 +226,9 @@ def embed_worker(spec: dict) -> None:
     import torch
 
     from marginface.align.template import ARCFACE_TEMPLATE_112, warp_face
+    from marginface.data.images import to_rgb_array
     from marginface.errors import NoFaceError
     from marginface.inference import FaceRecognizer
-    from marginface.inference.images import to_rgb_array
     from marginface.models.onnx_format import OnnxRunner
 
     torch.set_num_threads(1)
@@ -250,7 +250,7 @@ def embed_worker(spec: dict) -> None:
 
 def lfw_pairs_subset(pairs_path: Path, per_fold: int):  # noqa: ANN201 (PairsFile, indices)
     """The first ``per_fold / 2`` matched and mismatched pairs of each fold of ``pairs.txt`` (all: 600)."""
-    from marginface.evaluation.pairs import read_pairs
+    from marginface.data.pairs import read_pairs
 
     pairs = read_pairs(pairs_path)
     keep = []

@@ -239,8 +239,8 @@ def _identity_names(path: str, identities: dict[str, int]) -> dict[str, str]:
 
 
 def run_identify(args: argparse.Namespace) -> dict:
+    from marginface.data.pairs import read_pairs
     from marginface.evaluation.identification import build_index, identify
-    from marginface.evaluation.pairs import read_pairs
 
     rows, _ = _rows_issame(args.bin)
     names = [name for pair in read_pairs(args.pairs, header="optional").names for name in pair]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 from marginface import backbones, losses
-from marginface.metric import DISTANCES, MININGS, TripletLoss
+from marginface.triplet import DISTANCES, MININGS, TripletLoss
 
 
 def timed(fn: Callable[[], None], device: str) -> float:

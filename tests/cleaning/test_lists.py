@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from marginface.cleaning.lists import read_lines, write_lines
+from marginface.data.lists import read_lines, write_lines
 from marginface.training.config import DataConfig
 from marginface.training.data import build_dataset
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from marginface.evaluation.pairs import read_pairs, resolve_images
+from marginface.data.pairs import read_pairs, resolve_images
 
 PAIRS = """2\t2
 Ann\t1\t2

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marginface.inference.images import to_rgb_array
+from marginface.data.images import to_rgb_array
 
 
 def _photo():
@@ -56,7 +56,7 @@ def _big_jpeg(path, size=(1000, 800)):  # noqa: ANN001, ANN202
 
 
 def test_read_photo_decodes_large_jpeg_reduced(tmp_path):
-    from marginface.inference.images import read_photo
+    from marginface.data.images import read_photo
 
     path = _big_jpeg(tmp_path / "big.jpg")
     full = to_rgb_array(path)
@@ -69,7 +69,7 @@ def test_read_photo_decodes_large_jpeg_reduced(tmp_path):
 
 
 def test_read_photo_leaves_other_inputs_at_full_size(tmp_path):
-    from marginface.inference.images import read_photo
+    from marginface.data.images import read_photo
 
     big = np.asarray(Image.open(_big_jpeg(tmp_path / "big.jpg")))
     Image.fromarray(big).save(tmp_path / "big.png")

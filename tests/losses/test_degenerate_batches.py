@@ -10,7 +10,7 @@ import torch
 
 from marginface.heads import create_head
 from marginface.losses.base import EMPTY_BATCH_MESSAGE
-from marginface.metric.triplet import TripletLoss
+from marginface.triplet.loss import TripletLoss
 from tests.losses.cases import all_cases, build, case_id
 
 D, C = 6, 7

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 from tests.training.test_trainer import TINY, free_port, logged_steps, tiny_config
 
-from marginface.metric import TripletLoss
 from marginface.training.config import ConfigError, load_config
 from marginface.training.trainer import Trainer, read_log
+from marginface.triplet import TripletLoss
 
 PK = ["data.sampler=pk", "data.pk_images_per_identity=2"]
 TRIPLET = [*PK, "loss.name=triplet", "loss.params={margin: 0.3, mining: batch_hard}"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from marginface.metric import TripletHead, TripletLoss
+from marginface.triplet import TripletHead, TripletLoss
 
 
 def _data():

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from marginface.metric import TripletLoss, pairwise_distances
-from marginface.metric.triplet import DISTANCES, MININGS
+from marginface.triplet import TripletLoss, pairwise_distances
+from marginface.triplet.loss import DISTANCES, MININGS
 
 
 def naive_distance(u: torch.Tensor, v: torch.Tensor, distance: str) -> torch.Tensor:
@@ -102,7 +102,7 @@ def test_batch_all_averages_only_active_triplets():
 
 
 def test_batch_all_chunking_does_not_change_the_result():
-    from marginface.metric.triplet import batch_all
+    from marginface.triplet.loss import batch_all
 
     gen = torch.Generator().manual_seed(3)
     x, labels = torch.randn(12, 4, generator=gen), torch.arange(12) // 3

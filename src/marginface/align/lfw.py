@@ -30,12 +30,12 @@ class Pair:
 def read_pairs(pairs_path: str | Path, lfw_dir: str | Path, check_exists: bool = True) -> list[Pair]:
     """Parse ``pairs.txt`` into pairs of image paths under ``lfw_dir``.
 
-    The parsing is :func:`marginface.evaluation.pairs.read_pairs` (the project's one pairs parser; the header
+    The parsing is :func:`marginface.data.pairs.read_pairs` (the project's one pairs parser; the header
     is optional here, and checked against the content when present). Raises FileNotFoundError naming the line
     when a pair names an image that does not exist, and ValueError naming the line when a line is neither
     ``name i j`` nor ``name1 i name2 j`` or the header contradicts the content.
     """
-    from marginface.evaluation.pairs import read_pairs as parse_pairs
+    from marginface.data.pairs import read_pairs as parse_pairs
 
     pairs_path, root = Path(pairs_path), Path(lfw_dir)
     parsed = parse_pairs(pairs_path, header="optional")

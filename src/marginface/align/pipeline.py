@@ -83,7 +83,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file fully into (H, W, 3) uint8 RGB; raises ValueError naming the file if unreadable."""
     from PIL import Image
 
-    from marginface.inference.images import check_pixels
+    from marginface.data.images import check_pixels
 
     try:
         with Image.open(path) as image:

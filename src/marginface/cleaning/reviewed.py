@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from marginface.cleaning.lists import read_lines
+from marginface.data.lists import read_lines
 
 TASKS = ("overlap_lfw", "overlap_cfp", "duplicates", "outliers")
 VERDICTS = ("real", "false", "border")

@@ -111,7 +111,7 @@ def _out_dir(args: argparse.Namespace):
 
 def _finish(args: argparse.Namespace, out, report: dict, title: str, items: list, lines: list[str]) -> None:
     """Write report.json (+ the sheet), then print the counts (or the JSON)."""
-    from marginface.cleaning.lists import write_lines
+    from marginface.data.lists import write_lines
 
     if args.sheet:
         from marginface.cleaning.sheets import write_sheet
@@ -152,8 +152,8 @@ def _add_outliers(kinds: argparse._SubParsersAction) -> None:
 def run_outliers(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from marginface.cleaning.lists import write_lines
     from marginface.cleaning.review import find_outliers, outlier_items
+    from marginface.data.lists import write_lines
 
     data = _load(args.embeddings)
     out = _out_dir(args)
@@ -187,8 +187,8 @@ def _add_duplicates(kinds: argparse._SubParsersAction) -> None:
 
 
 def run_duplicates(args: argparse.Namespace) -> int:
-    from marginface.cleaning.lists import write_lines, write_merge_map
     from marginface.cleaning.review import find_duplicates, pair_items
+    from marginface.data.lists import write_lines, write_merge_map
 
     data = _load(args.embeddings)
     out = _out_dir(args)
@@ -222,8 +222,8 @@ def _add_overlap(kinds: argparse._SubParsersAction) -> None:
 def run_overlap(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from marginface.cleaning.lists import write_lines
     from marginface.cleaning.review import find_overlap, pair_items
+    from marginface.data.lists import write_lines
 
     train = _load(args.train)
     tests = [_load(files) for files in args.test]

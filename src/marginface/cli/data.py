@@ -39,8 +39,8 @@ def add_prepare_rec(kinds: argparse._SubParsersAction) -> None:
 
 
 def run_prepare_rec(args: argparse.Namespace) -> int:
-    from marginface.cleaning.lists import read_lines
     from marginface.data.folder import FolderDataset
+    from marginface.data.lists import read_lines
     from marginface.data.recordio import write_recordio
 
     dataset = FolderDataset(args.src_folder, skip_bad=args.skip_bad, resize=args.resize,

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from marginface.data.pairs import PairsFile, read_pairs, resolve_images
 from marginface.evaluation import metrics
 from marginface.evaluation.embed import Preprocess, center_crop_resize, embed_files, embed_tensor
-from marginface.evaluation.pairs import PairsFile, read_pairs, resolve_images
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 - :mod:`marginface.models`: the model card and ``load_model`` for every format (re-exported here; the old
   modules ``inference.card``, ``inference.model`` and ``inference.mxnet_format`` stay one release).
-- :mod:`~marginface.inference.images`: input conversion (EXIF, grey / RGBA / 16-bit / CMYK).
+- :mod:`~marginface.data.images`: input conversion (EXIF, grey / RGBA / 16-bit / CMYK).
 - :mod:`~marginface.inference.recognizer`: ``FaceRecognizer`` (embed, verify, identify).
 - :mod:`~marginface.inference.calibrate`: thresholds at a target FAR, written into the card.
 - :mod:`~marginface.inference.gallery`: ``Gallery`` (templates, faiss search, atomic folder format).

@@ -225,7 +225,7 @@ def aligned_face_files(folder: str | os.PathLike, count: int, seed: int = 0) -> 
 
 def _aligned_faces(folder: str | os.PathLike, size: int, count: int) -> np.ndarray:
     """(N, 3, S, S) float32 RGB 0..255 aligned faces from ``folder``; refuses images that are not S x S."""
-    from marginface.inference.images import to_rgb_array
+    from marginface.data.images import to_rgb_array
 
     faces = []
     for path in aligned_face_files(folder, count):

@@ -6,7 +6,7 @@ card's normalisation is applied inside, so training/deployment mix-ups cannot ha
 
 The aligned-input rule: an image that is exactly S x S pixels (S = the card's input size, 112) is taken as an
 already-aligned face and is **not** re-detected; tensors are always aligned faces. Every other image is a raw
-photo: EXIF orientation applied, converted to 8-bit RGB (:mod:`~marginface.inference.images`), faces detected
+photo: EXIF orientation applied, converted to 8-bit RGB (:mod:`~marginface.data.images`), faces detected
 (MTCNN by default), one face chosen by the ``marginface align`` policy (``centre``, ``largest`` or ``score``;
 see :func:`marginface.align.detectors.select_face`), warped onto the ArcFace template. ``aligned=True`` /
 ``False`` overrides the rule for every input of a call. A photo without a face raises
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from marginface.data.images import describe, read_photo, to_rgb_array
 from marginface.errors import NoFaceError, UserError
-from marginface.inference.images import describe, read_photo, to_rgb_array
 from marginface.inference.threads import default_threads
 from marginface.models.load import load_model
 from marginface.models.loaded import LoadedModel

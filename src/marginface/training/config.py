@@ -162,7 +162,7 @@ class LossConfig:
     triplet loss is the whole objective and its parameters are ``params``."""
     triplet_params: dict[str, Any] = field(default_factory=dict)
     """Triplet parameters of the combined objective: margin, distance, mining, semi_hard_fallback
-    (``marginface.metric.TripletLoss``)."""
+    (``marginface.triplet.TripletLoss``)."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.params, dict), "loss.params", "must be a mapping of parameter names to values")
@@ -413,7 +413,7 @@ def triplet_params(config: TrainConfig) -> dict[str, Any]:
 
 def check_triplet_config(config: TrainConfig) -> None:
     """Refuse the settings a triplet objective cannot honour; each error names the field and the fix."""
-    from marginface.metric import TripletLoss
+    from marginface.triplet import TripletLoss
 
     field = "loss.params" if config.loss.name == "triplet" else "loss.triplet_params"
     try:

@@ -1,6 +1,6 @@
 """Fine-tuning in the trainer: the triplet objectives (ArcFace paper §3.5) and starting from a trained model.
 
-- ``loss.name: triplet``: the triplet loss alone (:class:`marginface.metric.TripletLoss`, parameters in
+- ``loss.name: triplet``: the triplet loss alone (:class:`marginface.triplet.TripletLoss`, parameters in
   ``loss.params``); no class centres, the run's ``loss.*`` tensors are empty.
 - ``loss.triplet_weight: lambda > 0`` with a margin loss: ``margin softmax + lambda * triplet`` (triplet parameters
   in ``loss.triplet_params``); the margin loss keeps its centres and its head (dense, chunked or partial_fc).
@@ -15,7 +15,7 @@
   (:func:`class_mean_centres`) instead of random ones.
 - ``model.freeze_bn``: BatchNorm layers in eval mode while training (:func:`set_train_mode`).
 
-Both triplet objectives mine over the global batch under torchrun (see :mod:`marginface.metric.head`) and need
+Both triplet objectives mine over the global batch under torchrun (see :mod:`marginface.triplet.head`) and need
 identity-balanced batches (``data.sampler: pk``). This module holds the logic; the trainer calls
 :func:`triplet_objective`, :func:`init_from_model` and :func:`loss_stats`.
 """
@@ -46,7 +46,7 @@ def triplet_objective(config: TrainConfig, dist_info: Any, placement: Any) -> tu
     stateless, or the margin loss with its centres, built by ``placement``, a replicated
     :class:`marginface.training.placement.ClassPlacement`); ``head(embeddings (B, D), labels (B,))`` is the
     objective."""
-    from marginface.metric import TripletHead, TripletLoss
+    from marginface.triplet import TripletHead, TripletLoss
 
     triplet = TripletLoss(**triplet_params(config))
     if config.loss.name == "triplet":
@@ -58,7 +58,7 @@ def triplet_objective(config: TrainConfig, dist_info: Any, placement: Any) -> tu
 
 def loss_stats(head: nn.Module) -> dict[str, float]:
     """Log values of a triplet head's last forward: the triplet term and the fraction of active triplets."""
-    from marginface.metric import TripletHead
+    from marginface.triplet import TripletHead
 
     if not isinstance(head, TripletHead) or not head.triplet.last_stats:
         return {}

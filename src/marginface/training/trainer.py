@@ -386,8 +386,8 @@ class Trainer:
 
     def _validation_thresholds(self) -> dict[str, Any]:
         """The card's threshold, calibrated on the first validation set's pairs as just embedded, at the smallest
-        FAR they can measure (``inference/calibrate.py``); ``{}`` without a usable validation set."""
-        from marginface.inference.calibrate import calibrate_validation_pairs
+        FAR they can measure (``evaluation/calibration.py``); ``{}`` without a usable validation set."""
+        from marginface.evaluation.calibration import calibrate_validation_pairs
 
         if not self.validation_sets or not getattr(self, "embeddings", None):
             return {}

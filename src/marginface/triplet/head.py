@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from marginface.metric.triplet import TripletLoss
+from marginface.triplet.loss import TripletLoss
 
 
 def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:

@@ -1,0 +1,3 @@
+"""Moved to :mod:`marginface.triplet.head`; kept for one release."""
+
+from marginface.triplet.head import TripletHead, gather_batch  # noqa: F401
