@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from marginface.analysis.angles import embedding_angles
+from marginface.losses.angles import embedding_angles
 
 
 def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
