@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from marginface.analysis.angles import embedding_angles
+from marginface.losses.angles import embedding_angles
 from marginface.runs.layout import RunDir
 from marginface.runs.model import load_run_model  # noqa: F401  (moved to marginface.runs.model; one release)
 

@@ -1,10 +1,13 @@
-"""Angles between embeddings and class centres: theta_y (own centre) and the nearest non-target angle.
+"""Angles between embeddings and a loss's class centres: theta_y (own centre) and the nearest non-target angle.
 
 The ArcFace paper (Fig. 5(b)) reads a model through the distribution of theta_y over the training data at the
 start, middle and end of training. :func:`embedding_angles` computes both angles for any loss's centres;
 :func:`angle_histogram` bins them on fixed bins (so histograms of different steps and runs compare);
-:class:`ThetaRecorder` is the trainer callback (``analysis.theta_every``) that records them from the training
-batches the trainer already embeds — a hook on the head's input, no extra forward pass.
+:class:`ThetaRecorder` records them from the batches a head already receives — a hook on the head's input, no
+extra forward pass (the trainer registers it for ``analysis.theta_every``: ``training/trainer.py``).
+
+Here, beside the losses, because both the trainer (which records) and ``marginface.analysis`` (which draws) use
+it, and training may not import analysis.
 """
 
 from __future__ import annotations
@@ -85,17 +88,8 @@ def angle_statistics(theta_y: Tensor, theta_nn: Tensor) -> dict[str, float]:
     return out
 
 
-def histogram_from_log(series: dict[str, list[tuple[int, float]]], name: str = "theta_y") -> dict[int, np.ndarray]:
-    """{step: (HIST_BINS,) counts} from a run's log (``trainer.read_log``) for ``theta_y`` or ``theta_nn``."""
-    per_step: dict[int, np.ndarray] = {}
-    for i in range(HIST_BINS):
-        for step, value in series.get(f"{name}_hist_{i:02d}", []):
-            per_step.setdefault(step, np.zeros(HIST_BINS))[i] = value
-    return dict(sorted(per_step.items()))
-
-
 class ThetaRecorder:
-    """The ``analysis.theta_every`` callback: angle statistics of the training batch every N steps.
+    """Angle statistics of the training batch every N steps (the trainer's ``analysis.theta_every``).
 
     A forward pre-hook on the head sees the embeddings (B, D) and labels the head is about to use; on a
     recording step (``step_fn() % every == 0``, i.e. the batch that is trained on after that many updates,
@@ -152,16 +146,3 @@ class ThetaRecorder:
             stats["target_logit_mean"] = float(torch.cat(logits).mean())
         step, self._parts = self._step, []
         return step, stats
-
-
-def attach_theta_recorder(trainer) -> ThetaRecorder | None:
-    """Register the recorder on ``trainer.model.head`` when ``config.analysis.theta_every`` > 0, else None."""
-    every = trainer.config.analysis.theta_every
-    if not every:
-        return None
-    if trainer.placement.sharded:
-        raise ValueError("analysis.theta_every needs every class centre in one process; it does not support "
-                         "loss.sharded=true (set analysis.theta_every=0)")
-    recorder = ThetaRecorder(trainer.loss, every, lambda: trainer.step)
-    recorder.attach(trainer.model.head)
-    return recorder

@@ -6,6 +6,11 @@ dense gradients and updates only the visited rows for Partial FC's sparse ones; 
 ArcFace paper. Under ``torchrun`` the backbone and the head are wrapped
 together in one DistributedDataParallel, so the class-centre gradients are averaged too and the loss's running
 state (buffers) is broadcast from rank 0 at every forward.
+
+The public surface, for the app layer (``marginface.experiments``) and anyone driving training from code:
+``Trainer(config, dataset=..., callbacks=[...])``, ``setup()``, ``fit()``, ``train_step`` / ``run_steps``,
+``evaluate`` (the one validation loop), ``validate``, ``snapshot()`` / ``restore()``, ``log``, ``save``; callbacks
+(:class:`Callback`) see ``before_fit``, ``after_step`` and ``after_validation``.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,8 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from marginface import backbones
-from marginface.analysis.angles import attach_theta_recorder
 from marginface.files import atomic_write, atomic_write_text
+from marginface.losses.angles import ThetaRecorder
 from marginface.runs.layout import RunDir
 from marginface.runs.log import append_log, read_log, truncate_log
 from marginface.training import checkpoint as ckpt
@@ -42,6 +49,11 @@ from marginface.training.reshard import SavedStep, load_for_process
 from marginface.training.run_checks import check_resume, record_start
 from marginface.training.run_report import banner, exclude_pause, validation_line
 from marginface.training.schedules import learning_rate
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from marginface.evaluation.verification import VerificationResult
 
 
 def _create_backbone(cfg: TrainConfig) -> nn.Module:
@@ -82,20 +94,95 @@ class FaceModel(nn.Module):
         return self.head(embeddings, labels)  # the head computes in float32 whatever the embedding dtype
 
 
+class Callback:
+    """What a trainer tells the code that registered it (``Trainer(callbacks=[...])`` / :meth:`Trainer.add_callback`).
+
+    Subclass and override the events wanted (each does nothing here), or pass any object with some of these
+    methods. Called on every process, in registration order; a callback reads the trainer's public attributes and
+    may write log rows with :meth:`Trainer.log`.
+    """
+
+    def before_fit(self, trainer: Trainer) -> None:
+        """:meth:`Trainer.fit` starts, at ``trainer.step`` (0, or the resumed step)."""
+
+    def after_step(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        """An optimizer step of :meth:`Trainer.fit` ended; ``step`` counts the updates made (``trainer.step``),
+        ``metrics``: ``loss`` (the batch's mean over ranks) and ``lr``."""
+
+    def after_validation(self, trainer: Trainer, step: int, results: Evaluation) -> None:
+        """:meth:`Trainer.fit` validated the model at ``step`` (every ``validation.every`` steps and at the end)."""
+
+
+@dataclass
+class Evaluation:
+    """Verification of a model on a list of sets: each set's full result and its embeddings.
+
+    Attributes:
+        results: set name -> its :class:`~marginface.evaluation.verification.VerificationResult` (10-fold
+            accuracy, ROC, TAR@FAR).
+        embeddings: set name -> its (2N, D) float32 embeddings (pairs interleaved).
+    """
+
+    results: dict[str, VerificationResult] = field(default_factory=dict)
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def accuracies(self) -> dict[str, float]:
+        """Set name -> mean 10-fold accuracy."""
+        return {name: float(r.accuracy.mean) for name, r in self.results.items()}
+
+    @property
+    def mean_accuracy(self) -> float:
+        """The mean over the sets of :attr:`accuracies` (NaN without a set)."""
+        return sum(self.accuracies.values()) / len(self.results) if self.results else math.nan
+
+
+@dataclass
+class Snapshot:
+    """The trainable state of a set-up trainer at a step (:meth:`Trainer.snapshot`): deep copies, on the devices
+    they live on, of the backbone's and the loss's ``state_dict`` (BatchNorm statistics and loss buffers
+    included), the optimizer's and the gradient scaler's state, and the step (the learning rate and the batches
+    are functions of it). Not the best-so-far record, nor the data loader: both follow from the step."""
+
+    step: int
+    backbone: dict[str, torch.Tensor]
+    loss: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]
+
+
 class Trainer:
     """Owns a run: model, loss, optimizer, data, logs and checkpoints under ``config.output_dir``."""
 
     def __init__(self, config: TrainConfig, allow_schedule_change: bool = False,
-                 dist_info: DistInfo | None = None) -> None:
+                 dist_info: DistInfo | None = None, dataset: Dataset | None = None,
+                 callbacks: Iterable[Callback] = ()) -> None:
         """``dist_info``: train as this process group member instead of joining torchrun's (the AM-LFS search
-        gives each rank a trainer of its own, ``DistInfo()``, while it uses the group for its rewards)."""
+        gives each rank a trainer of its own, ``DistInfo()``, while it uses the group for its rewards).
+        ``dataset``: train on this dataset instead of building one from ``config.data`` (e.g. a cached view of
+        it); it must have ``num_classes`` and hold what ``config.data`` describes, since a resume checks the run's
+        identity and image counts against it. ``callbacks``: see :class:`Callback`."""
         self.config = config
         self.allow_schedule_change = allow_schedule_change  # resume checks: see training/run_checks.py
         self._dist_info = dist_info
+        self._dataset = dataset
+        self.callbacks: list[Callback] = list(callbacks)
         self.resumed_from: Path | None = None
         self.step = 0
         self.best: dict[str, Any] = {}
         self._last_validation: dict[str, float] = {}
+        self._logger: _RunLogger | None = None
+
+    def add_callback(self, callback: Callback) -> Trainer:
+        """Register ``callback`` (after the ones already registered); returns the trainer."""
+        self.callbacks.append(callback)
+        return self
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, event, None)
+            if method is not None:
+                method(self, *args)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> Trainer:
@@ -105,7 +192,7 @@ class Trainer:
         self.dist = self._dist_info or init_from_env(self.device.type)
         self.run_dir = Path(cfg.output_dir)
         self._seed_everything(cfg.seed)
-        self.dataset = build_dataset(cfg.data)
+        self.dataset = self._dataset if self._dataset is not None else build_dataset(cfg.data)
         self.config = cfg = resolve_epochs(cfg, len(self.dataset))  # epochs -> steps, now that N is known
         self.facts = {"world_size": self.dist.world_size, "identities": self.dataset.num_classes,
                       "images": len(self.dataset)}
@@ -136,7 +223,7 @@ class Trainer:
             placement.check_fused_update(self.dist)
             self.model.head.fuse_optimizer(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.theta_recorder = attach_theta_recorder(self)  # analysis.theta_every: a hook on the head's input
+        self.theta_recorder = self._attach_theta_recorder()  # analysis.theta_every: a hook on the head's input
         self._resume(saved)
         self.validation_sets = self._build_validation_sets()
         if self.dist.is_main:
@@ -152,6 +239,20 @@ class Trainer:
         if self.config.deterministic:
             torch.use_deterministic_algorithms(True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+    def _attach_theta_recorder(self) -> ThetaRecorder | None:
+        """``analysis.theta_every`` > 0: a recorder on the head's input whose statistics a callback logs after each
+        step; None otherwise."""
+        every = self.config.analysis.theta_every
+        if not every:
+            return None
+        if self.placement.sharded:
+            raise ValueError("analysis.theta_every needs every class centre in one process; it does not support "
+                             "loss.sharded=true (set analysis.theta_every=0)")
+        recorder = ThetaRecorder(self.loss, every, lambda: self.step)
+        recorder.attach(self.model.head)
+        self.add_callback(_LogTheta(recorder))
+        return recorder
 
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         if not self.dist.enabled:
@@ -274,6 +375,49 @@ class Trainer:
         self.step += 1
         return mean_across_ranks(total, self.dist, self.device)
 
+    def run_steps(self, steps: int, start: int | None = None) -> float:
+        """Train ``steps`` optimizer steps from global step ``start`` (default: ``self.step``), in training mode
+        (``model.freeze_bn`` holds), without logs, validation or checkpoints; returns the mean of their losses.
+
+        The learning rate and the batches are functions of the step, so a copy restored to a snapshot and run from
+        its step trains exactly as the original would (what the AM-LFS search relies on)."""
+        if start is not None:
+            self.step = start
+        finetune.set_train_mode(self.model, self.config.model.freeze_bn)
+        total, done = 0.0, 0
+        for images, labels in self.data_loader():
+            total += self.train_step(images, labels)
+            done += 1
+            if done == steps:
+                break
+        return total / max(done, 1)
+
+    def snapshot(self) -> Snapshot:
+        """Deep copies of the trainable state now (:class:`Snapshot`); :meth:`restore` returns to it."""
+        import copy
+
+        return Snapshot(self.step, copy.deepcopy(self.backbone.state_dict()), copy.deepcopy(self.loss.state_dict()),
+                        copy.deepcopy(self.optimizer.state_dict()), copy.deepcopy(self.scaler.state_dict()))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Load a :meth:`snapshot` (of this trainer or of one set up from the same config) into the model, the
+        optimizer and the scaler, and return to its step; the snapshot stays usable for another restore."""
+        import copy
+
+        self.backbone.load_state_dict(snapshot.backbone)
+        self.loss.load_state_dict(snapshot.loss)
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot.optimizer))  # load_state_dict keeps references
+        if snapshot.scaler:
+            self.scaler.load_state_dict(snapshot.scaler)
+        self.step = snapshot.step
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """Append ``values`` at ``step`` to the run's logs (log.csv, TensorBoard); only while :meth:`fit` runs
+        (the logs are opened there), and written by the main process only."""
+        if self._logger is None:
+            raise RuntimeError("Trainer.log writes into the logs that fit() opens: call it from a callback")
+        self._logger.log(step, values)
+
     def fit(self) -> dict[str, Any]:
         """Train to ``config.steps``; returns the final validation results (and the best seen).
 
@@ -289,20 +433,20 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        logger = _RunLogger(self.run_dir, self.dist.is_main, resumed_at=self.step)
+        logger = self._logger = _RunLogger(self.run_dir, self.dist.is_main, resumed_at=self.step)
         bar = self._bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.dist.is_main, desc="train",
                                unit="step")
         finetune.set_train_mode(self.model, cfg.model.freeze_bn)
+        self._notify("before_fit")
         tick, seen = time.perf_counter(), 0
         saved = None
         for images, labels in self.data_loader():
             loss_value = self.train_step(images, labels)
-            if self.theta_recorder and (recorded := self.theta_recorder.pop()):
-                logger.log(*recorded)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self._notify("after_step", self.step, {"loss": loss_value, "lr": lr})  # e.g. the theta statistics
             seen += images.shape[0] * self.dist.world_size
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 rate = seen / max(time.perf_counter() - tick, 1e-9)
-                lr = self.optimizer.param_groups[0]["lr"]
                 logger.log(self.step, {"loss": loss_value, "lr": lr, "img_per_s": rate,
                                         **finetune.loss_stats(self.model.head)})
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
@@ -316,7 +460,7 @@ class Trainer:
             if stop.requested(self.dist, self.device):
                 folder = saved[1] if saved and saved[0] == self.step else self.save()
                 bar.close()
-                logger.close()
+                self._close_logs()
                 raise stop.interrupted(self.step, str(folder))
             tick += time.perf_counter() - paused  # img/s and the ETA count training steps only
             exclude_pause(bar, time.perf_counter() - paused)
@@ -326,27 +470,42 @@ class Trainer:
         validated_last_step = cfg.validation.every and self.step % cfg.validation.every == 0
         fresh = validated_last_step and self._last_validation  # the loop just validated this very step
         results = self._last_validation if fresh else self._validate_and_keep_best(logger)
-        logger.close()
+        self._close_logs()
         return {"final": results, "best": self.best}
 
+    def _close_logs(self) -> None:
+        if self._logger is not None:
+            self._logger.close()
+            self._logger = None
+
     # ------------------------------------------------------------------ validation and checkpoints
+    def evaluate(self, sets: list[tuple[str, torch.Tensor, np.ndarray]] | None = None,
+                 flip: bool = True) -> Evaluation:
+        """Verify the current backbone on ``sets`` — ``(name, images (2N, 3, 112, 112) in [-1, 1], issame (N,))``
+        triples, default the run's validation sets — in eval mode, ``validation.batch_size`` images per forward,
+        with flip test-time augmentation unless ``flip`` is False; then back to training mode (``model.freeze_bn``
+        holds). The one validation loop: :meth:`validate`, the AM-LFS search's rewards and the demo use it."""
+        from marginface.evaluation.embed import embed_tensor
+        from marginface.evaluation.verification import evaluate_interleaved
+
+        out = Evaluation()
+        for name, images, issame in self.validation_sets if sets is None else sets:
+            emb = embed_tensor(self.backbone, images, batch_size=self.config.validation.batch_size,
+                               flip=flip, device=self.device)
+            out.embeddings[name] = emb
+            out.results[name] = evaluate_interleaved(emb, issame, name=name)
+        finetune.set_train_mode(self.model, self.config.model.freeze_bn)
+        return out
+
     def validate(self) -> dict[str, float]:
-        """Mean 10-fold accuracy on every validation set (flip TTA), in eval mode.
+        """Mean 10-fold accuracy on every validation set (flip TTA), in eval mode: :meth:`evaluate`'s accuracies.
 
         Also kept: ``self.verification`` (each set's full result: ROC, TAR@FAR) and ``self.embeddings`` (each
         set's (2N, D) embeddings), from which ``best.safetensors``'s card gets its calibrated threshold.
         """
-        from marginface.evaluation.embed import embed_tensor
-        from marginface.evaluation.verification import evaluate_interleaved
-
-        self.verification, self.embeddings = {}, {}
-        for name, images, issame in self.validation_sets:
-            emb = embed_tensor(self.backbone, images, batch_size=self.config.validation.batch_size,
-                               flip=True, device=self.device)
-            self.embeddings[name] = emb
-            self.verification[name] = evaluate_interleaved(emb, issame, name=name)
-        finetune.set_train_mode(self.model, self.config.model.freeze_bn)
-        return {name: float(r.accuracy.mean) for name, r in self.verification.items()}
+        evaluation = self._last_evaluation = self.evaluate()
+        self.verification, self.embeddings = evaluation.results, evaluation.embeddings
+        return evaluation.accuracies
 
     def _validate_and_keep_best(self, logger: _RunLogger) -> dict[str, float]:
         if not self.validation_sets:
@@ -363,6 +522,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             tqdm.write(validation_line(self.step, results, is_best))
+        self._notify("after_validation", self.step, self._last_evaluation)
         return results
 
     def _write_best(self) -> None:
@@ -412,6 +572,17 @@ class Trainer:
                                       training_tensors=head)
         barrier(self.dist)
         return folder
+
+
+class _LogTheta(Callback):
+    """``analysis.theta_every``: writes the recorder's statistics of the step just trained into the run's logs."""
+
+    def __init__(self, recorder: ThetaRecorder) -> None:
+        self.recorder = recorder
+
+    def after_step(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        if recorded := self.recorder.pop():
+            trainer.log(*recorded)
 
 
 class _RunLogger:
