@@ -139,7 +139,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from marginface.training.demo import run_demo
+    from marginface.experiments.demo import run_demo
 
     run_demo(args.output_dir, args.steps, fresh=args.fresh)
     return 0

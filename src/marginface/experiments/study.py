@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marginface.training import environment, study_stats
+from marginface.experiments import study_stats
+from marginface.training import environment
 from marginface.training.checkpoint import atomic_write_text
 
 #: results.csv columns before the per-set ones

@@ -35,7 +35,7 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
-    from marginface.training.search import compare_from_scratch, load_search_config, run_search, unpack
+    from marginface.experiments.search import compare_from_scratch, load_search_config, run_search, unpack
     from marginface.training.trainer import clear_run
 
     config = load_search_config(args.config, args.overrides)
@@ -81,7 +81,7 @@ def plot_search(run_dir: str | Path) -> Path | None:
         plt = pyplot()
     except ImportError:  # the plot extra is optional here: no figure
         return None
-    from marginface.training.search import read_search
+    from marginface.experiments.search import read_search
 
     run_dir = Path(run_dir)
     data = read_search(run_dir)
