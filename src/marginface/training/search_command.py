@@ -1,4 +1,4 @@
-"""``marginface search``: AM-LFS loss-function search (see ``training/search.py``) and its figure."""
+"""``marginface search``: AM-LFS loss-function search (see ``experiments/search.py``) and its figure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``marginface study``: run (or resume) a study of arms x seeds and summarise it (see ``training/study.py``)."""
+"""``marginface study``: run (or resume) a study of arms x seeds and summarise it (see ``experiments/study.py``)."""
 
 from __future__ import annotations
 
