@@ -6,8 +6,6 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from marginface.data.lists import read_lines  # moved to marginface.data.lists (training reads it)
-
 
 def write_lines(path: str | Path, lines: Iterable[str], header: str = "") -> Path:
     """Write ``lines`` (after ``# header`` lines) to ``path`` atomically (temp file + os.replace)."""
@@ -18,6 +16,15 @@ def write_lines(path: str | Path, lines: Iterable[str], header: str = "") -> Pat
     tmp.write_text(body, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def read_lines(path: str | Path, what: str = "list") -> list[str]:
+    """Entries of a list file: stripped, blank lines and ``#`` comments skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist (one entry a line, '#' for comments)")
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
 
 
 def read_merge_map(path: str | Path) -> dict[str, str]:

@@ -76,8 +76,8 @@ def build_dataset(config: DataConfig) -> Dataset:
     if config.source == "folder":
         if not path.is_dir():
             raise FileNotFoundError(f"data.path {path} is not a folder (expected root/<identity>/<image>)")
+        from marginface.cleaning.lists import read_lines
         from marginface.data.folder import FolderDataset
-        from marginface.data.lists import read_lines
 
         exclude = read_lines(config.exclude_identities, "data.exclude_identities") \
             if config.exclude_identities else None
