@@ -9,6 +9,7 @@ from marginface.experiments.study import (  # noqa: F401
     Run,
     Study,
     StudySpec,
+    _write_csv,  # noqa: F401 (experiments/embedding_block_study uses it)
     arms_figure,
     columns,
     compare,
@@ -25,3 +26,4 @@ from marginface.experiments.study import (  # noqa: F401
     summary_table,
     train_command,
 )
+
