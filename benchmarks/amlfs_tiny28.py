@@ -1,6 +1,6 @@
 """AM-LFS within a CPU budget (docs/amlfs.md): search, then the from-scratch comparison, with a tiny backbone.
 
-Runs ``marginface.training.search`` in-process on a tiny28 preset — ``configs/search/synthetic_tiny28_amlfs.yaml``
+Runs ``marginface.experiments.search`` in-process on a tiny28 preset — ``configs/search/synthetic_tiny28_amlfs.yaml``
 (synthetic identities, the default) or ``configs/search/celeba299_tiny28_amlfs.yaml`` (real faces) — with
 the backbone ``tiny28`` (``marginface.backbones.tiny``; the presets set ``fix_gamma: false``, as these runs were
 made): the 112x112 input average-pooled to 28x28 and three strided conv-BN-PReLU layers, ~100x cheaper than
@@ -29,7 +29,7 @@ def memoise_rendering() -> None:
 
 
 def timing(config) -> dict[str, float]:
-    from marginface.training.search import search_reward
+    from marginface.experiments.search import search_reward
     from marginface.training.trainer import Trainer
 
     trainer = Trainer(config.train).setup()
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     memoise_rendering()
-    from marginface.training.search import (
+    from marginface.experiments.search import (
         compare_from_scratch,
         load_search_config,
         run_search,

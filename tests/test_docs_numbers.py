@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from marginface import losses
-from marginface.training import study, study_stats
+from marginface.experiments import study, study_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV = ROOT / "docs" / "results" / "celeba299_tiny28_losses.csv"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from marginface.experiments.demo import demo_config
 from marginface.training.config import ConfigError, load_config
-from marginface.training.demo import demo_config
 from marginface.training.schedules import learning_rate
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))

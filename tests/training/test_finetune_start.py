@@ -166,7 +166,7 @@ def test_steps_0_checkpoints_the_starting_model_as_is(tmp_path, init_model):  # 
 
 
 def test_frozen_bn_statistics_stay_frozen_through_a_step_of_the_trainer_and_the_search(tmp_path):
-    from marginface.training.search import train_copy
+    from marginface.experiments.search import train_copy
 
     changed = {}
     for freeze in (True, False):

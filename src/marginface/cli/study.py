@@ -1,4 +1,4 @@
-"""``marginface study``: run (or resume) a study of arms x seeds and summarise it (see ``training/study.py``)."""
+"""``marginface study``: run (or resume) a study of arms x seeds and summarise it (see ``experiments/study.py``)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def add_study(subparsers: argparse._SubParsersAction) -> None:
 
 def run_study_command(args: argparse.Namespace) -> int:
     from marginface.errors import UserError
-    from marginface.training import study
+    from marginface.experiments import study
 
     spec = study.load_study(args.spec)
     if args.lanes:
@@ -86,7 +86,7 @@ def run_study_command(args: argparse.Namespace) -> int:
 
 
 def _dry_run(spec, out: Path, as_json: bool) -> int:
-    from marginface.training import study
+    from marginface.experiments import study
 
     done = study.finished(out / "results.csv")
     plan = [{"arm": r.arm, "seed": r.seed, "status": study.status(r, done),
@@ -101,7 +101,7 @@ def _dry_run(spec, out: Path, as_json: bool) -> int:
 
 def _compare(rows, sets: list[str], pairs: list[str], as_json: bool) -> int:
     from marginface.errors import UserError
-    from marginface.training import study
+    from marginface.experiments import study
 
     found = []
     for pair in pairs:
@@ -137,7 +137,7 @@ def _compare(rows, sets: list[str], pairs: list[str], as_json: bool) -> int:
 def _correct(found: list[dict]) -> int:
     """Holm-correct the p-values of one ``--compare`` call together (in place: ``p_holm``, ``comparisons``);
     returns how many comparisons had a test (two seeds or more per arm)."""
-    from marginface.training.study_stats import holm
+    from marginface.experiments.study_stats import holm
 
     adjusted = holm([f["p"] for f in found])
     tested = sum(1 for p in adjusted if p == p)

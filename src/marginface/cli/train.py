@@ -92,7 +92,7 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from marginface.training.demo import run_demo as demo
+    from marginface.experiments.demo import run_demo as demo
 
     demo(args.output_dir, args.steps, fresh=args.fresh)
     return 0

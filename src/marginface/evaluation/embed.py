@@ -110,11 +110,14 @@ def embed_batches(
     device: str | torch.device = "cpu",
     total: int | None = None,
     desc: str = "embed",
+    normalize: bool = True,
 ) -> np.ndarray:
     """Embed (B, 3, H, W) batches in [-1, 1] -> (N, D) float32 L2-normalised embeddings, in input order.
 
     With ``flip``, each row is ``normalise(model(x) + model(mirror(x)))`` (see the module docstring). The model
-    is put in eval mode for the duration and restored afterwards.
+    is put in eval mode for the duration and restored afterwards. ``normalize=False`` returns the raw (summed)
+    embeddings instead, whose norms IJB's template pooling uses as a quality weight. ``total``: the number of
+    images, for the progress bar.
     """
     was_training = model.training
     model.eval()
@@ -126,7 +129,7 @@ def embed_batches(
                 emb = model(batch).float()
                 if flip:
                     emb = emb + model(torch.flip(batch, dims=[3])).float()
-                out.append(torch.nn.functional.normalize(emb, dim=1).cpu())
+                out.append((torch.nn.functional.normalize(emb, dim=1) if normalize else emb).cpu())
                 bar.update(batch.shape[0])
     finally:
         model.train(was_training)

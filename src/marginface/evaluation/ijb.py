@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from marginface.evaluation import metrics
+from marginface.evaluation.embed import embed_batches
 
 #: the 1:N gallery file suffixes of each release (IJB-B calls its two galleries S1/S2, IJB-C G1/G2).
 GALLERIES = {"ijbb": ("S1", "S2"), "ijbc": ("G1", "G2")}
@@ -252,30 +252,16 @@ def align_crop(path: str | Path, landmarks: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.float32) / 127.5 - 1.0
 
 
-@torch.inference_mode()
 def embed_images(
     model: nn.Module, meta: IJBMeta, *, flip: bool = True, batch_size: int = 128, device: str | torch.device = "cpu",
     workers: int = 0,
 ) -> np.ndarray:
-    """Raw (un-normalised) embeddings of every image of ``meta``: (N, D) float32, flip-summed when ``flip``."""
-    loader = torch.utils.data.DataLoader(_AlignedCrops(meta.root / "loose_crop", meta.images, meta.landmarks),
-                                         batch_size=batch_size, num_workers=workers, shuffle=False)
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for batch in tqdm(loader, desc=f"embed {meta.name}", unit="batch"):
-            batch = batch.to(device)
-            emb = model(batch).float()
-            if flip:
-                emb = emb + model(torch.flip(batch, dims=[3])).float()
-            out.append(emb.cpu())
-    finally:
-        model.train(was_training)
-    result = torch.cat(out).numpy()
-    if not np.isfinite(result).all():
-        raise ValueError("the model produced NaN/inf embeddings; check the checkpoint and the input range")
-    return result
+    """Raw (un-normalised) embeddings of every image of ``meta``: (N, D) float32, flip-summed when ``flip``
+    (``evaluation.embed.embed_batches`` with ``normalize=False``)."""
+    crops = _AlignedCrops(meta.root / "loose_crop", meta.images, meta.landmarks)
+    loader = torch.utils.data.DataLoader(crops, batch_size=batch_size, num_workers=workers, shuffle=False)
+    return embed_batches(model, loader, flip=flip, device=device, total=len(crops), desc=f"embed {meta.name}",
+                         normalize=False)
 
 
 # ---------------------------------------------------------------------------------------------- pooling

@@ -20,7 +20,7 @@ from marginface.data.synthetic import SyntheticFaces
 from marginface.errors import UserError
 from marginface.runs.layout import LOSS_CURVE, TARGET_LOGIT_TRAINING, RunDir
 from marginface.training.config import TrainConfig, config_from_dict
-from marginface.training.trainer import Trainer
+from marginface.training.trainer import Callback, Evaluation, Trainer
 
 DEMO: dict[str, Any] = {
     "data": {"source": "synthetic", "synthetic_identities": 100, "synthetic_images_per_identity": 24,
@@ -84,9 +84,27 @@ class _RenderedOnce(SyntheticFaces):
         return self._cache[key]
 
 
-class DemoTrainer(Trainer):
-    """The demo's trainer: :meth:`Trainer.validate` keeps each validation's full result (``verification``: scores,
-    ROC) and embeddings, which the demo's figures and its resume use."""
+#: The demo trains with the plain :class:`Trainer` (its own dataset through ``Trainer(dataset=...)``, its figures'
+#: results through a callback); this name of its former subclass is kept for one release.
+DemoTrainer = Trainer
+
+
+class _LastValidation(Callback):
+    """Keeps the trainer's last validation (each set's full result and embeddings) for the demo's figures."""
+
+    def __init__(self) -> None:
+        self.evaluation: Evaluation | None = None
+
+    def after_validation(self, trainer: Trainer, step: int, results: Evaluation) -> None:
+        self.evaluation = results
+
+
+def demo_dataset(config: TrainConfig):  # noqa: ANN201 (a torch Dataset)
+    """The demo's training data: ``config.data``, its synthetic images rendered once and kept."""
+    from marginface.training.data import build_dataset
+
+    dataset = build_dataset(config.data)
+    return _RenderedOnce(dataset) if isinstance(dataset, SyntheticFaces) else dataset
 
 
 #: The held-out embeddings of the untrained model (``(2N, D)`` float32), kept so that a resumed demo reports
@@ -134,15 +152,15 @@ def run_demo(output_dir: str = "runs/demo", steps: int | None = None, fresh: boo
         if state == "complete":
             print(f"{output_dir} holds a finished demo: starting a new one there")
         clear_run(output_dir)
-    trainer = DemoTrainer(config).setup()
-    if isinstance(trainer.dataset, SyntheticFaces):
-        trainer.dataset = _RenderedOnce(trainer.dataset)
+    last = _LastValidation()
+    trainer = Trainer(config, dataset=demo_dataset(config), callbacks=[last]).setup()
     before_result = _before_training(trainer)
     before = float(before_result.accuracy.mean)
     print(f"held-out synthetic verification before training: {before:.2%}")
     results = trainer.fit()
     after = results["final"]["synthetic_heldout"]
-    after_result = trainer.verification["synthetic_heldout"]
+    assert last.evaluation is not None  # fit validates at the end (validation.synthetic_pairs is set)
+    after_result = last.evaluation.results["synthetic_heldout"]
     print(f"held-out synthetic verification after {trainer.step} steps: {after:.2%}")
     plot_loss_curve(output_dir)
     report = write_demo_figures(trainer, before_result, after_result, time.perf_counter() - start)
@@ -150,7 +168,7 @@ def run_demo(output_dir: str = "runs/demo", steps: int | None = None, fresh: boo
     return {"before": before, "after": after}
 
 
-def _before_training(trainer: DemoTrainer):  # noqa: ANN202 (VerificationResult)
+def _before_training(trainer: Trainer):  # noqa: ANN202 (VerificationResult)
     """The untrained model's held-out result: measured now on a new run, recomputed from the saved embeddings
     on a resumed one (its weights are no longer the untrained ones)."""
     from marginface.evaluation.verification import evaluate_interleaved
@@ -159,9 +177,9 @@ def _before_training(trainer: DemoTrainer):  # noqa: ANN202 (VerificationResult)
     _, _, issame = trainer.validation_sets[0]
     if trainer.step and path.is_file():
         return evaluate_interleaved(np.load(path, allow_pickle=False), issame, name="synthetic_heldout")
-    trainer.validate()
-    np.save(path, trainer.embeddings["synthetic_heldout"], allow_pickle=False)
-    return trainer.verification["synthetic_heldout"]
+    evaluation = trainer.evaluate()
+    np.save(path, evaluation.embeddings["synthetic_heldout"], allow_pickle=False)
+    return evaluation.results["synthetic_heldout"]
 
 
 def write_demo_figures(trainer: Trainer, before, after, seconds: float):

@@ -32,7 +32,6 @@ the last finished round and gives the same result as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import dataclasses
 import io
@@ -50,6 +49,7 @@ from marginface.files import atomic_write, atomic_write_text
 from marginface.runs.layout import SEARCH_STATE, RunDir
 from marginface.training.config import ConfigError, TrainConfig, _build, apply_overrides, config_from_dict
 from marginface.training.distributed import DistInfo, init_from_env
+from marginface.training.trainer import Snapshot, Trainer
 
 STATE_FILE = SEARCH_STATE  # moved to marginface.runs.layout; kept for one release
 PARTS = ("logit_slopes", "logit_intercepts", "prob_slopes", "prob_intercepts")
@@ -188,65 +188,34 @@ class SearchState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _snapshot(trainer) -> dict[str, Any]:
-    return {"backbone": copy.deepcopy(trainer.backbone.state_dict()),
-            "loss": copy.deepcopy(trainer.loss.state_dict()),
-            "optimizer": copy.deepcopy(trainer.optimizer.state_dict())}
+def train_copy(trainer: Trainer, first_step: int, steps: int) -> float:
+    """Advance the trainer's model ``steps`` steps from global step ``first_step``; returns the mean loss
+    (``Trainer.run_steps``: training mode, ``model.freeze_bn`` holds)."""
+    return trainer.run_steps(steps, start=first_step)
 
 
-def _restore(trainer, snapshot: dict[str, Any]) -> None:
-    trainer.backbone.load_state_dict(snapshot["backbone"])
-    trainer.loss.load_state_dict(snapshot["loss"])
-    trainer.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
-
-
-def train_copy(trainer, first_step: int, steps: int) -> float:
-    """Advance the trainer's model ``steps`` steps from global step ``first_step``; returns the mean loss."""
-    from marginface.training.finetune import set_train_mode
-
-    trainer.step = first_step
-    set_train_mode(trainer.model, trainer.config.model.freeze_bn)  # model.freeze_bn holds here too
-    total, done = 0.0, 0
-    for images, labels in trainer.data_loader():
-        total += trainer.train_step(images, labels)
-        done += 1
-        if done == steps:
-            break
-    return total / max(done, 1)
-
-
-def search_reward(trainer) -> float:
+def search_reward(trainer: Trainer) -> float:
     """R: mean 10-fold verification accuracy over the trainer's validation sets, without flip TTA (half the cost
     of ``Trainer.validate``; the reward only ranks the B copies)."""
-    from marginface.evaluation.embed import embed_tensor
-    from marginface.evaluation.verification import evaluate_interleaved
-    from marginface.training.finetune import set_train_mode
-
-    accuracies = []
-    for name, images, issame in trainer.validation_sets:
-        emb = embed_tensor(trainer.backbone, images, batch_size=trainer.config.validation.batch_size, flip=False,
-                           device=trainer.device)
-        accuracies.append(float(evaluate_interleaved(emb, issame, name=name).accuracy.mean))
-    set_train_mode(trainer.model, trainer.config.model.freeze_bn)  # model.freeze_bn holds here too
-    return sum(accuracies) / len(accuracies)
+    return trainer.evaluate(flip=False).mean_accuracy
 
 
-def run_round(trainer, config: SearchConfig, state: SearchState, group: Workers | None = None) -> SearchState:
+def run_round(trainer: Trainer, config: SearchConfig, state: SearchState, group: Workers | None = None) -> SearchState:
     """One round: sample B losses, train B copies (this process's share of them, in turn), reward, REINFORCE,
     broadcast the best copy."""
     s, group = config.search, group or Workers()
     samples = state.mean + s.sigma * torch.randn(s.samples, state.mean.numel(), generator=state.generator,
                                                  dtype=torch.float64)
-    start, first_step = _snapshot(trainer), state.round * s.steps_per_round
+    start, first_step = trainer.snapshot(), state.round * s.steps_per_round
     rewards, losses_ = torch.zeros(s.samples, dtype=torch.float64), torch.zeros(s.samples, dtype=torch.float64)
     best = None
     for i in group.mine(s.samples):
-        _restore(trainer, start)
+        trainer.restore(start)
         trainer.loss.set_transform(**unpack(samples[i], s))
         losses_[i] = train_copy(trainer, first_step, s.steps_per_round)
         rewards[i] = search_reward(trainer)
         if best is None or rewards[i] > rewards[best[0]]:
-            best = (i, _snapshot(trainer))
+            best = (i, trainer.snapshot())
     rewards, losses_ = group.sum(rewards), group.sum(losses_)
     winner = int(rewards.argmax())  # the first of equal rewards, on every rank alike
     new_mean = reinforce_update(state.mean, samples, rewards, s.sigma, s.lr, s.reward)
@@ -254,9 +223,10 @@ def run_round(trainer, config: SearchConfig, state: SearchState, group: Workers 
         # the winner is the first index with the highest reward, so its owner kept it as its own best copy
         # (summing zeros leaves every reward exact)
         assert best is not None and best[0] == winner, (best and best[0], winner)
-        _restore(trainer, best[1])
-    group.broadcast_model(trainer, group.owner(winner))  # the paper's broadcast of the best model to every copy
-    trainer.step = first_step + s.steps_per_round
+        trainer.restore(best[1])
+    # the paper's broadcast of the best model to every copy; every rank trained a copy, so each is at the round's
+    # last step already
+    group.broadcast_model(trainer, group.owner(winner))
     record = {"round": state.round, "mean_before": state.mean.tolist(), "mean_after": new_mean.tolist(),
               "samples": samples.tolist(), "rewards": rewards.tolist(), "train_losses": losses_.tolist(),
               "best": winner}
@@ -290,7 +260,7 @@ class Workers:
 
             dist.barrier()
 
-    def broadcast_model(self, trainer, source: int) -> None:
+    def broadcast_model(self, trainer: Trainer, source: int) -> None:
         """Every tensor of the weights and the optimizer state from rank ``source`` (same structure everywhere:
         every rank trained at least one copy of the same model)."""
         if self.world_size == 1:
@@ -304,7 +274,7 @@ class Workers:
             dist.broadcast(tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor, src=source)
 
 
-def save_state(run_dir: Path, trainer, state: SearchState) -> None:
+def save_state(run_dir: Path, trainer: Trainer, state: SearchState) -> None:
     """Atomically write the search state and the broadcast model (one safetensors file)."""
     from safetensors.torch import save_file
 
@@ -319,8 +289,9 @@ def save_state(run_dir: Path, trainer, state: SearchState) -> None:
     atomic_write(RunDir(run_dir).search_state, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def load_state(run_dir: Path, trainer, settings: SearchSettings) -> SearchState | None:
-    """The saved search state (and the broadcast model, loaded into ``trainer``), or None when there is none."""
+def load_state(run_dir: Path, trainer: Trainer, settings: SearchSettings) -> SearchState | None:
+    """The saved search state (and the broadcast model at the round's step, restored into ``trainer``), or None
+    when there is none."""
     path = RunDir(run_dir).search_state
     if not path.is_file():
         return None
@@ -332,17 +303,18 @@ def load_state(run_dir: Path, trainer, settings: SearchSettings) -> SearchState 
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
-    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    ckpt.load_model_tensors(model, trainer.backbone, trainer.loss)
-    optim = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
-    trainer.optimizer.load_state_dict(ckpt.unflatten_optimizer(optim, json.loads(meta["optimizer"])))
     if tensors["search.mean"].numel() != identity_mean(settings).numel():
         raise ValueError(f"{path} holds a search over {tensors['search.mean'].numel()} parameters but the config "
                          f"searches {identity_mean(settings).numel()}: use a fresh output_dir (or --fresh)")
     generator = torch.Generator()
     generator.set_state(tensors["search.generator"])
     state = SearchState(int(meta["round"]), tensors["search.mean"].clone(), generator, json.loads(meta["history"]))
-    trainer.step = state.round * settings.steps_per_round
+    optim = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+    trainer.restore(Snapshot(  # the scaler's state is not saved (searches run in fp32 / bf16): empty, left as is
+        step=state.round * settings.steps_per_round,
+        backbone={k[len("model.backbone."):]: v for k, v in tensors.items() if k.startswith("model.backbone.")},
+        loss={k[len("model.loss."):]: v for k, v in tensors.items() if k.startswith("model.loss.")},
+        optimizer=ckpt.unflatten_optimizer(optim, json.loads(meta["optimizer"])), scaler={}))
     return state
 
 
@@ -367,8 +339,6 @@ def write_log(run_dir: Path, settings: SearchSettings, history: list[dict[str, A
 def run_search(config: SearchConfig, max_rounds: int | None = None, progress: bool = True) -> SearchState:
     """Run (or resume) the search in ``config.train.output_dir``; stops after ``max_rounds`` new rounds if given."""
     from tqdm.auto import tqdm
-
-    from marginface.training.trainer import Trainer
 
     settings, run_dir = config.search, Path(config.train.output_dir)
     group = _join_workers(config)
@@ -479,19 +449,14 @@ def score_search_model(config: SearchConfig, tests: list[tuple[str, torch.Tensor
     It had B copies' compute and a best-of-B choice per round on the reward sets: its "validation" accuracy is
     optimistic; only "test" compares fairly with the from-scratch runs.
     """
-    from marginface.training.trainer import Trainer
-
     with contextlib.redirect_stdout(io.StringIO()):  # the trainer's start record of a run already reported
         trainer = Trainer(_search_train_config(config), dist_info=DistInfo()).setup()
     state = load_state(Path(config.train.output_dir), trainer, config.search)
     if state is None or state.round < config.search.rounds:
         return None
-    validation = trainer.validate()
-    scores = {"steps": trainer.step, "validation": sum(validation.values()) / len(validation)}
+    scores = {"steps": trainer.step, "validation": trainer.evaluate().mean_accuracy}
     if tests:
-        trainer.validation_sets = tests
-        test = trainer.validate()
-        scores["test"] = sum(test.values()) / len(test)
+        scores["test"] = trainer.evaluate(tests).mean_accuracy
     return scores
 
 
@@ -506,8 +471,6 @@ def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[i
     and per kind ("validation", "test"), each seed's accuracy (mean over the sets), their mean and sample std,
     and the search's own final model scored the same way (:func:`score_search_model`).
     """
-    from marginface.training.trainer import Trainer
-
     settings, run_dir = config.search, Path(config.train.output_dir)
     tests = search_test_sets(config, test_bins)
     search_model = score_search_model(config, tests)
@@ -521,10 +484,8 @@ def compare_from_scratch(config: SearchConfig, mean: torch.Tensor, seeds: list[i
             trainer = Trainer(cfg, dist_info=DistInfo()).setup()  # one process, even under torchrun
             final = trainer.fit()["final"]
             runs[name]["validation"].append(sum(final.values()) / len(final))
-            if tests:
-                trainer.validation_sets = tests  # the same evaluation as the final validation, on other people
-                accuracy = trainer.validate()
-                runs[name]["test"].append(sum(accuracy.values()) / len(accuracy))
+            if tests:  # the same evaluation as the final validation, on other people
+                runs[name]["test"].append(trainer.evaluate(tests).mean_accuracy)
             if progress:
                 print(f"from scratch, seed {seed}, {name}: validation (reward) accuracy "
                       f"{runs[name]['validation'][-1]:.4f}"

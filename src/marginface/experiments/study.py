@@ -14,8 +14,10 @@ run's raw numbers in one CSV, the spread over seeds in the summary. The spec (YA
     lanes: 2                                                # runs side by side, cpu_count // lanes threads each
 
 Each run is exactly ``marginface train --config PRESET OVERRIDES ARM_OVERRIDES seed=S output_dir=OUT/ARM_sS``
-(``--dry-run`` prints these commands), then ``marginface eval --checkpoint <final step> --bins ... --json``, both in
-child processes so that the lanes run in parallel with a fixed number of threads each. ``OUT/results.csv`` gets a
+(``--dry-run`` prints these commands), then ``marginface eval --checkpoint <final step> --bins ... --json``: the
+library calls behind them, each in a child process (``python -m marginface.experiments.study_worker``, see
+:mod:`study_worker`) so that the lanes run in parallel with a fixed number of threads each; the evaluation's JSON
+comes back as ``OUT/logs/ARM_sS.eval.json``, which the worker writes. ``OUT/results.csv`` gets a
 row per evaluated run (written atomically), ending with the environment it was computed in (torch, numpy and
 python versions, the marginface commit and whether tracked files had uncommitted changes, the device with its CPU
 model or GPU name, torch's intra-op threads: ``environment.FIELDS``; empty in rows written before they were
@@ -42,9 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from marginface.experiments import study_stats
 from marginface.runs.layout import RunDir
-from marginface.training import environment, study_stats
-from marginface.training.checkpoint import atomic_write_text
+from marginface.training import environment
+from marginface.files import atomic_write_text
 
 #: results.csv columns before the per-set ones
 BASE_COLUMNS = ["arm", "seed", "steps", "train_wall_s", "eval_wall_s"]
@@ -179,8 +182,21 @@ def status(run: Run, done: set[tuple[str, str]]) -> str:
     return "resume" if run.run_dir.exists() else "train"
 
 
+def run_job(job: dict[str, Any], shown: list[str], log: Path, env: dict[str, str]) -> int:
+    """Run a :mod:`study_worker` job in a child process with ``env``; its output is appended to ``log`` after the
+    line ``$ <shown>`` (the ``marginface`` command the job equals). Returns its exit status."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(shown)}\n")
+        f.flush()
+        return subprocess.run([sys.executable, "-m", "marginface.experiments.study_worker", json.dumps(job)],
+                              stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
+
+
 def run_child(argv: list[str], log: Path, env: dict[str, str]) -> int:
-    """Run a ``marginface`` command in a child process (``python -m marginface.cli``), output appended to ``log``."""
+    """Run a ``marginface`` command in a child process (``python -m marginface.cli``), output appended to ``log``.
+
+    No longer what the study runs (it runs :func:`run_job`); kept for one release."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
         f.write(f"$ {' '.join(argv)}\n")
@@ -239,8 +255,10 @@ class Study:
         timing_file = run.log.with_suffix(".json")
         timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {"train_wall_s": 0.0}
         if final_checkpoint(run) is None:
+            command = train_command(self.spec, run)
             start = time.perf_counter()
-            code = run_child(train_command(self.spec, run), run.log, self.env())
+            code = run_job({"task": "train", "preset": self.spec.preset, "overrides": command[4:]}, command, run.log,
+                           self.env())
             timing["train_wall_s"] += time.perf_counter() - start
             atomic_write_text(timing_file, json.dumps(timing))
             if code != 0:
@@ -249,15 +267,17 @@ class Study:
         if checkpoint is None:
             return f"training ended without a final checkpoint; see {run.log}"
         report = run.log.with_name(f"{run.arm}_s{run.seed}.eval.json")
+        device = eval_device(run)
         argv = ["marginface", "eval", "--checkpoint", str(checkpoint), "--bins", *self.spec.bins, "--json",
-                "--roc", "", "--device", eval_device(run), *([] if self.spec.flip else ["--no-flip"])]
+                "--roc", "", "--device", device, *([] if self.spec.flip else ["--no-flip"])]
+        job = {"task": "evaluate", "checkpoint": str(checkpoint), "bins": self.spec.bins, "flip": self.spec.flip,
+               "device": device, "result": str(report)}
         start = time.perf_counter()
-        code = run_child(argv, run.log, self.env())
+        code = run_job(job, argv, run.log, self.env())
         eval_wall = time.perf_counter() - start
         if code != 0:
             return f"evaluation exited with {code}; see {run.log}"
-        result = _last_json(run.log)
-        atomic_write_text(report, json.dumps(result, indent=2))
+        result = json.loads(report.read_text())
         row = self._row(run, checkpoint, timing["train_wall_s"], eval_wall, result)
         self._append(row | self.environment(eval_device(run)))
         return ""
@@ -300,7 +320,8 @@ class Study:
 
 
 def _last_json(log: Path) -> dict:
-    """The JSON object ``marginface eval --json`` printed last into ``log`` (it ends the file)."""
+    """The JSON object ``marginface eval --json`` printed last into ``log`` (it ends the file): the result of a
+    study log written before the worker wrote it as ``<run>.eval.json`` (the evaluation job still prints it)."""
     text = log.read_text()
     start = text.rfind("\n{\n")
     if start < 0:

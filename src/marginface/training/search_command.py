@@ -1,4 +1,4 @@
-"""The figure of an AM-LFS loss-function search (``training/search.py``): ``search.png`` in its run folder.
+"""The figure of an AM-LFS loss-function search (``experiments/search.py``): ``search.png`` in its run folder.
 
 The ``marginface search`` command that draws it after a search is in ``marginface/cli/search.py``."""
 
@@ -19,7 +19,7 @@ def plot_search(run_dir: str | Path) -> Path | None:
         plt = pyplot()
     except ImportError:  # the plot extra is optional here: no figure
         return None
-    from marginface.training.search import read_search
+    from marginface.experiments.search import read_search
 
     run_dir = Path(run_dir)
     data = read_search(run_dir)

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from marginface.evaluation.verification import VerificationResult
 
 
-def _create_backbone(cfg: TrainConfig) -> nn.Module:
+def create_backbone(cfg: TrainConfig) -> nn.Module:
     """The run's backbone; a ``model.params`` key the backbone does not take (or one that repeats a field of its
     own, e.g. ``dropout``) is a ConfigError naming the field, not a TypeError from deep inside the constructor."""
     from marginface.training.config import ConfigError
@@ -70,6 +70,8 @@ def _create_backbone(cfg: TrainConfig) -> nn.Module:
                           f"({err}); use its keyword arguments (marginface.backbones.create's docstring lists "
                           "them) and set embedding_size / dropout / output / checkpointing as model.<field>") from err
 
+
+_create_backbone = create_backbone  # the former private name (experiments/embedding_block_study imports it)
 
 class FaceModel(nn.Module):
     """Backbone + head as one module: ``model(images, labels)`` is the mean loss (what DDP wraps).
@@ -199,7 +201,7 @@ class Trainer:
         saved = SavedStep.newest(self.run_dir)  # what a resume continues (training/reshard.py); None: a new run
         self.config_changes = check_resume(self.run_dir, config_to_dict(cfg), self.facts, self.allow_schedule_change,
                                            has_checkpoint=saved is not None)
-        self.backbone = _create_backbone(cfg)
+        self.backbone = create_backbone(cfg)
         self.placement = placement = ClassPlacement.for_run(cfg, self.dist, self.dataset.num_classes)
         if finetune.uses_triplet(cfg):  # triplet alone, or margin softmax + lambda * triplet (training/finetune.py)
             self.loss, head = finetune.triplet_objective(cfg, self.dist, placement)

@@ -16,7 +16,7 @@ from PIL import Image
 from marginface.cli import main
 from marginface.data.bins import write_verification_bin
 from marginface.data.synthetic import render_face, synthetic_pairs
-from marginface.training import study
+from marginface.experiments import study
 
 TINY = ["data.source=synthetic", "data.synthetic_identities=6", "data.synthetic_images_per_identity=2",
         "model.backbone=mobilefacenet", "model.embedding_size=32", "batch_size=4", "steps=2", "log_every=1",

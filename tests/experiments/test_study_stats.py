@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from marginface.training import study_stats
+from marginface.experiments import study_stats
 
 
 def _t_density(x: np.ndarray, df: float) -> np.ndarray:

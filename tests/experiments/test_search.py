@@ -13,8 +13,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from marginface.training.config import ConfigError
-from marginface.training.search import (
+from marginface.experiments.search import (
     STATE_FILE,
     SearchSettings,
     identity_mean,
@@ -26,6 +25,7 @@ from marginface.training.search import (
     train_copy,
     unpack,
 )
+from marginface.training.config import ConfigError
 from marginface.training.search_command import plot_search
 
 
@@ -221,7 +221,7 @@ def test_cli_search_reports_a_bad_config_in_one_line(tmp_path, capsys):
 def test_the_from_scratch_test_set_is_people_the_search_never_saw(tmp_path):
     """Synthetic test identities are a block after the reward's: no image equals a training or reward image."""
     from marginface.data.synthetic import synthetic_splits
-    from marginface.training.search import search_test_sets
+    from marginface.experiments.search import search_test_sets
 
     config = tiny_search(tmp_path, "sets")
     (name, test_images, issame), = search_test_sets(config)
@@ -234,7 +234,7 @@ def test_the_from_scratch_test_set_is_people_the_search_never_saw(tmp_path):
 
 
 def test_a_reward_set_cannot_be_the_test_set(tmp_path):
-    from marginface.training.search import search_test_sets
+    from marginface.experiments.search import search_test_sets
 
     config = tiny_search(tmp_path, "leak")
     config.train.validation.bins = [str(tmp_path / "lfw.bin")]
@@ -249,7 +249,7 @@ def test_from_scratch_reports_the_test_accuracy_of_each_final_model(tmp_path):
     from marginface.backbones import create
     from marginface.evaluation.embed import embed_tensor, load_backbone
     from marginface.evaluation.verification import evaluate_interleaved
-    from marginface.training.search import compare_from_scratch, search_test_sets
+    from marginface.experiments.search import compare_from_scratch, search_test_sets
 
     no_search = compare_from_scratch(tiny_search(tmp_path, "nosearch"), identity_mean(TINY_SETTINGS) + 0.1,
                                      seeds=[0], steps=1, progress=False)

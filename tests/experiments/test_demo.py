@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from marginface.analysis.report import referenced_files, write_report
+from marginface.experiments.demo import DemoTrainer, _RenderedOnce, demo_config, write_demo_figures
 from marginface.training.config import load_config
-from marginface.training.demo import DemoTrainer, _RenderedOnce, demo_config, write_demo_figures
 
 
 @pytest.mark.slow
@@ -58,7 +58,7 @@ def test_demo_steps_override_keeps_a_valid_schedule():
 @pytest.fixture
 def tiny_demo(monkeypatch):
     """The demo shrunk to seconds: 4 identities, 20 held-out pairs, D=16, no figures (they have their own test)."""
-    from marginface.training import demo
+    from marginface.experiments import demo
 
     small = {**demo.DEMO, "data": {**demo.DEMO["data"], "synthetic_identities": 4, "synthetic_images_per_identity": 4},
              "model": {"backbone": "mobilefacenet", "embedding_size": 16}, "batch_size": 8, "log_every": 1,
