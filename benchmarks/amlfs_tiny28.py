@@ -63,7 +63,7 @@ def main() -> None:
         search_test_sets,
         unpack,
     )
-    from marginface.training.search_command import plot_search
+    from marginface.experiments.search_figure import plot_search
     from marginface.training.trainer import clear_run
 
     config = load_search_config(args.preset, [f"output_dir={args.out}", *args.overrides])

@@ -26,7 +26,7 @@ from marginface.experiments.search import (
     unpack,
 )
 from marginface.training.config import ConfigError
-from marginface.training.search_command import plot_search
+from marginface.experiments.search_figure import plot_search
 
 
 def test_reinforce_update_equals_the_hand_computed_step():

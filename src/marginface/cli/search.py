@@ -1,5 +1,5 @@
 """``marginface search``: AM-LFS loss-function search (library: ``training/search.py``; its figure:
-``training/search_command.py``)."""
+``experiments/search_figure.py``)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     shutdown()  # under torchrun the ranks are done together; what follows is rank 0's, in one process
     if int(os.environ.get("RANK", "0")) > 0:
         return 0
-    from marginface.training.search_command import plot_search
+    from marginface.experiments.search_figure import plot_search
 
     figure = plot_search(config.train.output_dir)
     result: dict[str, Any] = {
