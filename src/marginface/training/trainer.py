@@ -138,7 +138,7 @@ class Evaluation:
         return sum(self.accuracies.values()) / len(self.results) if self.results else math.nan
 
 
-@dataclass
+@dataclass(eq=False)  # tensors: no meaningful ==
 class Snapshot:
     """The trainable state of a set-up trainer at a step (:meth:`Trainer.snapshot`): deep copies, on the devices
     they live on, of the backbone's and the loss's ``state_dict`` (BatchNorm statistics and loss buffers
@@ -382,6 +382,8 @@ class Trainer:
 
         The learning rate and the batches are functions of the step, so a copy restored to a snapshot and run from
         its step trains exactly as the original would (what the AM-LFS search relies on)."""
+        if steps < 1:
+            raise ValueError(f"run_steps trains at least one step, got steps={steps}")
         if start is not None:
             self.step = start
         finetune.set_train_mode(self.model, self.config.model.freeze_bn)
