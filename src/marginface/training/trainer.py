@@ -110,8 +110,10 @@ class Callback:
         """An optimizer step of :meth:`Trainer.fit` ended; ``step`` counts the updates made (``trainer.step``),
         ``metrics``: ``loss`` (the batch's mean over ranks) and ``lr``."""
 
-    def after_validation(self, trainer: Trainer, step: int, results: Evaluation) -> None:
-        """:meth:`Trainer.fit` validated the model at ``step`` (every ``validation.every`` steps and at the end)."""
+    def after_validation(self, trainer: Trainer, step: int, results: dict[str, float]) -> None:
+        """:meth:`Trainer.fit` validated the model at ``step`` (every ``validation.every`` steps and at the end):
+        ``results`` maps each set to its mean 10-fold accuracy (:meth:`Trainer.validate`); each set's full result
+        and embeddings are ``trainer.verification`` and ``trainer.embeddings``."""
 
 
 @dataclass
@@ -506,7 +508,7 @@ class Trainer:
         Also kept: ``self.verification`` (each set's full result: ROC, TAR@FAR) and ``self.embeddings`` (each
         set's (2N, D) embeddings), from which ``best.safetensors``'s card gets its calibrated threshold.
         """
-        evaluation = self._last_evaluation = self.evaluate()
+        evaluation = self.evaluate()
         self.verification, self.embeddings = evaluation.results, evaluation.embeddings
         return evaluation.accuracies
 
@@ -525,7 +527,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             tqdm.write(validation_line(self.step, results, is_best))
-        self._notify("after_validation", self.step, self._last_evaluation)
+        self._notify("after_validation", self.step, results)
         return results
 
     def _write_best(self) -> None:
