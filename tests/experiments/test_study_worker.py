@@ -30,7 +30,7 @@ def test_an_unknown_task_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_evaluation_job_writes_what_marginface_eval_json_prints(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """A run's one-step checkpoint (the trainer's, with its model card), evaluated by the job and by the command."""
-    from tests.training.test_study import TINY, _bin
+    from tests.experiments.test_study import TINY, _bin
 
     from marginface.cli import main
 

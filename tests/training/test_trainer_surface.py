@@ -46,7 +46,7 @@ class Recorder(Callback):
         trainer.log(step, {"callback_step": float(step)})
 
     def after_validation(self, trainer: Trainer, step: int, results) -> None:
-        self.events.append(("after_validation", step, results.accuracies))
+        self.events.append(("after_validation", step, results, trainer.verification))
 
 
 @pytest.mark.slow
@@ -63,7 +63,7 @@ def test_callbacks_see_every_step_and_validation_and_write_into_the_log(tmp_path
     assert [(s, pytest.approx(v, rel=1e-7)) for s, v in logged["loss"]] == [(e[1], e[2]) for e in steps]
     assert [v for _, v in logged["lr"]] == pytest.approx([e[3] for e in steps], rel=1e-7)
     assert logged["callback_step"] == [(1, 1.0), (2, 2.0), (3, 3.0)]
-    assert validations[-1][2] == results["final"]
+    assert validations[-1][2] == results["final"] == {k: float(r.accuracy.mean) for k, r in validations[-1][3].items()}
     assert logged["val_synthetic_heldout"] == [(2, pytest.approx(validations[0][2]["synthetic_heldout"], rel=1e-7)),
                                                (3, pytest.approx(validations[1][2]["synthetic_heldout"], rel=1e-7))]
 

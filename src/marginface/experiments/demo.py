@@ -20,7 +20,7 @@ from marginface.data.synthetic import SyntheticFaces
 from marginface.errors import UserError
 from marginface.runs.layout import LOSS_CURVE, TARGET_LOGIT_TRAINING, RunDir
 from marginface.training.config import TrainConfig, config_from_dict
-from marginface.training.trainer import Callback, Evaluation, Trainer
+from marginface.training.trainer import Trainer
 
 DEMO: dict[str, Any] = {
     "data": {"source": "synthetic", "synthetic_identities": 100, "synthetic_images_per_identity": 24,
@@ -84,19 +84,9 @@ class _RenderedOnce(SyntheticFaces):
         return self._cache[key]
 
 
-#: The demo trains with the plain :class:`Trainer` (its own dataset through ``Trainer(dataset=...)``, its figures'
-#: results through a callback); this name of its former subclass is kept for one release.
+#: The demo trains with the plain :class:`Trainer` (its own dataset through ``Trainer(dataset=...)``); this name of
+#: its former subclass is kept for one release.
 DemoTrainer = Trainer
-
-
-class _LastValidation(Callback):
-    """Keeps the trainer's last validation (each set's full result and embeddings) for the demo's figures."""
-
-    def __init__(self) -> None:
-        self.evaluation: Evaluation | None = None
-
-    def after_validation(self, trainer: Trainer, step: int, results: Evaluation) -> None:
-        self.evaluation = results
 
 
 def demo_dataset(config: TrainConfig):  # noqa: ANN201 (a torch Dataset)
@@ -152,15 +142,13 @@ def run_demo(output_dir: str = "runs/demo", steps: int | None = None, fresh: boo
         if state == "complete":
             print(f"{output_dir} holds a finished demo: starting a new one there")
         clear_run(output_dir)
-    last = _LastValidation()
-    trainer = Trainer(config, dataset=demo_dataset(config), callbacks=[last]).setup()
+    trainer = Trainer(config, dataset=demo_dataset(config)).setup()
     before_result = _before_training(trainer)
     before = float(before_result.accuracy.mean)
     print(f"held-out synthetic verification before training: {before:.2%}")
     results = trainer.fit()
     after = results["final"]["synthetic_heldout"]
-    assert last.evaluation is not None  # fit validates at the end (validation.synthetic_pairs is set)
-    after_result = last.evaluation.results["synthetic_heldout"]
+    after_result = trainer.verification["synthetic_heldout"]  # the final validation's full result
     print(f"held-out synthetic verification after {trainer.step} steps: {after:.2%}")
     plot_loss_curve(output_dir)
     report = write_demo_figures(trainer, before_result, after_result, time.perf_counter() - start)

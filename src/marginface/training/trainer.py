@@ -111,8 +111,10 @@ class Callback:
         """An optimizer step of :meth:`Trainer.fit` ended; ``step`` counts the updates made (``trainer.step``),
         ``metrics``: ``loss`` (the batch's mean over ranks) and ``lr``."""
 
-    def after_validation(self, trainer: Trainer, step: int, results: Evaluation) -> None:
-        """:meth:`Trainer.fit` validated the model at ``step`` (every ``validation.every`` steps and at the end)."""
+    def after_validation(self, trainer: Trainer, step: int, results: dict[str, float]) -> None:
+        """:meth:`Trainer.fit` validated the model at ``step`` (every ``validation.every`` steps and at the end):
+        ``results`` maps each set to its mean 10-fold accuracy (:meth:`Trainer.validate`); each set's full result
+        and embeddings are ``trainer.verification`` and ``trainer.embeddings``."""
 
 
 @dataclass
@@ -139,7 +141,7 @@ class Evaluation:
         return sum(self.accuracies.values()) / len(self.results) if self.results else math.nan
 
 
-@dataclass
+@dataclass(eq=False)  # tensors: no meaningful ==
 class Snapshot:
     """The trainable state of a set-up trainer at a step (:meth:`Trainer.snapshot`): deep copies, on the devices
     they live on, of the backbone's and the loss's ``state_dict`` (BatchNorm statistics and loss buffers
@@ -383,6 +385,8 @@ class Trainer:
 
         The learning rate and the batches are functions of the step, so a copy restored to a snapshot and run from
         its step trains exactly as the original would (what the AM-LFS search relies on)."""
+        if steps < 1:
+            raise ValueError(f"run_steps trains at least one step, got steps={steps}")
         if start is not None:
             self.step = start
         finetune.set_train_mode(self.model, self.config.model.freeze_bn)
@@ -505,7 +509,7 @@ class Trainer:
         Also kept: ``self.verification`` (each set's full result: ROC, TAR@FAR) and ``self.embeddings`` (each
         set's (2N, D) embeddings), from which ``best.safetensors``'s card gets its calibrated threshold.
         """
-        evaluation = self._last_evaluation = self.evaluate()
+        evaluation = self.evaluate()
         self.verification, self.embeddings = evaluation.results, evaluation.embeddings
         return evaluation.accuracies
 
@@ -524,7 +528,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             tqdm.write(validation_line(self.step, results, is_best))
-        self._notify("after_validation", self.step, self._last_evaluation)
+        self._notify("after_validation", self.step, results)
         return results
 
     def _write_best(self) -> None:
