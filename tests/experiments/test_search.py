@@ -25,8 +25,8 @@ from marginface.experiments.search import (
     train_copy,
     unpack,
 )
-from marginface.training.config import ConfigError
 from marginface.experiments.search_figure import plot_search
+from marginface.training.config import ConfigError
 
 
 def test_reinforce_update_equals_the_hand_computed_step():

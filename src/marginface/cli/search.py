@@ -34,8 +34,8 @@ def add_search(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
-    from marginface.runs.layout import RunDir
     from marginface.experiments.search import compare_from_scratch, load_search_config, run_search, unpack
+    from marginface.runs.layout import RunDir
     from marginface.training.trainer import clear_run
 
     config = load_search_config(args.config, args.overrides)

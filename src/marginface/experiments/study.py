@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from marginface.experiments import study_stats
+from marginface.files import atomic_write_text
 from marginface.runs.layout import RunDir
 from marginface.training import environment
-from marginface.files import atomic_write_text
 
 #: results.csv columns before the per-set ones
 BASE_COLUMNS = ["arm", "seed", "steps", "train_wall_s", "eval_wall_s"]
