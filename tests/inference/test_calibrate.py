@@ -122,7 +122,7 @@ def test_calibrate_from_pairs_txt_and_bin_agree(tmp_path):
     np.testing.assert_array_equal(y_txt, y_bin)
     np.testing.assert_allclose(s_txt, s_bin, atol=2e-3)  # .bin faces are decoded by another JPEG decoder
     assert s_txt[:3].min() > s_txt[3:].max()  # the tiny model separates noisy copies from other "people"
-    with pytest.raises(UserError, match="--images"):
+    with pytest.raises(UserError, match="`images=DIR`"):
         pairs_file_pairs(rec, tmp_path / "pairs.txt")
     result = calibrate_model(model, far=1 / 3, pairs=str(tmp_path / "p.bin"))
     assert result.impostors == 3 and result.tar == 1.0

@@ -66,7 +66,7 @@ def test_bad_export_requests(exported, tmp_path):
     model, root, _ = exported
     with pytest.raises(UserError, match="choose one"):
         ex.export_onnx(model, tmp_path / "x.onnx", fp16=True, int8=True)
-    with pytest.raises(UserError, match="calibration-images"):
+    with pytest.raises(UserError, match="`calibration_images=DIR`"):
         ex.export_onnx(model, tmp_path / "x.onnx", int8=True)
     with pytest.raises(UserError, match="already an ONNX"):
         ex.export_onnx(root / "m.onnx", tmp_path / "x.onnx")
