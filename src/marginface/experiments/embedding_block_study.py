@@ -80,7 +80,8 @@ def split_backbone(backbone: nn.Module) -> tuple[Trunk, EmbeddingBlock]:
     if missing:
         raise ValueError(f"the embedding-block study splits a MobileFaceNet before its conv_sep, but "
                          f"{type(backbone).__name__} has no {', '.join(missing)}: use model.backbone=mobilefacenet")
-    return Trunk(backbone), EmbeddingBlock(backbone)
+    trunk, block = Trunk(backbone), EmbeddingBlock(backbone)
+    return trunk.train(backbone.training), block.train(backbone.training)
 
 
 def model_files(path: str | Path) -> list[Path]:
@@ -363,8 +364,8 @@ def run_study(spec: study.StudySpec, out: str | Path, threads: int | None = None
               ) -> list[tuple[str, int, str]]:
     """Run (or resume) every (arm, seed) of ``spec`` into ``out``; returns the failed runs ``(arm, seed, why)``.
 
-    A row missing a set of ``spec``'s eval bins is re-evaluated from the run's saved weights (adding a test set
-    later trains nothing again)."""
+    A row missing a set of ``spec``'s eval bins is evaluated on that set from the run's saved weights (adding a test
+    set later trains nothing again; its ``eval_wall_s`` then sums both evaluations)."""
     from safetensors.torch import load_file, save_file
 
     if threads:
@@ -386,12 +387,12 @@ def run_study(spec: study.StudySpec, out: str | Path, threads: int | None = None
     env = environment.describe("cpu")
     results = out / "results.csv"
     rows = {(r["arm"], r["seed"]): r for r in study.read_results(results)}
-    wanted = [f"{s}_acc" for s in sets]
     failed = []
     for seed in spec.seeds:
         for arm in spec.arms:
-            old = rows.get((arm, str(seed)))
-            if old is not None and all(old.get(c) for c in wanted):
+            old = rows.get((arm, str(seed)), {})
+            todo = {name: f for name, f in sets.items() if not old.get(f"{name}_acc")}  # sets without a result
+            if not todo:
                 continue
             config = arm_config(spec, arm, seed)
             weights, log = run_dir / f"{arm}_s{seed}.safetensors", log_dir / f"{arm}_s{seed}.json"
@@ -411,12 +412,13 @@ def run_study(spec: study.StudySpec, out: str | Path, threads: int | None = None
                     _write_json(log, {"arm": arm, "seed": seed, "steps": config.steps, "train_wall_s": train_wall,
                                       "losses": losses})
                 start = time.perf_counter()
-                evaluated = evaluate(block, sets, spec.far)
-                row = result_row(arm, seed, config.steps, train_wall, time.perf_counter() - start, evaluated, spec.far)
+                evaluated = evaluate(block, todo, spec.far)
+                eval_wall = time.perf_counter() - start + float(old.get("eval_wall_s") or 0)
+                row = result_row(arm, seed, config.steps, train_wall, eval_wall, evaluated, spec.far)
             except (FloatingPointError, ValueError) as err:
                 failed.append((arm, seed, f"{type(err).__name__}: {err}"))
                 continue
-            rows[(arm, str(seed))] = {k: str(v) for k, v in (row | env).items()}
+            rows[(arm, str(seed))] = old | {k: str(v) for k, v in (row | env).items()}  # earlier sets' cells kept
             _write_results(spec, results, list(rows.values()))
     _write_json(out / "embedding_block.json", {"spec": {"preset": spec.preset, "overrides": spec.overrides,
                 "arms": spec.arms, "seeds": spec.seeds, "bins": spec.bins, "far": spec.far},
