@@ -94,6 +94,12 @@ def test_a_cache_resumes_and_refuses_another_model(tmp_path, monkeypatch):
         ebs.extract(trunk, decode, 3, 1, tmp_path / "t.npy", {"model_sha256": "b"}, "t")
 
 
+def test_flip_test_time_augmentation_is_refused(tmp_path):
+    spec = replace(study.load_study(SPEC), flip=True)
+    with pytest.raises(ValueError, match=r"flip off .* set eval: \{flip: false\}"):
+        ebs.run_study(spec, tmp_path)
+
+
 def test_a_backbone_without_conv_sep_is_refused():
     with pytest.raises(ValueError, match="has no conv1, conv2_dw, blocks, conv_sep, head: use model.backbone"):
         ebs.split_backbone(nn.Linear(2, 2))

@@ -360,14 +360,17 @@ def arm_config(spec: study.StudySpec, arm: str, seed: int) -> TrainConfig:
     return load_config(resolve_config(spec.preset), [*spec.overrides, *spec.arms[arm], f"seed={seed}"])
 
 
-def run_study(spec: study.StudySpec, out: str | Path, threads: int | None = None, progress: bool = True
-              ) -> list[tuple[str, int, str]]:
+def run_study(spec: study.StudySpec, out: str | Path, threads: int | None = None) -> list[tuple[str, int, str]]:
     """Run (or resume) every (arm, seed) of ``spec`` into ``out``; returns the failed runs ``(arm, seed, why)``.
 
-    A row missing a set of ``spec``'s eval bins is evaluated on that set from the run's saved weights (adding a test
-    set later trains nothing again; its ``eval_wall_s`` then sums both evaluations)."""
+    The runs go one after another in this process (``spec.lanes`` is not used). A row missing a set of
+    ``spec``'s eval bins is evaluated on that set from the run's saved weights (adding a test set later trains
+    nothing again; its ``eval_wall_s`` then sums both evaluations). ``threads``: torch's intra-op threads."""
     from safetensors.torch import load_file, save_file
 
+    if spec.flip:
+        raise ValueError("the embedding-block study evaluates with flip off (its test features hold no mirror "
+                         "images): set eval: {flip: false} in the spec")
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
