@@ -199,3 +199,67 @@ def test_the_as_is_embeddings_on_real_faces_equal_what_marginface_eval_computes(
     np.testing.assert_allclose(ours, theirs, atol=2e-5)
     with pytest.raises(ValueError, match="made with other model_sha256"):
         ebs.bin_features(small, trunk, tmp_path, "0" * 64)
+
+
+def _png(seed: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tiny_study(tmp_path: Path, model: Path, bins: list[str]) -> study.StudySpec:
+    """A study of the variant's runner on 3 identities x 2 PNG faces and tiny .bin sets, from ``model``."""
+    from marginface.data.bins import write_verification_bin
+
+    for i in range(6):
+        face = tmp_path / "train" / f"id{i // 2}" / f"{i}.png"
+        face.parent.mkdir(parents=True, exist_ok=True)
+        face.write_bytes(_png(i))
+    for n, name in enumerate(bins):
+        write_verification_bin(tmp_path / name, [_png(100 * n + i) for i in range(8)], [True, False, True, False])
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(
+        f"data: {{source: folder, path: {tmp_path / 'train'}, sampler: pk, pk_images_per_identity: 4, "
+        "num_workers: 0}\n"
+        f"model: {{backbone: mobilefacenet, embedding_size: 128, init_from: {model}, init_centres: class_means, "
+        "freeze_bn: true}\nloss: {name: arcface, params: {scale: 64.0, margin: 0.5}}\n"
+        "optim: {lr: 0.001, momentum: 0.9, weight_decay: 0.0005, milestones: [1]}\n"
+        "validation: {bins: []}\nbatch_size: 8\nsteps: 2\ndevice: cpu\n")
+    return study.StudySpec(preset=str(preset), arms={"as_is": ["steps=0", "model.init_centres=random"],
+                                                     "arcface": []}, seeds=[0, 1],
+                           bins=[str(tmp_path / b) for b in bins], flip=False)
+
+
+@pytest.mark.slow
+def test_run_study_end_to_end_resumes_adds_a_set_without_retraining_and_refuses_another_models_cache(tmp_path):
+    from marginface.training.config import load_config
+    from marginface.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    models = []
+    for seed in (0, 1):  # two "trained models": 1-step ArcFace runs of two random MobileFaceNets
+        run = tmp_path / f"model{seed}"
+        Trainer(load_config(None, ["model.backbone=mobilefacenet", "model.embedding_size=128", "steps=1",
+                                   f"seed={seed}", "batch_size=4", "device=cpu", "data.synthetic_identities=4",
+                                   "data.synthetic_images_per_identity=2", "loss.name=arcface",
+                                   "checkpoint_every=1", f"output_dir={run}"])).setup().fit()
+        models.append(run / "checkpoints" / "step_00000001")
+    out = tmp_path / "out"
+    assert ebs.run_study(_tiny_study(tmp_path, models[0], ["a.bin"]), out) == []
+    rows = study.read_results(out / "results.csv")
+    assert [(r["arm"], r["seed"]) for r in rows] == [("as_is", "0"), ("arcface", "0"), ("as_is", "1"),
+                                                     ("arcface", "1")]
+    assert list(rows[0]) == study.columns(_tiny_study(tmp_path, models[0], ["a.bin"])) and rows[1]["steps"] == "2"
+    weights = out / "runs" / "arcface_s1.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert ebs.run_study(_tiny_study(tmp_path, models[0], ["a.bin", "b.bin"]), out) == []
+    again = study.read_results(out / "results.csv")
+    assert weights.stat().st_mtime_ns == stamp  # the new set was evaluated from the saved weights
+    assert all(r["b_acc"] for r in again) and [r["a_acc"] for r in again] == [r["a_acc"] for r in rows]
+    with pytest.raises(ValueError, match="made with other model_sha256"):
+        ebs.run_study(_tiny_study(tmp_path, models[1], ["a.bin", "b.bin"]), out)
