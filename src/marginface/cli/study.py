@@ -49,6 +49,17 @@ def run_study_command(args: argparse.Namespace) -> int:
     if args.override:
         spec = replace(spec, overrides=[*spec.overrides, *args.override])
     out = Path(args.output or f"runs/study_{Path(args.spec).stem}")
+    if spec.runner == "embedding_block" and not args.summary:  # issue 30's CPU variant (experiments/)
+        if args.dry_run:
+            raise UserError("--dry-run lists `marginface train` commands; the embedding_block runner has none (it "
+                            "runs in this process and resumes: run it)")
+        from marginface.experiments.embedding_block_study import run_study
+
+        failed_runs = run_study(spec, out, threads=args.threads)
+        if failed_runs:
+            raise UserError("\n".join([f"{len(failed_runs)} run(s) failed (the others are in {out / 'results.csv'}):"]
+                                      + [f"  {arm} seed {seed}: {why}" for arm, seed, why in failed_runs]))
+        args.summary = True
     if args.dry_run:
         return _dry_run(spec, out, args.json)
     if not args.summary:

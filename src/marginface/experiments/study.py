@@ -53,6 +53,8 @@ from marginface.training import environment
 BASE_COLUMNS = ["arm", "seed", "steps", "train_wall_s", "eval_wall_s"]
 #: per verification set: 10-fold accuracy, its std over the folds, TAR at this FAR
 SET_FIELDS = ["acc", "acc_std", "tar"]
+#: how a study's runs are made (``runner:`` in the spec; default: the trainer)
+RUNNERS = ("trainer", "embedding_block")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class StudySpec:
         flip: flip test-time augmentation in the evaluation.
         far: the FAR at which TAR is reported.
         lanes: runs trained side by side; each gets ``cpu_count // lanes`` intra-op threads.
+        runner: ``"trainer"`` (``marginface train`` + ``eval`` per run) or ``"embedding_block"`` (issue 30's CPU
+            variant: only the embedding block trains, on cached trunk features; ``experiments/embedding_block_study``).
     """
 
     preset: str
@@ -78,8 +82,11 @@ class StudySpec:
     flip: bool = True
     far: float = 1e-3
     lanes: int = 1
+    runner: str = "trainer"
 
     def __post_init__(self) -> None:
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner {self.runner!r} is not one of {RUNNERS}")
         if not self.arms:
             raise ValueError("the study has no arms: give arms: {name: [key=value, ...], ...}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -107,14 +114,15 @@ def load_study(path: str | Path) -> StudySpec:
     raw = yaml.safe_load(Path(path).read_text())
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a study spec is a mapping (preset, arms, seeds, eval, ...)")
-    known = {"preset", "arms", "seeds", "overrides", "eval", "lanes"}
+    known = {"preset", "arms", "seeds", "overrides", "eval", "lanes", "runner"}
     if unknown := sorted(set(raw) - known):
         raise ValueError(f"{path}: unknown key(s) {unknown}; a study spec has {sorted(known)}")
     ev = raw.get("eval") or {}
     arms = {str(k): [str(v) for v in (vals or [])] for k, vals in (raw.get("arms") or {}).items()}
     return StudySpec(preset=str(raw["preset"]), arms=arms, seeds=[int(s) for s in raw.get("seeds", [0])],
                      overrides=[str(v) for v in raw.get("overrides") or []], bins=[str(b) for b in ev.get("bins", [])],
-                     flip=bool(ev.get("flip", True)), far=float(ev.get("far", 1e-3)), lanes=int(raw.get("lanes", 1)))
+                     flip=bool(ev.get("flip", True)), far=float(ev.get("far", 1e-3)), lanes=int(raw.get("lanes", 1)),
+                     runner=str(raw.get("runner", "trainer")))
 
 
 @dataclass(frozen=True)

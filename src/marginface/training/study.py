@@ -9,7 +9,6 @@ from marginface.experiments.study import (  # noqa: F401
     Run,
     Study,
     StudySpec,
-    _write_csv,  # noqa: F401 (experiments/embedding_block_study uses it)
     arms_figure,
     columns,
     compare,

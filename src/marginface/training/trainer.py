@@ -71,7 +71,6 @@ def create_backbone(cfg: TrainConfig) -> nn.Module:
                           "them) and set embedding_size / dropout / output / checkpointing as model.<field>") from err
 
 
-_create_backbone = create_backbone  # the former private name (experiments/embedding_block_study imports it)
 
 class FaceModel(nn.Module):
     """Backbone + head as one module: ``model(images, labels)`` is the mean loss (what DDP wraps).
