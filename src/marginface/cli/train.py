@@ -60,22 +60,12 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.config and not args.overrides:
         raise UserError(no_config_message())
     from marginface.training.config import load_config
-    from marginface.training.distributed import shutdown
-    from marginface.training.trainer import Trainer, clear_run, plot_loss_curve
+    from marginface.training.trainer import clear_run, train
 
     config = load_config(args.config and presets.resolve_config(args.config), args.overrides)
     if args.fresh:
         clear_run(config.output_dir)
-    trainer = Trainer(config, allow_schedule_change=args.allow_schedule_change).setup()
-    try:
-        results = trainer.fit()
-    except BaseException:
-        shutdown(wait_for_peers=False)
-        raise
-    shutdown()
-    if trainer.dist.is_main:
-        plot_loss_curve(config.output_dir)
-        print(f"final validation: {results['final']}  best: {results['best']}")
+    train(config, allow_schedule_change=args.allow_schedule_change)
     return 0
 
 

@@ -37,21 +37,9 @@ def train(preset: str, overrides: Sequence[str]) -> dict[str, Any]:
     ``Trainer.fit``'s final and best validation results."""
     from marginface.training import presets
     from marginface.training.config import load_config
-    from marginface.training.distributed import shutdown
-    from marginface.training.trainer import Trainer, plot_loss_curve
+    from marginface.training.trainer import train as train_run
 
-    config = load_config(presets.resolve_config(preset), list(overrides))
-    trainer = Trainer(config).setup()
-    try:
-        results = trainer.fit()
-    except BaseException:
-        shutdown(wait_for_peers=False)
-        raise
-    shutdown()
-    if trainer.dist.is_main:
-        plot_loss_curve(config.output_dir)
-        print(f"final validation: {results['final']}  best: {results['best']}")
-    return results
+    return train_run(load_config(presets.resolve_config(preset), list(overrides)))
 
 
 def evaluate(checkpoint: str, bins: Sequence[str], flip: bool, device: str) -> dict[str, Any]:

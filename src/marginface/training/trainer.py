@@ -675,6 +675,25 @@ def plot_loss_curve(run_dir: str | Path) -> Path | None:
     return out
 
 
+def train(config: TrainConfig, allow_schedule_change: bool = False) -> dict[str, Any]:
+    """Train (or resume) one run as ``marginface train`` does: set up, fit, leave the process group (at once on
+    an error, so the other ranks do not wait), and on the main process draw the loss curve and print the final and
+    best validation. Returns ``Trainer.fit``'s results."""
+    from marginface.training.distributed import shutdown
+
+    trainer = Trainer(config, allow_schedule_change=allow_schedule_change).setup()
+    try:
+        results = trainer.fit()
+    except BaseException:
+        shutdown(wait_for_peers=False)
+        raise
+    shutdown()
+    if trainer.dist.is_main:
+        plot_loss_curve(config.output_dir)
+        print(f"final validation: {results['final']}  best: {results['best']}")
+    return results
+
+
 def clear_run(run_dir: str | Path) -> None:
     """Delete a run folder (used by ``--fresh``)."""
     shutil.rmtree(run_dir, ignore_errors=True)
