@@ -49,10 +49,10 @@ def test_check_resume_refuses_with_the_diff(tmp_path: Path) -> None:
     assert str(err.value).splitlines() == [
         f"{tmp_path} holds a run that this configuration cannot continue:",
         "  identities: 6 -> 5",
-        f"start again with --fresh (deletes {tmp_path}), or choose a new output_dir (e.g. output_dir=runs/new)",
+        f"start again with `fresh=True` (deletes {tmp_path}), or choose a new output_dir (e.g. output_dir=runs/new)",
     ]
     lr = config_to_dict(load_config(None, [*TINY, "optim.lr=0.2"]))
-    with pytest.raises(run_checks.ResumeError, match="add --allow-schedule-change"):
+    with pytest.raises(run_checks.ResumeError, match="add `allow_schedule_change=True`"):
         run_checks.check_resume(tmp_path, lr, facts)
     changes = run_checks.check_resume(tmp_path, lr, facts, allow_schedule_change=True)
     assert [(c.key, c.kind) for c in changes] == [("optim.lr", "schedule")]
