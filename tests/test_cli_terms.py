@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import re
 from pathlib import Path
 
@@ -217,5 +218,5 @@ def test_converted_messages_read_as_the_command_s_flags(tmp_path) -> None:
         run_checks.check_resume(run, {**saved, "optim": {"lr": 0.2}}, {}, has_checkpoint=True)
     assert "add --allow-schedule-change (recorded in" in str(_spelled(["train", "--config", "c"], str(refused.value)))
     assert "start again with --fresh (deletes" in str(_spelled(["search", "--config", "c"], str(refused.value)))
-    assert Study.__init__.__code__.co_varnames[2] == "out"  # the library name the study command maps
+    assert list(inspect.signature(Study).parameters)[1] == "out"  # the library name the study command maps
     assert str(_spelled(["study", "spec.yaml"], "use another `out` folder")) == "use another --output folder"
