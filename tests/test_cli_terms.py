@@ -111,7 +111,7 @@ def test_library_text_names_arguments_not_flags() -> None:
         for line, text in _texts(ast.parse(path.read_text(encoding="utf-8"))):
             messages += " " in text
             stray += [f"{path.relative_to(_LIBRARY)}:{line}: {flag} in {text!r}" for flag in _stray_flags(text)]
-    assert messages > 1000  # the scan reads the library's prose at all
+    assert messages > 500  # the scan reads the library's prose at all
     assert not stray, "\n".join(stray)
 
 

@@ -100,6 +100,7 @@ def test_cli_resume_checks_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err.splitlines()
     assert err[:3] == [f"marginface train: {tmp_path}: the schedule differs from the saved run's:",
                        "  optim.lr: 0.05 -> 0.01", "  steps: 2 -> 4"]
+    assert err[3].startswith("to continue with it, add --allow-schedule-change (recorded in ")  # the CLI's words
     assert (tmp_path / "config.json").read_text() == saved
     # ... and with it the run continues from step 2, and the change is recorded
     assert _train(tmp_path, "steps=4", "optim.lr=0.01", "--allow-schedule-change") == 0
