@@ -187,7 +187,7 @@ def test_converted_messages_read_as_the_command_s_flags(tmp_path) -> None:
 
     from marginface import backbones
     from marginface.experiments.study import Study
-    from marginface.inference.gallery import _damaged_message
+    from marginface.inference.gallery import _bad_folder, _damaged_message
     from marginface.models.backbone import mismatch_summary
     from marginface.models.load import _no_card_message
     from marginface.training import run_checks
@@ -209,6 +209,12 @@ def test_converted_messages_read_as_the_command_s_flags(tmp_path) -> None:
     (tmp_path / "v000001").mkdir()
     assert "(--gallery-version v000001) and save again" in str(_spelled(
         ["identify", "--gallery", str(tmp_path), "x.jpg"], _damaged_message(tmp_path, "v000002", OSError("x"))))
+
+    problem = []
+    with pytest.raises(UserError) as bad_name:
+        _bad_folder([tmp_path / "caf\udce9" / "0.png"], False, problem)
+    assert str(_spelled(["enroll", "DIR", "--gallery", "G", "--model", "m"], str(bad_name.value))).endswith(
+        "rename it, or pass --skip-bad to skip it")
 
     saved = {"steps": 4, "optim": {"lr": 0.1}}
     run = tmp_path / "run"
