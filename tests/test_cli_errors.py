@@ -84,9 +84,9 @@ def test_wrong_backbone_or_size_is_two_lines(tmp_path, capsys: pytest.CaptureFix
         lines = str(err.value).splitlines()
         assert len(lines) == 2 and lines[0].startswith(f"checkpoint {path} does not fit this backbone: ")
         assert len(str(err.value)) < 400
-    assert "It holds another embedding size than --embedding-size 64: pass the checkpoint's" in _message(
+    assert "It holds another embedding size than `embedding_size=64`: pass the checkpoint's" in _message(
         load_backbone, "mobilefacenet", path, 64)
-    assert "It holds another backbone: pass the --backbone it was trained with" in _message(
+    assert "It holds another backbone: pass the `name` it was trained with" in _message(
         load_backbone, "iresnet18", path, 32)
 
 

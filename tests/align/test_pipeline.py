@@ -41,7 +41,7 @@ def test_list_images(raw_folder: Path) -> None:
 
 
 def test_corrupt_file_is_an_error_naming_it(raw_folder: Path, tmp_path: Path, stand_in_detector: str) -> None:
-    with pytest.raises(ValueError, match=r"broken\.jpg.*--skip-bad"):
+    with pytest.raises(ValueError, match=r"broken\.jpg.*`skip_bad=True`"):
         align_folder(raw_folder, tmp_path / "out", _options(stand_in_detector))
     with pytest.raises(ValueError, match="broken.jpg"):
         read_rgb(raw_folder / "bob" / "broken.jpg")

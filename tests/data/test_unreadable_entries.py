@@ -26,11 +26,11 @@ def test_unreadable_identity_folder_is_named_or_skipped(tmp_path, monkeypatch):
     make_folder(tmp_path / "faces", per_identity=2)
     locked = sorted(p for p in (tmp_path / "faces").iterdir() if p.is_dir())[0]
     _unreadable(monkeypatch, locked)
-    with pytest.raises(ValueError, match=rf"cannot read identity folder {locked} \(Permission denied\).*--skip-bad"):
+    with pytest.raises(ValueError, match=rf"identity folder {locked} \(Permission denied\).*`skip_bad=True`"):
         FolderDataset(tmp_path / "faces")
     dataset = FolderDataset(tmp_path / "faces", skip_bad=True)
     assert dataset.skip_reasons[locked] == "unreadable folder (Permission denied)"
-    with pytest.raises(ValueError, match=rf"cannot read identity folder {locked}.*--skip-bad"):
+    with pytest.raises(ValueError, match=rf"cannot read identity folder {locked}.*`skip_bad=True`"):
         list_images(tmp_path / "faces")
     images, ignored = list_images(tmp_path / "faces", skip_bad=True)
     assert locked in ignored and all(p.parent != locked for p in images)

@@ -156,7 +156,7 @@ def test_non_utf8_identity_folder_is_named_or_skipped(tmp_path):
     with open(os.path.join(bad, b"0.png"), "wb") as handle:
         handle.write(b"cafe")
     gallery = Gallery.create(card)
-    with pytest.raises(UserError, match=r"identity folder .*people/caf\\xe9 is not a valid UTF-8 name.*--skip-bad"):
+    with pytest.raises(UserError, match=r"folder .*people/caf\\xe9 is not a valid UTF-8 name.*`skip_bad=True`"):
         gallery.enroll_folder(Recognizer(), root)
     report = gallery.enroll_folder(Recognizer(), root, skip_bad=True)
     assert gallery.names == ["ann"] and report["skipped"][0]["path"].endswith("people/caf\\xe9/0.png")

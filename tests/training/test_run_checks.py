@@ -49,10 +49,10 @@ def test_check_resume_refuses_with_the_diff(tmp_path: Path) -> None:
     assert str(err.value).splitlines() == [
         f"{tmp_path} holds a run that this configuration cannot continue:",
         "  identities: 6 -> 5",
-        f"start again with --fresh (deletes {tmp_path}), or choose a new output_dir (e.g. output_dir=runs/new)",
+        f"start again with `fresh=True` (deletes {tmp_path}), or choose a new output_dir (e.g. output_dir=runs/new)",
     ]
     lr = config_to_dict(load_config(None, [*TINY, "optim.lr=0.2"]))
-    with pytest.raises(run_checks.ResumeError, match="add --allow-schedule-change"):
+    with pytest.raises(run_checks.ResumeError, match="add `allow_schedule_change=True`"):
         run_checks.check_resume(tmp_path, lr, facts)
     changes = run_checks.check_resume(tmp_path, lr, facts, allow_schedule_change=True)
     assert [(c.key, c.kind) for c in changes] == [("optim.lr", "schedule")]
@@ -100,6 +100,7 @@ def test_cli_resume_checks_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err.splitlines()
     assert err[:3] == [f"marginface train: {tmp_path}: the schedule differs from the saved run's:",
                        "  optim.lr: 0.05 -> 0.01", "  steps: 2 -> 4"]
+    assert err[3].startswith("to continue with it, add --allow-schedule-change (recorded in ")  # the CLI's words
     assert (tmp_path / "config.json").read_text() == saved
     # ... and with it the run continues from step 2, and the change is recorded
     assert _train(tmp_path, "steps=4", "optim.lr=0.01", "--allow-schedule-change") == 0

@@ -69,7 +69,7 @@ def list_images(src: str | Path, skip_bad: bool = False) -> tuple[list[Path], li
         except OSError as err:  # permissions, I/O error
             if not skip_bad:
                 raise ValueError(f"cannot read identity folder {identity} ({err.strerror}): fix it, or pass "
-                                 "--skip-bad to skip it") from err
+                                 "`skip_bad=True` to skip it") from err
             ignored.append(identity)
             continue
         for path in entries:
@@ -216,7 +216,7 @@ def _collect(stream, options: AlignOptions, report: AlignReport) -> list[dict]:
     for record in stream:
         if "error" in record:
             if not options.skip_bad:
-                raise ValueError(f"{record['error']} (pass --skip-bad to skip and count unreadable files)")
+                raise ValueError(f"{record['error']} (pass `skip_bad=True` to skip and count unreadable files)")
             report.bad.append({"path": str(record["path"]), "error": record["error"]})
             continue
         records.append(record)

@@ -11,6 +11,9 @@ functions do not catch errors: they raise ``marginface.errors.UserError`` (or Va
 a message that names the thing and the fix, and ``main`` -- the one place that handles them -- prints it in one
 line and returns 2. Library messages name arguments in library terms (`center_crop`); ``main`` puts the command's
 own flag (``--center-crop``) in their place (``_in_cli_terms``), so no library module needs to know the flags.
+A library name that is not the parser's ``dest`` is mapped by the command (``set_defaults(argument_flags={"name":
+"--backbone"})``); a flag in library text only inside a whole command line (``marginface calibrate MODEL --pairs``),
+which ``tests/test_cli_terms.py`` checks over every string of the library.
 """
 
 from __future__ import annotations

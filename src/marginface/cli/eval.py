@@ -41,7 +41,7 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--roc", metavar="FILE", help="draw the ROC plot into FILE (e.g. runs/x/roc.png); none is "
                         "drawn unless asked, so eval writes nothing into the current folder")
     _add_table_options(parser)
-    parser.set_defaults(func=run_eval)
+    parser.set_defaults(func=run_eval, argument_flags={"name": "--backbone"})  # load_backbone(name, ...)
 
 
 def run_eval(args: argparse.Namespace) -> int:

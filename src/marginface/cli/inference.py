@@ -142,7 +142,7 @@ def _add_identify(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--exact", choices=["auto", "yes", "no"], default="auto",
                         help="exact search (auto: exact up to the gallery's approximate_above size)")
     _face_options(parser, model_required=False)
-    parser.set_defaults(func=_run_identify)
+    parser.set_defaults(func=_run_identify, argument_flags={"version": "--gallery-version"})  # Gallery.load(version=)
 
 
 def _run_identify(args: argparse.Namespace) -> int:

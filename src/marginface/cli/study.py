@@ -36,7 +36,7 @@ def add_study(subparsers: argparse._SubParsersAction) -> None:
                         help="an arm of the figure, in order (repeat); numeric labels make a numeric axis, e.g. "
                         "--figure-arm arcface_m0.2=0.2")
     parser.add_argument("--figure-xlabel", default="arm", help="the figure's x-axis label")
-    parser.set_defaults(func=run_study_command)
+    parser.set_defaults(func=run_study_command, argument_flags={"out": "--output"})  # Study(spec, out)
 
 
 def run_study_command(args: argparse.Namespace) -> int:

@@ -59,8 +59,9 @@ def load_image(
                       image_size, resize)
 
 
-# how a user skips bad files, in the terms they typed (the CLI flag first)
-_SKIP_BAD = "--skip-bad to marginface prepare rec (skip_bad=True in Python) to leave it out"
+# how a user skips bad files: the argument (marginface prepare rec spells it --skip-bad), and the command that packs
+# a folder for the other routes here (training straight from a folder has no such option)
+_SKIP_BAD = "`skip_bad=True` to leave it out (marginface prepare rec --skip-bad)"
 
 
 def entry_kind(path: Path) -> str:

@@ -120,7 +120,7 @@ def _check_same_steps(output_dir: str | Path, config: TrainConfig) -> None:
     saved = RunDir(output_dir).read_config().get("steps")
     if saved != config.steps:
         raise UserError(f"{output_dir} holds an interrupted demo of {saved} steps; this one asks for "
-                        f"{config.steps}: run marginface demo --steps {saved} to resume it, or add --fresh to "
+                        f"{config.steps}: run marginface demo --steps {saved} to resume it, or add `fresh=True` to "
                         "start over")
 
 

@@ -305,7 +305,7 @@ def load_state(run_dir: Path, trainer: Trainer, settings: SearchSettings) -> Sea
         meta = handle.metadata()
     if tensors["search.mean"].numel() != identity_mean(settings).numel():
         raise ValueError(f"{path} holds a search over {tensors['search.mean'].numel()} parameters but the config "
-                         f"searches {identity_mean(settings).numel()}: use a fresh output_dir (or --fresh)")
+                         f"searches {identity_mean(settings).numel()}: use a fresh output_dir (or `fresh=True`)")
     generator = torch.Generator()
     generator.set_state(tensors["search.generator"])
     state = SearchState(int(meta["round"]), tensors["search.mean"].clone(), generator, json.loads(meta["history"]))

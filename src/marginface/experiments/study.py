@@ -321,7 +321,7 @@ class Study:
                         and saved["arms"][a] != spec["arms"][a]]
             if changed:
                 raise ValueError(f"{path} was run with other settings ({', '.join(changed)}): the results would mix "
-                                 "protocols; use another --output folder (adding arms or seeds is fine)")
+                                 "protocols; use another `out` folder (adding arms or seeds is fine)")
             spec["arms"] = {**saved.get("arms", {}), **spec["arms"]}
             spec["seeds"] = sorted(set(saved.get("seeds", [])) | set(spec["seeds"]))
         atomic_write_text(path, json.dumps(spec, indent=2))

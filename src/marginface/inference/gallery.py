@@ -126,7 +126,7 @@ def _bad_folder(paths: list[Path], skip_bad: bool, skipped: list[dict]) -> None:
     """An identity folder whose name is not UTF-8: an error naming it, or (``skip_bad``) its images listed."""
     folder = printable_path(paths[0].parent)
     problem = (f"identity folder {folder} is not a valid UTF-8 name (identity names are stored as text): rename "
-               "it, or pass --skip-bad to skip it")
+               "it, or pass `skip_bad=True` to skip it")
     if not skip_bad:
         raise UserError(problem)
     skipped += [{"path": printable_path(p), "error": problem} for p in paths]
@@ -616,7 +616,7 @@ def _stored_model_key(folder: Path) -> str:
 def _damaged_message(folder: Path, version: str, err: Exception) -> str:
     older = [v for v in _versions(folder) if v < version]
     fix = (f"the previous save {folder / older[-1]} is intact: load it with Gallery.load({str(folder)!r}, "
-           f"version={older[-1]!r}) (CLI: --gallery-version {older[-1]}) and save again"
+           f"version={older[-1]!r}) (`version={older[-1]}`) and save again"
            if older else "no earlier version is kept: restore the folder from a backup or enrol again")
     return f"gallery {folder / version} is damaged: {err}; {fix}"
 

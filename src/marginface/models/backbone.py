@@ -72,16 +72,17 @@ def _card(path: Path) -> ModelCard | None:
 
 
 def _card_hint(path: Path) -> str:
-    """``' (its model card says: --backbone X --embedding-size D)'`` when the file carries a card."""
+    """``' (its model card says: `name=X` `embedding_size=D`)'`` when the file carries a card (load_backbone's
+    arguments; the CLI spells them as its flags)."""
     card = _card(path)
     if card is None:
         return ""
-    return f" (its model card says: --backbone {card.backbone} --embedding-size {card.embedding_size})"
+    return f" (its model card says: `name={card.backbone}` `embedding_size={card.embedding_size}`)"
 
 
 def mismatch_summary(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> str:
     """Two lines on why ``state`` does not load into ``model``: counts of missing / unexpected keys and the first
-    shape mismatch, then the fix in CLI terms (torch's own message lists every key)."""
+    shape mismatch, then the fix in load_backbone's argument names (torch's own message lists every key)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -95,8 +96,8 @@ def mismatch_summary(model: nn.Module, state: dict[str, torch.Tensor], path: Pat
         key, want, got = shapes[0]
         facts.append(f"{len(shapes)} with another shape (e.g. {key}: checkpoint {got}, backbone {want})")
     size = getattr(model, "embedding_size", None)
-    fix = ("another backbone: pass the --backbone it was trained with" if missing or unexpected else
-           f"another embedding size than --embedding-size {size}: pass the checkpoint's")
+    fix = ("another backbone: pass the `name` it was trained with" if missing or unexpected else
+           f"another embedding size than `embedding_size={size}`: pass the checkpoint's")
     return f"checkpoint {path} does not fit this backbone: {'; '.join(facts)}.\nIt holds {fix}{_card_hint(path)}"
 
 
@@ -119,14 +120,14 @@ def load_backbone(name: str | None, checkpoint: str | Path, embedding_size: int 
     card = _card(path) if path.suffix == ".safetensors" else None
     if card is None:
         if name is None:
-            raise UserError(f"checkpoint {path} has no model card: pass --backbone (and --embedding-size, default 512)")
+            raise UserError(f"checkpoint {path} has no model card: pass `name` (and `embedding_size`, default 512)")
         return load_backbone_weights(backbones.create(name, embedding_size=embedding_size or 512), checkpoint)
     same_model = name in (None, card.backbone) and embedding_size in (None, card.embedding_size)
     if card.input != InputContract(flip_tta=card.input.flip_tta):
         # eval feeds RGB 112x112 in [-1, 1]; another contract is applied by the adapter, never ignored
         if not same_model:
             raise UserError(f"checkpoint {path}'s model card asks for another input ({card.input}) than eval feeds "
-                            "(112x112 RGB, (x - 127.5) / 127.5); leave --backbone/--embedding-size out to use it")
+                            "(112x112 RGB, (x - 127.5) / 127.5); leave `name`/`embedding_size` out to use it")
         return EvalInputAdapter(load_model(path))
     if same_model:
         return load_model(path).runner

@@ -142,7 +142,7 @@ def _no_card_message(path: Path) -> str:
             if beside.is_file() else "")
     return (f"{path} has no model card (written before marginface stored one); say what it is: "
             f"load_model(path, backbone='iresnet50', embedding_size=512[, output='E']) or "
-            f"load_model(path, config='RUN/config.json') (CLI: --backbone/--embedding-size or --config).{hint}")
+            f"load_model(path, config='RUN/config.json') (`backbone`/`embedding_size` or `config`).{hint}")
 
 
 def _build_torch(card: ModelCard, state: dict[str, torch.Tensor], path: Path, device: str) -> torch.nn.Module:

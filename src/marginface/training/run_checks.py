@@ -140,7 +140,7 @@ def check_resume(
     changes += _facts_changes(run_dir, facts)
     breaking = [c for c in changes if c.kind == "breaking"]
     schedule = [c for c in changes if c.kind == "schedule"]
-    ways_out = (f"start again with --fresh (deletes {run_dir}), or choose a new output_dir "
+    ways_out = (f"start again with `fresh=True` (deletes {run_dir}), or choose a new output_dir "
                 "(e.g. output_dir=runs/new)")
     if breaking:
         raise ResumeError("\n".join([f"{run_dir} holds a run that this configuration cannot continue:",
@@ -148,7 +148,7 @@ def check_resume(
     if schedule and not allow_schedule_change:
         raise ResumeError("\n".join([f"{run_dir}: the schedule differs from the saved run's:",
                                      *[c.line() for c in schedule],
-                                     "to continue with it, add --allow-schedule-change (recorded in "
+                                     "to continue with it, add `allow_schedule_change=True` (recorded in "
                                      f"{run.history}); or {ways_out}"]))
     return changes
 
