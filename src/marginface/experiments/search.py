@@ -47,7 +47,7 @@ import yaml
 
 from marginface.files import atomic_write, atomic_write_text
 from marginface.runs.layout import SEARCH_STATE, RunDir
-from marginface.training.config import ConfigError, TrainConfig, _build, apply_overrides, config_from_dict
+from marginface.training.config import ConfigError, TrainConfig, apply_overrides, build_section, config_from_dict
 from marginface.training.distributed import DistInfo, init_from_env
 from marginface.training.trainer import Snapshot, Trainer
 
@@ -123,7 +123,7 @@ def load_search_config(path: str | Path, overrides: list[str] | None = None) -> 
     if not path.is_file():
         raise FileNotFoundError(f"search config {path} does not exist; presets live in configs/")
     values = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
-    settings = _build(SearchSettings, values.pop("search", {}) or {}, "search.")
+    settings = build_section(SearchSettings, values.pop("search", {}) or {}, "search.")
     values["steps"] = settings.rounds * settings.steps_per_round  # the schedule spans the whole search
     values.pop("epochs", None)
     return SearchConfig(train=config_from_dict(values), search=settings)

@@ -451,8 +451,9 @@ def resume_kinds(cls: type | None = None, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, recursing into nested sections; unknown keys are errors."""
+def build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, recursing into nested sections; unknown keys are errors
+    (named with ``prefix``, e.g. ``search.``). Also builds the sections of configs that extend a run's (the search)."""
     if not isinstance(values, dict):
         raise ConfigError(f"config section {prefix or 'root'}: expected a mapping, got {type(values).__name__}")
     hints = get_type_hints(cls)
@@ -465,7 +466,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     for key, value in values.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+            kwargs[key] = build_section(hint, value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, hint, f"{prefix}{key}")
     return cls(**kwargs)
@@ -488,7 +489,7 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` from a nested mapping (the YAML document)."""
-    return _build(TrainConfig, values or {}, "")
+    return build_section(TrainConfig, values or {}, "")
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
