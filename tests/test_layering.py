@@ -169,6 +169,24 @@ def test_no_package_imports_one_above_it():
         f"  {module} -> {imported}" for module, imported in new)
 
 
+def private_imports_across_packages() -> set[tuple[str, str]]:
+    """(module, imported name) where a module imports a ``_private`` name from another package."""
+    found = set()
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("marginface."):
+                if package_of(node.module) == package_of(module):
+                    continue
+                found |= {(module, f"{node.module}.{a.name}") for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")}
+    return found
+
+
+def test_no_package_imports_a_private_name_of_another():
+    """A name another package needs is part of its owner's surface: make it public rather than reach in."""
+    assert not sorted(private_imports_across_packages())
+
+
 def test_a_moved_path_holds_no_code():
     """Only a pure re-export is exempt: one function beside the imports makes it an ordinary module."""
     shim = '"""Moved."""\nfrom marginface.experiments.search import run_search  # noqa: F401\nold = run_search\n'
@@ -197,6 +215,9 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path, monkeypa
         assert imported_modules("marginface.data.x") == {
             "marginface.training", "marginface.training.trainer", "marginface.errors", "marginface.errors.UserError"}
         assert violations() == {("marginface.data.x", "training")}
+        (pkg / "training" / "y.py").write_text("from marginface.data.x import _helper, f\nfrom .trainer import _own\n")
+        _clear_caches()
+        assert private_imports_across_packages() == {("marginface.training.y", "marginface.data.x._helper")}
     finally:
         _clear_caches()
 

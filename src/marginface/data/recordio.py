@@ -288,7 +288,7 @@ class RecordWriter:
         self.close()
 
 
-def _label_of(header: IRHeader, source: str = "record") -> int:
+def label_of(header: IRHeader, source: str = "record") -> int:
     """The class of an image record; a NaN / inf / fractional label is an error naming ``source``."""
     value = float(header.label) if header.flag == 0 else float(header.label[0])
     if not math.isfinite(value) or value != int(value):
@@ -352,7 +352,7 @@ class RecordIODataset(Dataset):
         from tqdm.auto import tqdm
 
         rec = self.records.rec_path
-        labels = (_label_of(self.read_record(i)[0], f"record {self.keys[i]} of {rec}")
+        labels = (label_of(self.read_record(i)[0], f"record {self.keys[i]} of {rec}")
                   for i in tqdm(range(len(self)), desc="scanning labels", unit="rec", leave=False))
         return max(labels) + 1
 
@@ -375,7 +375,7 @@ class RecordIODataset(Dataset):
         tensor = to_tensor(image)
         if self.transform is not None:
             tensor = self.transform(tensor)
-        label = _label_of(header, source)
+        label = label_of(header, source)
         if not 0 <= label < self.num_classes:
             raise ValueError(f"{source} has label {label}, outside [0, {self.num_classes}) (the dataset's classes): "
                              "the record is damaged or was written with other labels; re-pack the .rec")

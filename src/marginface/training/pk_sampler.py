@@ -60,7 +60,7 @@ def dataset_labels(dataset: Any) -> np.ndarray:
 
 def _recordio_labels(dataset: Any) -> np.ndarray:
     """Labels of a RecordIODataset: from its identity records ``[start, end)`` when it has them, else a scan."""
-    from marginface.data.recordio import _label_of, unpack
+    from marginface.data.recordio import label_of, unpack
 
     records, keys = dataset.records, dataset.keys
     if isinstance(keys, range) and keys.step == 1:  # header-0 layout: image keys 1..N, then one record per identity
@@ -77,7 +77,7 @@ def _recordio_labels(dataset: Any) -> np.ndarray:
             return labels
     from tqdm.auto import tqdm
 
-    return np.asarray([_label_of(dataset.read_record(i)[0]) for i in tqdm(
+    return np.asarray([label_of(dataset.read_record(i)[0]) for i in tqdm(
         range(len(dataset)), desc="reading labels", unit="rec", leave=False)], dtype=np.int64)
 
 
