@@ -1,7 +1,7 @@
 """The one way marginface replaces a file: write a temporary file beside it, fsync, rename over it, fsync the folder.
 
 A reader (or a crash, or a kill) sees the old file or the new one, never half of one. Every writer of a result —
-checkpoints' ``latest``, model cards, gallery ``CURRENT``, reports, CSVs, ``.bin`` sets, figures — goes through
+a run's ``config.json``, model cards, gallery ``CURRENT``, reports, CSVs, ``.bin`` sets, figures — goes through
 :func:`atomic_write` (or its text/bytes forms), so the rules live here once:
 
 - the temporary name is unique (process id + random token) and hidden (``.name.<pid>-<token>.tmp.suffix``): two
