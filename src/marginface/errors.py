@@ -10,6 +10,16 @@ has (``--center-crop``, ``--images DIR``), prints ``marginface <command>: <messa
 
 from __future__ import annotations
 
+import pickle
+
+# Errors a user can fix: printed as one or two lines, exit code 2 (argparse's own code for usage errors).
+# FloatingPointError: training diverged (the trainer's message names the step and the remedy). OSError: a full
+# disk, an unreadable file (FileNotFoundError, PermissionError... are OSErrors). UnpicklingError: a refused .bin.
+# MemoryError: an input asking for more memory than there is. SafetensorError (matched by name: not imported
+# here): safetensors' own errors, e.g. a full disk while writing a checkpoint.
+_USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError, pickle.UnpicklingError, MemoryError)
+_USER_ERROR_NAMES = ("SafetensorError",)
+
 
 class UserError(ValueError):
     """A mistake the user can fix (bad input, wrong option, missing file). Subclasses ValueError so that callers
@@ -18,3 +28,9 @@ class UserError(ValueError):
 
 class NoFaceError(UserError):
     """No face was found in an input image; the message names the input."""
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is reported as a one-line message with exit status 2 (by ``marginface`` and by the study's
+    child processes) rather than a traceback: see the classes above."""
+    return isinstance(err, _USER_ERRORS) or type(err).__name__ in _USER_ERROR_NAMES

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import pickle
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ from marginface.cli.inference import add_inference_commands
 from marginface.cli.search import add_search
 from marginface.cli.study import add_study
 from marginface.cli.train import add_configs, add_demo, add_losses, add_train
-from marginface.errors import UserError
+from marginface.errors import UserError, is_user_error
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_losses,
@@ -117,19 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     for add in _COMMANDS:
         add(subparsers)
     return parser
-
-
-# Errors a user can fix: printed as one or two lines, exit code 2 (argparse's own code for usage errors).
-# FloatingPointError: training diverged (the trainer's message names the step and the remedy). OSError: a full
-# disk, an unreadable file (FileNotFoundError, PermissionError... are OSErrors). UnpicklingError: a refused .bin.
-# MemoryError: an input asking for more memory than there is. SafetensorError (matched by name: not imported
-# here): safetensors' own errors, e.g. a full disk while writing a checkpoint.
-_USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError, pickle.UnpicklingError, MemoryError)
-_USER_ERROR_NAMES = ("SafetensorError",)
-
-
-def _is_user_error(err: BaseException) -> bool:
-    return isinstance(err, _USER_ERRORS) or type(err).__name__ in _USER_ERROR_NAMES
 
 
 def _error_line(err: BaseException) -> str:
@@ -218,9 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as err:
-        if _is_user_error(err):
+        if is_user_error(err):
             _in_cli_terms(err, _leaf_parser(parser, args), args)
-        if args.debug or not _is_user_error(err):
+        if args.debug or not is_user_error(err):
             raise
         _close_progress_bars()
         print(f"marginface {command}: {_error_line(err)}", file=sys.stderr)

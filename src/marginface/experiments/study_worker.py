@@ -19,17 +19,12 @@ its last step), 1 with a traceback for anything else.
 from __future__ import annotations
 
 import json
-import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# The errors `marginface` reports in one line with exit status 2 (marginface.cli.main's rule, which a library
-# module may not import): bad input, a missing file or extra, a diverged run, a refused pickle, no memory, and
-# safetensors' own errors (matched by name).
-_USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError, pickle.UnpicklingError, MemoryError)
-_USER_ERROR_NAMES = ("SafetensorError",)
+from marginface.errors import is_user_error
 
 
 def train(preset: str, overrides: Sequence[str]) -> dict[str, Any]:
@@ -75,7 +70,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         run_job(job)
     except Exception as err:
-        if not (isinstance(err, _USER_ERRORS) or type(err).__name__ in _USER_ERROR_NAMES):
+        if not is_user_error(err):
             raise
         print(f"{command}: {err or type(err).__name__}", file=sys.stderr)
         return 2
