@@ -1,4 +1,4 @@
-"""``marginface search``: AM-LFS loss-function search (library: ``training/search.py``; its figure:
+"""``marginface search``: AM-LFS loss-function search (library: ``experiments/search.py``; its figure:
 ``experiments/search_figure.py``)."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ A run folder ``<run>/`` holds
 - ``log.csv`` (``step,key,value``; :mod:`marginface.runs.log`) and ``tensorboard/``;
 - ``best.safetensors`` (the best validated weights with their model card) and ``best.json`` (its scores);
 - figures and records written into it: ``loss_curve.png``, the analysis's ``theta_<source>.png/.csv`` and
-  ``target_logit_training.png``, the demo's figures and report (``training/demo.py``), an AM-LFS
+  ``target_logit_training.png``, the demo's figures and report (``experiments/demo.py``), an AM-LFS
   search's ``search.json``, ``search_state.safetensors``, ``search_log.csv`` (older searches: ``log.csv``),
   ``search.png``, ``retrain.json`` and the comparison's runs ``retrain/<loss>_seed<k>/``.
 
