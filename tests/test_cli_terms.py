@@ -12,6 +12,7 @@ import pytest
 
 from marginface.cli import _in_cli_terms, _leaf_parser, build_parser, main
 from marginface.errors import UserError
+from tests.data.helpers import unreadable_folder
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
 
@@ -152,16 +153,6 @@ def test_checkpoint_split_names_its_shards_option(tmp_path, capsys) -> None:
     assert capsys.readouterr().err.splitlines()[0] == "marginface checkpoint: --shards must be >= 1, got 0"
 
 
-def _unreadable(monkeypatch, folder: Path) -> None:
-    """``folder`` cannot be listed (chmod 000 does not stop root, who may run the tests)."""
-    iterdir = Path.iterdir
-
-    def refuse(self):
-        if self == folder:
-            raise PermissionError(13, "Permission denied", str(self))
-        return iterdir(self)
-
-    monkeypatch.setattr(Path, "iterdir", refuse)
 
 
 def test_skip_bad_reads_as_the_flag_of_the_command_that_ran(tmp_path, monkeypatch, capsys) -> None:
@@ -170,7 +161,7 @@ def test_skip_bad_reads_as_the_flag_of_the_command_that_ran(tmp_path, monkeypatc
 
     make_folder(tmp_path / "faces", per_identity=1)
     locked = tmp_path / "faces" / "alice"
-    _unreadable(monkeypatch, locked)
+    unreadable_folder(monkeypatch, locked)
     assert main(["align", str(tmp_path / "faces"), str(tmp_path / "out"), "--workers", "0"]) == 2
     assert capsys.readouterr().err.splitlines()[0] == (
         f"marginface align: cannot read identity folder {locked} (Permission denied): fix it, or pass --skip-bad to "

@@ -45,3 +45,16 @@ def reference_tensor(rgb: np.ndarray) -> np.ndarray:
     for ch in range(c):
         out[ch] = (rgb[:, :, ch].astype(np.float64) / 255.0 - 0.5) / 0.5
     return out
+
+
+def unreadable_folder(monkeypatch, folder: Path) -> None:
+    """``folder`` cannot be listed (as with chmod 000 for a non-root user; chmod does not stop root, who may run
+    the tests)."""
+    iterdir = Path.iterdir
+
+    def refuse(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)

@@ -1,31 +1,18 @@
 """Unreadable identity folders, dangling links and FIFOs are reported as what they are, and --skip-bad skips them."""
 
 import os
-from pathlib import Path
 
 import pytest
 
 from marginface.align.pipeline import list_images
 from marginface.data.folder import FolderDataset
-from tests.data.helpers import make_folder
-
-
-def _unreadable(monkeypatch, folder: Path) -> None:
-    """``folder`` cannot be listed (as with chmod 000 for a non-root user; the tests may run as root)."""
-    iterdir = Path.iterdir
-
-    def refuse(self):
-        if self == folder:
-            raise PermissionError(13, "Permission denied", str(self))
-        return iterdir(self)
-
-    monkeypatch.setattr(Path, "iterdir", refuse)
+from tests.data.helpers import make_folder, unreadable_folder
 
 
 def test_unreadable_identity_folder_is_named_or_skipped(tmp_path, monkeypatch):
     make_folder(tmp_path / "faces", per_identity=2)
     locked = sorted(p for p in (tmp_path / "faces").iterdir() if p.is_dir())[0]
-    _unreadable(monkeypatch, locked)
+    unreadable_folder(monkeypatch, locked)
     with pytest.raises(ValueError, match=rf"identity folder {locked} \(Permission denied\).*`skip_bad=True`"):
         FolderDataset(tmp_path / "faces")
     dataset = FolderDataset(tmp_path / "faces", skip_bad=True)
